@@ -1,0 +1,215 @@
+"""The vectorizing function η(ℓ): polynomial terms of the labels, their derivatives, and label scaling.
+
+Wheeler+2020 Eq. 4: η maps a label vector to every 0th, 1st and 2nd order combination of
+its components (any order here). A model's terms are stored as an integer exponent matrix
+``exponents (K, L)``: term k is ``prod_l ℓ_l ** exponents[k, l]``; row 0 is the constant.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+
+import numpy as np
+
+from .exceptions import LabelError, ShapeError
+
+
+def term_exponents(n_labels, order=2):
+    """Exponents of every monomial of total degree ≤ ``order`` in ``n_labels`` labels.
+
+    Ordered by degree, then lexicographically by label index (the Cannon's usual order):
+    ``1, ℓ0, ℓ1, …, ℓ0², ℓ0ℓ1, …``.
+
+    Returns
+    -------
+    exponents : (K, n_labels) int, K = C(n_labels + order, order)
+    """
+    if n_labels < 1:
+        raise LabelError("a Cannon model needs at least one label")
+    if order not in (1, 2, 3) and not (isinstance(order, int) and order >= 1):
+        raise ValueError(f"order must be a positive integer, got {order!r}")
+    rows = [np.zeros(n_labels, dtype=np.int64)]
+    for degree in range(1, order + 1):
+        for combo in itertools.combinations_with_replacement(range(n_labels), degree):
+            e = np.zeros(n_labels, dtype=np.int64)
+            for i in combo:
+                e[i] += 1
+            rows.append(e)
+    return np.array(rows, dtype=np.int64)
+
+
+def with_constant(exponents):
+    """Put the constant term (all-zero row) first, adding it if absent.
+
+    exponents : (K, L) int  ->  (K', L) int with row 0 all zero.
+    """
+    exponents = np.atleast_2d(np.asarray(exponents, dtype=np.int64))
+    if np.any(exponents < 0):
+        raise ValueError("term exponents must be non-negative")
+    const = np.all(exponents == 0, axis=1)
+    if const.sum() > 1:
+        raise ValueError("term exponents contain the constant term more than once")
+    rest = exponents[~const]
+    return np.vstack([np.zeros((1, exponents.shape[1]), dtype=np.int64), rest])
+
+
+def term_names(exponents, label_names):
+    """Human-readable term names, e.g. ``["1", "teff", "logg", "teff^2", "teff*logg"]``."""
+    names = []
+    for row in np.asarray(exponents):
+        parts = []
+        for name, e in zip(label_names, row):
+            if e == 1:
+                parts.append(name)
+            elif e > 1:
+                parts.append(f"{name}^{e}")
+        names.append("*".join(parts) if parts else "1")
+    return names
+
+
+def _powers(labels, max_order):
+    """labels (..., L) -> powers (..., L, max_order + 1), powers[..., l, e] = labels[..., l]**e."""
+    p = np.empty(labels.shape + (max_order + 1,), dtype=float)
+    p[..., 0] = 1.0
+    for e in range(1, max_order + 1):
+        p[..., e] = p[..., e - 1] * labels
+    return p
+
+
+def design_matrix(labels, exponents):
+    """η(ℓ) for many label vectors (Wheeler+2020 Eq. 4).
+
+    Parameters
+    ----------
+    labels : (..., L) float
+        Scaled labels.
+    exponents : (K, L) int
+
+    Returns
+    -------
+    eta : (..., K) float
+    """
+    labels = np.asarray(labels, dtype=float)
+    exponents = np.asarray(exponents)
+    if labels.shape[-1] != exponents.shape[1]:
+        raise ShapeError(f"labels have {labels.shape[-1]} columns but the terms use {exponents.shape[1]} labels")
+    pw = _powers(labels, int(exponents.max(initial=0)))
+    eta = np.ones(labels.shape[:-1] + (exponents.shape[0],))
+    for l in range(exponents.shape[1]):
+        if np.any(exponents[:, l]):
+            eta *= pw[..., l, exponents[:, l]]
+    return eta
+
+
+@functools.lru_cache(maxsize=32)
+def _jacobian_basis(exponents_bytes, K, L):
+    """Monomials Q whose linear combinations give every ∂η_k/∂ℓ_j, and the map C (Q, K·L).
+
+    ∂/∂ℓ_j of ℓ^e is e_j ℓ^(e − unit_j): a monomial of lower degree. Collecting the distinct
+    lower monomials once makes the Jacobian of many label vectors a single matrix product.
+    """
+    exponents = np.frombuffer(exponents_bytes, dtype=np.int64).reshape(K, L)
+    basis, index = [], {}
+    rows, cols, vals = [], [], []
+    for k in range(K):
+        for j in range(L):
+            e = int(exponents[k, j])
+            if e == 0:
+                continue
+            lower = exponents[k].copy()
+            lower[j] -= 1
+            key = lower.tobytes()
+            if key not in index:
+                index[key] = len(basis)
+                basis.append(lower)
+            rows.append(index[key])
+            cols.append(k * L + j)
+            vals.append(float(e))
+    basis = np.array(basis, dtype=np.int64).reshape(-1, L)
+    C = np.zeros((len(basis), K * L))
+    C[rows, cols] = vals
+    return basis, C
+
+
+def design_jacobian(labels, exponents):
+    """∂η_k/∂ℓ_j, analytic, for many label vectors.
+
+    Parameters
+    ----------
+    labels : (..., L) float
+    exponents : (K, L) int
+
+    Returns
+    -------
+    jac : (..., K, L) float
+    """
+    labels = np.asarray(labels, dtype=float)
+    exponents = np.ascontiguousarray(exponents, dtype=np.int64)
+    K, L = exponents.shape
+    basis, C = _jacobian_basis(exponents.tobytes(), K, L)
+    if basis.shape[0] == 0:
+        return np.zeros(labels.shape[:-1] + (K, L))
+    return (design_matrix(labels, basis) @ C).reshape(labels.shape[:-1] + (K, L))
+
+
+def pair_indices(K):
+    """Upper-triangle index pairs of a K×K symmetric matrix: (i, j) arrays of length K(K+1)/2."""
+    return np.triu_indices(K)
+
+
+def unpack_symmetric(flat, K):
+    """Inverse of the upper-triangle packing: flat (..., K(K+1)/2) -> (..., K, K) symmetric."""
+    i, j = pair_indices(K)
+    out = np.empty(flat.shape[:-1] + (K, K), dtype=flat.dtype)
+    out[..., i, j] = flat
+    out[..., j, i] = flat
+    return out
+
+
+class LabelScaler:
+    """Affine label scaling so labels are of order unity inside the model.
+
+    ``scaled = (label - offset) / scale``.
+
+    Methods
+    -------
+    ``"standard"``
+        offset = training mean, scale = training standard deviation (Wheeler+2020 §3).
+    ``"percentile"``
+        offset = 50th percentile, scale = 97.5th − 2.5th percentile (Nandakumar+2022 Eq. 2).
+    ``"none"``
+        offset 0, scale 1.
+    mapping ``{"offset": (L,), "scale": (L,)}``
+        fixed values (e.g. pivots of another code's model).
+    """
+
+    def __init__(self, method="standard"):
+        self.method = method
+
+    def fit(self, labels):
+        labels = np.asarray(labels, dtype=float)
+        m = self.method
+        if isinstance(m, dict):
+            offset = np.broadcast_to(np.asarray(m.get("offset", 0.0), float), labels.shape[1:]).copy()
+            scale = np.broadcast_to(np.asarray(m.get("scale", 1.0), float), labels.shape[1:]).copy()
+        elif m == "standard":
+            offset, scale = labels.mean(axis=0), labels.std(axis=0)
+        elif m == "percentile":
+            p2, p50, p97 = np.percentile(labels, [2.5, 50.0, 97.5], axis=0)
+            offset, scale = p50, p97 - p2
+        elif m == "none":
+            offset, scale = np.zeros(labels.shape[1]), np.ones(labels.shape[1])
+        else:
+            raise ValueError(f"scale must be 'standard', 'percentile', 'none' or a dict, got {m!r}")
+        if np.any(~np.isfinite(scale)) or np.any(scale <= 0):
+            bad = np.flatnonzero(~(scale > 0))
+            raise LabelError(f"labels at columns {bad.tolist()} have no spread in the training set; cannot scale them")
+        self.offset_, self.scale_ = offset, scale
+        return self
+
+    def transform(self, labels):
+        return (np.asarray(labels, dtype=float) - self.offset_) / self.scale_
+
+    def inverse(self, scaled):
+        return np.asarray(scaled, dtype=float) * self.scale_ + self.offset_
