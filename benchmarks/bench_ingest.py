@@ -1,0 +1,186 @@
+"""Benchmark ``cannonade ingest`` on synthetic LAMOST DR1-layout files.
+
+Writes N synthetic spectra in the real LAMOST DR1 image layout (5 x 3909 float32
+primary image: flux, ivar, normalised flux, andmask, ormask; log-linear
+COEFF0/COEFF1 wavelengths; Z, RA, DEC, DESIG, SN_* header keys), ingests them
+with 2 workers onto the 'lamost' grid with Gaussian continuum normalisation,
+and prints spectra per second and peak memory for each N.
+
+Each N is ingested in a fresh subprocess so that peak-memory numbers
+(``resource.getrusage`` max RSS of the ingest process and of its workers) are
+independent of each other.
+
+Usage::
+
+    python benchmarks/bench_ingest.py --n 2000 20000 [--workers 2] [--dir /tmp/bench]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+NPIX = 3909
+COEFF0, COEFF1 = 3.5682, 1e-4
+
+
+def _header_template():
+    from astropy.io import fits
+
+    h = fits.Header()
+    h["FILENAME"] = ("", "")
+    h["AUTHOR"] = "LAMOST Pipeline"
+    h["N_EXTEN"] = 1
+    h["EXTEN0"] = "Flux Inverse Subcontinuum Andmask Ormask"
+    h["TELESCOP"] = "LAMOST"
+    h["LMJD"] = 55862
+    h["MJD"] = 55863
+    h["PLANID"] = "B6212"
+    h["RA"] = (0.0, "[deg] Right ascension of object")
+    h["DEC"] = (0.0, "[deg] Declination of object")
+    h["DESIG"] = ("", "Designation of LAMOST target")
+    h["FIBERID"] = 1
+    h["OBJTYPE"] = "star"
+    h["HELIO"] = True
+    h["HELIO_RV"] = -26.4
+    h["VACUUM"] = (True, "Wavelengths are in vacuum")
+    h["NWORDER"] = 2
+    h["WFITTYPE"] = "LOG-LINEAR"
+    h["COEFF0"] = (COEFF0, "Central wavelength (log10) of first pixel")
+    h["COEFF1"] = (COEFF1, "Log10 dispersion per pixel")
+    h["CRVAL1"] = COEFF0
+    h["CD1_1"] = COEFF1
+    h["CRPIX1"] = 1
+    h["CTYPE1"] = "LINEAR"
+    h["DC-FLAG"] = 1
+    h["CLASS"] = "STAR"
+    h["SUBCLASS"] = "G5"
+    h["Z"] = (0.0, "Redshift of object")
+    h["Z_ERR"] = 4e-5
+    for band in "UGRIZ":
+        h[f"SN_{band}"] = 50.0
+    return h
+
+
+def write_synthetic_lamost(directory, n, seed=0, progress_every=0):
+    """Write ``n`` synthetic LAMOST DR1-layout files; return their paths."""
+    from astropy.io import fits
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    wave = 10.0 ** (COEFF0 + COEFF1 * np.arange(NPIX))
+    template = _header_template()
+    line_centres = rng.uniform(3800, 8900, 300)
+    paths = []
+    for k in range(n):
+        path = directory / f"spec-55862-B6212_sp{k // 250 + 1:02d}-{k % 250 + 1:03d}_{k:07d}.fits"
+        paths.append(path)
+        if path.exists():
+            continue
+        z = rng.normal(0, 1e-4)
+        teff_slope = rng.uniform(-1, 1)
+        cont = 1000.0 * (1.0 + 0.3 * teff_slope * (wave - 6000) / 3000 - 0.2 * ((wave - 6000) / 3000) ** 2)
+        depth = rng.uniform(0.05, 0.5, line_centres.size)
+        lines = np.ones(NPIX)
+        obs = line_centres * (1 + z)
+        for c, d in zip(obs[::10], depth[::10]):  # a few strong lines per spectrum (cheap)
+            lines -= d * np.exp(-0.5 * ((wave - c) / 3.0) ** 2)
+        snr = rng.uniform(10, 150)
+        sigma = cont / snr
+        flux = cont * lines + rng.normal(0, 1, NPIX) * sigma
+        ivar = 1.0 / sigma**2
+        andmask = np.zeros(NPIX)
+        bad = rng.random(NPIX) < 0.01
+        andmask[bad] = 1
+        ivar[bad] = 0
+        data = np.stack([flux, ivar, flux / cont, andmask, np.zeros(NPIX)]).astype(np.float32)
+        h = template.copy()
+        h["FILENAME"] = path.name
+        h["RA"] = rng.uniform(0, 360)
+        h["DEC"] = rng.uniform(-10, 60)
+        h["DESIG"] = f"LAMOST J{k:06d}.00+000000.0"
+        h["Z"] = z
+        h["SN_G"] = snr
+        fits.PrimaryHDU(data=data, header=h).writeto(path, overwrite=True)
+        if progress_every and (k + 1) % progress_every == 0:
+            print(f"  wrote {k + 1}/{n}", file=sys.stderr, flush=True)
+    return paths
+
+
+def _run_one(listfile, out, workers, chunk_size):
+    """Ingest in this (fresh) process and print a JSON line with timing and peak memory."""
+    os.environ.setdefault("CANNONADE_QUIET", "1")
+    from cannonade.store import ingest
+
+    t0 = time.perf_counter()
+    report = ingest([f"@{listfile}"], out, grid="lamost", normalise="gaussian", workers=workers, chunk_size=chunk_size)
+    dt = time.perf_counter() - t0
+    self_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    child_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    print(json.dumps({"n_ok": report.n_ok, "n_failed": report.n_failed, "seconds": dt, "self_mb": self_kb / 1024, "worker_mb": child_kb / 1024}))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, nargs="+", default=[2000, 20000])
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--chunk-size", type=int, default=1000)
+    ap.add_argument("--dir", default=None, help="where to write the synthetic files (default: a temporary dir, removed)")
+    ap.add_argument("--keep", action="store_true", help="keep the synthetic files")
+    ap.add_argument("--_one", nargs=2, metavar=("LIST", "OUT"), help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args._one:
+        _run_one(args._one[0], args._one[1], args.workers, args.chunk_size)
+        return 0
+
+    base = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="cannonade_bench_"))
+    spectra_dir = base / "spectra"
+    nmax = max(args.n)
+    t0 = time.perf_counter()
+    print(f"writing {nmax} synthetic LAMOST DR1-layout files to {spectra_dir} ...", file=sys.stderr, flush=True)
+    paths = write_synthetic_lamost(spectra_dir, nmax, progress_every=5000)
+    print(f"  done in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+
+    rows = []
+    for n in args.n:
+        listfile = base / f"files_{n}.txt"
+        listfile.write_text("\n".join(str(p) for p in paths[:n]) + "\n")
+        out = base / f"store_{n}.h5"
+        for stale in (out, Path(str(out) + ".parts")):
+            if stale.is_dir():
+                shutil.rmtree(stale)
+            elif stale.exists():
+                stale.unlink()
+        cmd = [sys.executable, __file__, "--workers", str(args.workers), "--chunk-size", str(args.chunk_size), "--_one", str(listfile), str(out)]
+        res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if res.returncode != 0:
+            print(res.stderr, file=sys.stderr)
+            raise SystemExit(f"ingest of {n} files failed")
+        r = json.loads(res.stdout.strip().splitlines()[-1])
+        r["n"] = n
+        r["rate"] = r["n_ok"] / r["seconds"]
+        rows.append(r)
+
+    print(f"\ncannonade ingest benchmark: LAMOST DR1 layout, grid 'lamost' (3900 px), gaussian continuum, "
+          f"{args.workers} workers, chunk {args.chunk_size}, {os.cpu_count()} CPUs visible")
+    print(f"{'N files':>9} {'ok':>7} {'failed':>6} {'seconds':>8} {'spectra/s':>10} {'peak MB main':>13} {'peak MB worker':>15}")
+    for r in rows:
+        print(f"{r['n']:>9d} {r['n_ok']:>7d} {r['n_failed']:>6d} {r['seconds']:>8.1f} {r['rate']:>10.0f} {r['self_mb']:>13.0f} {r['worker_mb']:>15.0f}")
+    if not args.keep and not args.dir:
+        shutil.rmtree(base, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
