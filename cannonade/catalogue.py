@@ -167,7 +167,7 @@ _DYN = (
 
 #: Columns Cannonade adds to either schema (Gaia cross-match, distances, MC errors, bookkeeping).
 COMMON_EXTRAS = (
-    _c("obsid", None, "survey observation (spectrum) identifier; per-observation table", "str"),
+    _c("obsid", None, "survey observation (spectrum) identifier; per-observation table", "int64"),
     _c("n_obs", None, "number of observations combined into this star's labels", "int64"),
     *_DYN,
     *(_c("e_" + c.name, c.unit, f"half the 16-84th percentile spread of {c.name} over the Monte-Carlo resamples") for c in _DYN),

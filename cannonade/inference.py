@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .training import scatter_weights
-from .vectorizer import design_jacobian, design_matrix, pair_indices, unpack_symmetric
+from .vectorizer import design_jacobian, design_matrix, hessian_contract, pair_indices, unpack_symmetric
 
 
 @dataclass
@@ -104,7 +104,7 @@ def starting_points(problem, exponents):
 START_NAMES = ("linear", "mean", "+1sigma", "-1sigma")
 
 
-def levenberg_marquardt(problem, exponents, starts, max_iter=100, tol_chi2=1e-7, tol_step=1e-9):
+def levenberg_marquardt(problem, exponents, starts, max_iter=100, tol_chi2=1e-5, tol_step=1e-9):
     """Minimise every star's reduced χ² from every start, all at once.
 
     Parameters
@@ -145,19 +145,36 @@ def levenberg_marquardt(problem, exponents, starts, max_iter=100, tol_chi2=1e-7,
         xw = x[work]
         D = design_jacobian(xw, exponents)  # (B', S, K, L)
         Dt = np.swapaxes(D, -1, -2)
-        grad = (Dt @ (bw - Meta[work])[..., None])[..., 0]  # Jᵀ W r
-        H = Dt @ (Mw @ D)  # Jᵀ W J
-        diag = np.maximum(np.diagonal(H, axis1=-2, axis2=-1), 1e-12)
-        Hd = H + lam[work][..., None, None] * eye * diag[..., None, :]
-        try:
-            step = np.linalg.solve(Hd, grad[..., None])[..., 0]
-        except np.linalg.LinAlgError:
-            step = np.zeros_like(grad)
-            for i, j in np.ndindex(grad.shape[:2]):
-                step[i, j] = np.linalg.lstsq(Hd[i, j], grad[i, j], rcond=None)[0]
-        x_new = xw + step
-        eta_new = design_matrix(x_new, exponents)
-        chi2_new, Meta_new = _chi2_terms(eta_new, Mw, bw, cw)
+        r = bw - Meta[work]
+        grad = (Dt @ r[..., None])[..., 0]  # Jᵀ W r
+        H_gn = Dt @ (Mw @ D)  # Jᵀ W J
+        diag = np.maximum(np.diagonal(H_gn, axis1=-2, axis2=-1), 1e-12)
+        damp = lam[work][..., None, None] * eye * diag[..., None, :]
+        # two candidate steps, the better one taken: Gauss–Newton (a descent direction, robust far
+        # from the minimum) and full Newton, ½∂²χ²/∂ℓ² = JᵀWJ − Σ_k r_k ∂²η_k (quadratic convergence
+        # near it, where Gauss–Newton alone crawls on spectra the polynomial does not fit exactly)
+        H_full = H_gn - hessian_contract(xw, exponents, r)
+        best_chi2 = np.full(chi2[work].shape, np.inf)
+        step = np.zeros_like(grad)
+        x_new = xw.copy()
+        eta_new = np.zeros_like(Meta[work])
+        Meta_new = np.zeros_like(Meta[work])
+        for H in (H_gn, H_full):
+            try:
+                st = np.linalg.solve(H + damp, grad[..., None])[..., 0]
+            except np.linalg.LinAlgError:
+                st = np.zeros_like(grad)
+                for i, j in np.ndindex(grad.shape[:2]):
+                    st[i, j] = np.linalg.lstsq(H[i, j] + damp[i, j], grad[i, j], rcond=None)[0]
+            st = np.where(np.isfinite(st), st, 0.0)
+            xc = xw + st
+            ec = design_matrix(xc, exponents)
+            cc, mc = _chi2_terms(ec, Mw, bw, cw)
+            cc = np.where(np.isfinite(cc), cc, np.inf)
+            take = cc < best_chi2
+            best_chi2 = np.where(take, cc, best_chi2)
+            step[take], x_new[take], eta_new[take], Meta_new[take] = st[take], xc[take], ec[take], mc[take]
+        chi2_new = best_chi2
         better = busy & np.isfinite(chi2_new) & (chi2_new <= chi2[work])
         dchi2 = chi2[work] - chi2_new
         small_step = np.max(np.abs(step), axis=-1) < tol_step

@@ -160,6 +160,8 @@ class CannonModel:
         Pixels trained per batch (bounds memory; no effect on results).
     star_chunk : int
         Stars inferred per batch (bounds memory; no effect on results).
+    show_progress : bool
+        Progress bars for long fits/inferences (also silenced by ``CANNONADE_QUIET=1``).
     """
 
     def __init__(
@@ -173,6 +175,7 @@ class CannonModel:
         terms=None,
         pixel_chunk=512,
         star_chunk=1024,
+        show_progress=True,
     ):
         self.label_names = list(label_names)
         if len(set(self.label_names)) != len(self.label_names):
@@ -187,6 +190,7 @@ class CannonModel:
         self.terms = terms
         self.pixel_chunk = pixel_chunk
         self.star_chunk = star_chunk
+        self.show_progress = show_progress
         self.exponents = with_constant(terms) if terms is not None else term_exponents(len(self.label_names), order)
         if self.exponents.shape[1] != len(self.label_names):
             raise ShapeError(f"terms use {self.exponents.shape[1]} labels but {len(self.label_names)} label names were given")
@@ -220,6 +224,7 @@ class CannonModel:
             terms=self.terms,
             pixel_chunk=self.pixel_chunk,
             star_chunk=self.star_chunk,
+            show_progress=self.show_progress,
         )
 
     def clone(self):
@@ -242,7 +247,7 @@ class CannonModel:
             active &= ~(uses[None, :] & ~mask[:, None])
         return active
 
-    def fit(self, labels, flux, ivar, s2=None, wavelength=None):
+    def fit(self, labels, flux, ivar, s2=None, wavelength=None, init_s2=None):
         """Train θ and s² on a labelled set.
 
         Parameters
@@ -254,6 +259,9 @@ class CannonModel:
             Fix the scatter instead of fitting it.
         wavelength : (P,) float, optional
             Stored with the model.
+        init_s2 : (P,) float, optional
+            Starting point of the s² search (it is still maximised; cross-validation passes
+            the full training set's s² to make each fold's fit cheaper).
 
         Returns
         -------
@@ -295,11 +303,14 @@ class CannonModel:
         theta = np.zeros((P, self.n_terms))
         s2_out = np.zeros(P)
         chunks = range(0, P, self.pixel_chunk)
-        for p0 in progress(chunks, desc="train (pixel chunks)", total=len(chunks)):
+        for p0 in progress(chunks, desc="train (pixel chunks)", total=len(chunks), disable=not self.show_progress or None):
             sl = slice(p0, min(P, p0 + self.pixel_chunk))
             act = None if active is None else active[sl]
             if s2 is None:
-                s2_c, th = fit_scatter(Xs, flux[:, sl], ivar[:, sl], act, method=self.scatter, pairs=pairs)
+                s2_c, th = fit_scatter(
+                    Xs, flux[:, sl], ivar[:, sl], act, method=self.scatter, pairs=pairs,
+                    init_s2=None if init_s2 is None else np.asarray(init_s2, dtype=float)[sl],
+                )
             else:
                 s2_c = s2[sl]
                 th = solve_theta(Xs, flux[:, sl], ivar[:, sl], s2_c, act, pairs=pairs)[0]
@@ -373,7 +384,7 @@ class CannonModel:
         L = len(self.label_names)
         out = {k: [] for k in ("labels", "cov", "chi2", "dof", "converged", "start", "n_iter")}
         chunks = range(0, M, self.star_chunk)
-        for s0 in progress(chunks, desc="infer (star chunks)", total=len(chunks)):
+        for s0 in progress(chunks, desc="infer (star chunks)", total=len(chunks), disable=not self.show_progress or None):
             sl = slice(s0, min(M, s0 + self.star_chunk))
             r = infer_chunk(theta, s2, self.exponents, flux[sl][:, ok], ivar[sl][:, ok], theta_pairs, max_iter=max_iter)
             for k in out:

@@ -105,7 +105,8 @@ def cross_validate(model, labels, flux, ivar, k=12, seed=0):
     Parameters
     ----------
     model : CannonModel
-        Its parameters are used (a fitted state is ignored).
+        Its parameters are used; if it is fitted on these spectra, its s² only warm-starts
+        each fold's own maximum-likelihood s² (every fold is refitted from scratch).
     labels : (N, L) float or table
     flux, ivar : (N, P) float
     k : int
@@ -127,9 +128,13 @@ def cross_validate(model, labels, flux, ivar, k=12, seed=0):
     pred = np.full_like(lab, np.nan)
     err = np.full_like(lab, np.nan)
     conv = np.zeros(lab.shape[0], dtype=bool)
+    # a fitted model's s² (same pixels) warm-starts each fold's own s² search
+    init = model.s2_ if getattr(model, "is_fitted", False) and model.s2_.shape == (flux.shape[1],) else None
+    quiet = model.clone()
+    quiet.show_progress = False  # one bar for the folds, not one per fold
     for f in progress(range(k), desc=f"{k}-fold CV", total=k):
         test = fold == f
-        m = model.clone().fit(lab[~test], flux[~test], ivar[~test])
+        m = quiet.clone().fit(lab[~test], flux[~test], ivar[~test], init_s2=init)
         r = m.infer(flux[test], ivar[test])
         pred[test], err[test], conv[test] = r.labels, r.errors, r.converged
     return CVResult(predicted=pred, truth=lab, fold=fold, converged=conv, errors=err, label_names=list(model.label_names))

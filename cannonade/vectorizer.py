@@ -39,6 +39,31 @@ def term_exponents(n_labels, order=2):
     return np.array(rows, dtype=np.int64)
 
 
+def mixed_terms(n_full, n_linear, order=2, cross_with=(0,)):
+    """Terms of order ``order`` in the first ``n_full`` labels, linear in the next ``n_linear``.
+
+    Each linear label also gets a cross term with each label index in ``cross_with`` (e.g.
+    abundance × Teff). Far fewer terms than a full quadratic in many labels, for models
+    (like the windowed-χ² cleaning model) where abundances mostly scale their own lines.
+
+    Returns
+    -------
+    exponents : (K, n_full + n_linear) int, constant first.
+    """
+    L = n_full + n_linear
+    full = term_exponents(n_full, order)
+    rows = [np.hstack([e, np.zeros(n_linear, dtype=np.int64)]) for e in full]
+    for i in range(n_linear):
+        e = np.zeros(L, dtype=np.int64)
+        e[n_full + i] = 1
+        rows.append(e)
+        for j in cross_with:
+            c = e.copy()
+            c[j] += 1
+            rows.append(c)
+    return np.array(rows, dtype=np.int64)
+
+
 def with_constant(exponents):
     """Put the constant term (all-zero row) first, adding it if absent.
 
@@ -151,6 +176,65 @@ def design_jacobian(labels, exponents):
     if basis.shape[0] == 0:
         return np.zeros(labels.shape[:-1] + (K, L))
     return (design_matrix(labels, basis) @ C).reshape(labels.shape[:-1] + (K, L))
+
+
+@functools.lru_cache(maxsize=32)
+def _hessian_basis(exponents_bytes, K, L):
+    """Monomials and map C2 (Q, K·L·L) giving every ∂²η_k/∂ℓ_i∂ℓ_j as one matrix product."""
+    exponents = np.frombuffer(exponents_bytes, dtype=np.int64).reshape(K, L)
+    basis, index = [], {}
+    rows, cols, vals = [], [], []
+    for k in range(K):
+        for i in range(L):
+            for j in range(L):
+                e = exponents[k].copy()
+                c = float(e[i])
+                e[i] -= 1
+                c *= float(e[j]) if e[i] >= 0 else 0.0
+                e[j] -= 1
+                if c == 0.0 or np.any(e < 0):
+                    continue
+                key = e.tobytes()
+                if key not in index:
+                    index[key] = len(basis)
+                    basis.append(e)
+                rows.append(index[key])
+                cols.append((k * L + i) * L + j)
+                vals.append(c)
+    basis = np.array(basis, dtype=np.int64).reshape(-1, L)
+    C = np.zeros((len(basis), K * L * L))
+    C[rows, cols] = vals
+    return basis, C
+
+
+def design_hessian(labels, exponents):
+    """∂²η_k/∂ℓ_i∂ℓ_j for many label vectors: (..., L) -> (..., K, L, L)."""
+    labels = np.asarray(labels, dtype=float)
+    exponents = np.ascontiguousarray(exponents, dtype=np.int64)
+    K, L = exponents.shape
+    basis, C = _hessian_basis(exponents.tobytes(), K, L)
+    if basis.shape[0] == 0:
+        return np.zeros(labels.shape[:-1] + (K, L, L))
+    return (design_matrix(labels, basis) @ C).reshape(labels.shape[:-1] + (K, L, L))
+
+
+def hessian_contract(labels, exponents, weights):
+    """Σ_k w_k ∂²η_k/∂ℓ_i∂ℓ_j without forming the (K, L, L) tensor.
+
+    labels : (..., L) ; weights : (..., K)  ->  (..., L, L)
+    """
+    labels = np.asarray(labels, dtype=float)
+    exponents = np.ascontiguousarray(exponents, dtype=np.int64)
+    K, L = exponents.shape
+    basis, C = _hessian_basis(exponents.tobytes(), K, L)
+    out = np.zeros(labels.shape[:-1] + (L, L))
+    if basis.shape[0] == 0:
+        return out
+    mono = design_matrix(labels, basis)  # (..., Q)
+    C3 = C.reshape(basis.shape[0], K, L * L)
+    for q in range(basis.shape[0]):  # Q is small: 1 for a quadratic model
+        out += (mono[..., q, None] * (weights @ C3[q])).reshape(out.shape)
+    return out
 
 
 def pair_indices(K):
