@@ -197,10 +197,12 @@ class Run:
     def __init__(self, config):
         self.cfg = load_config(config) if not isinstance(config, dict) else config
         self.out = Path(self.cfg["run"]["out"])
+        self._tables = {}
+        # every configured column must exist before anything is written
+        self.check_columns()
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "stages").mkdir(exist_ok=True)
         self.log = self._logger()
-        self._tables = {}
 
     # ---- infrastructure
     def _logger(self):
@@ -332,7 +334,6 @@ class Run:
                     self.marker(s).unlink()
             if STAGES.index(from_stage) <= STAGES.index("infer"):
                 _remove_tree(self.path("infer", "parts"))
-        self.check_columns()
         t_run = time.perf_counter()
         self.log.info("cannonade run: %s -> %s", self.cfg.get("_path", "<dict>"), self.out)
         for stage in STAGES:
