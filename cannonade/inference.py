@@ -37,29 +37,47 @@ class ReducedProblem:
     f: np.ndarray | None = None
 
 
+def theta_products(theta):
+    """Upper-triangle products θ_k θ_j of the non-constant terms, float32: (P, (K−1)K/2).
+
+    Used by :func:`reduce_chi2`; compute once per model and reuse across chunks.
+    """
+    t = theta[:, 1:]
+    i, j = pair_indices(t.shape[1])
+    return np.ascontiguousarray((t[:, i] * t[:, j]).astype(np.float32))
+
+
 def reduce_chi2(theta, s2, flux, ivar, theta_pairs=None):
     """Reduce a chunk of spectra to the χ² polynomial's coefficients.
+
+    The constant term (column 0 of θ, η_0 = 1) is moved to the data, f' = f − θ_0, so that
+    M, b and c describe only the label-dependent part: χ² = c − 2 b·η + ηᵀMη with row and
+    column 0 of M and b_0 zero. What is left is small and of one magnitude, so the large
+    product M = Θ'ᵀ W Θ' is done in float32 (twice the speed) without losing the precision
+    the labels need (the float64 product differs by ~1e-7 relative); b and c stay float64.
 
     Parameters
     ----------
     theta : (P, K) float
+        Row 0 of the model's exponents is the constant term.
     s2 : (P,) float
     flux, ivar : (B, P) float
         Non-finite flux is treated as ivar = 0.
-    theta_pairs : (P, K(K+1)/2) float, optional
-        Precomputed upper-triangle products of θ (reused across chunks).
+    theta_pairs : (P, (K−1)K/2) float32, optional
+        :func:`theta_products` of θ (reused across chunks).
     """
     K = theta.shape[1]
     bad = ~np.isfinite(flux) | ~np.isfinite(ivar) | (ivar <= 0)
     ivar = np.where(bad, 0.0, ivar)
     w = scatter_weights(ivar, s2)
-    f = np.where(bad, 0.0, flux)
+    f = np.where(bad, 0.0, flux - theta[:, 0])
     if theta_pairs is None:
-        i, j = pair_indices(K)
-        theta_pairs = theta[:, i] * theta[:, j]
-    M = unpack_symmetric(w @ theta_pairs, K)
+        theta_pairs = theta_products(theta)
+    M = np.zeros((flux.shape[0], K, K))
+    M[:, 1:, 1:] = unpack_symmetric((w.astype(np.float32) @ theta_pairs).astype(np.float64), K - 1)
     wf = w * f
-    b = wf @ theta
+    b = np.zeros((flux.shape[0], K))
+    b[:, 1:] = wf @ theta[:, 1:]
     c = np.einsum("bp,bp->b", wf, f)
     return ReducedProblem(M=M, b=b, c=c, n_pixels=(~bad).sum(axis=1), w=w, f=f)
 
@@ -72,11 +90,12 @@ def _chi2_terms(eta, M, b, c):
 
 
 def linear_start(problem, exponents, ridge=1e-8, clip=5.0):
-    """The ivar-weighted linear-algebra estimate: solve M η = b for all K terms, keep the linear ones.
+    """The ivar-weighted linear-algebra estimate: solve M η = b for every non-constant term
+    (the constant is fixed at 1, see :func:`reduce_chi2`), keep the linear terms.
 
     Returns (B, L) scaled labels (clipped to ±clip; 0 where the solve fails).
     """
-    M, b = problem.M, problem.b
+    M, b = problem.M[:, 1:, 1:], problem.b[:, 1:]
     K = M.shape[1]
     scale = np.sqrt(np.clip(np.diagonal(M, axis1=1, axis2=2), 1e-300, None))
     Ms = M / scale[:, :, None] / scale[:, None, :] + ridge * np.eye(K)
@@ -84,8 +103,12 @@ def linear_start(problem, exponents, ridge=1e-8, clip=5.0):
         eta = np.linalg.solve(Ms, (b / scale)[..., None])[..., 0] / scale
     except np.linalg.LinAlgError:
         eta = np.zeros_like(b)
-    linear = [np.flatnonzero((exponents.sum(axis=1) == 1) & (exponents[:, l] == 1))[0] for l in range(exponents.shape[1])]
-    start = eta[:, linear]
+    E = exponents[1:]
+    start = np.zeros((b.shape[0], E.shape[1]))
+    for l in range(E.shape[1]):  # a label without a linear term starts at its training mean
+        k = np.flatnonzero((E.sum(axis=1) == 1) & (E[:, l] == 1))
+        if k.size:
+            start[:, l] = eta[:, k[0]]
     start = np.where(np.isfinite(start), np.clip(start, -clip, clip), 0.0)
     return start
 
@@ -104,8 +127,43 @@ def starting_points(problem, exponents):
 START_NAMES = ("linear", "mean", "+1sigma", "-1sigma")
 
 
-def levenberg_marquardt(problem, exponents, starts, max_iter=100, tol_chi2=1e-5, tol_step=1e-9):
+def _star_matmul(M, X):
+    """Per-star M (B, K, K) times every start's X (B, S, K, C) as one (K, K)·(K, S·C) product per star."""
+    B, S, K, C = X.shape
+    Y = M @ np.ascontiguousarray(X.transpose(0, 2, 1, 3)).reshape(B, K, S * C)
+    return Y.reshape(B, K, S, C).transpose(0, 2, 1, 3)
+
+
+def _eval_chi2(eta, M, b, c):
+    """χ² = c − 2 b·η + ηᵀMη for every start: eta (B, S, K), M (B, K, K), b (B, K), c (B,).
+
+    Returns chi2 (B, S) and Mη (B, S, K).
+    """
+    Meta = (M @ np.swapaxes(eta, 1, 2)).transpose(0, 2, 1)
+    chi2 = c[:, None] - 2.0 * np.einsum("bk,bsk->bs", b, eta) + np.einsum("bsk,bsk->bs", eta, Meta)
+    return chi2, Meta
+
+
+def _flat(f, x, exponents):
+    """Apply a (…, L) -> (…, ...) design function to (B, S, L) labels through a 2-D call."""
+    B, S, L = x.shape
+    out = f(x.reshape(B * S, L), exponents)
+    return out.reshape((B, S) + out.shape[1:])
+
+
+def levenberg_marquardt(problem, exponents, starts, max_iter=100, tol_chi2=1e-5, tol_step=1e-9, merge_tol=1e-2):
     """Minimise every star's reduced χ² from every start, all at once.
+
+    Each iteration proposes two steps per start, damped Gauss–Newton (a descent direction,
+    robust far from the minimum) and damped full Newton, ½∂²χ²/∂ℓ² = JᵀWJ − Σ_k r_k ∂²η_k
+    (quadratic convergence near it, where Gauss–Newton alone crawls on spectra the polynomial
+    does not fit exactly), and keeps the better; the damping λ shrinks after a success and grows
+    after a failure (Levenberg–Marquardt). A start has converged when an accepted step lowers χ²
+    by less than ``tol_chi2`` (or moves less than ``tol_step`` in scaled labels).
+
+    Starts of one star that come within ``merge_tol`` (scaled labels, max norm) of each other
+    are in the same basin and would reach the same minimum: the one with the higher χ² stops
+    there (it cannot win), so after a few iterations most stars carry one start, not S.
 
     Parameters
     ----------
@@ -125,14 +183,14 @@ def levenberg_marquardt(problem, exponents, starts, max_iter=100, tol_chi2=1e-5,
     lam = np.full((B, S), 1e-3)
     converged = np.zeros((B, S), dtype=bool)
     stalled = np.zeros((B, S), dtype=bool)
+    merged = np.zeros((B, S), dtype=bool)
     n_iter = np.zeros((B, S), dtype=int)
     eye = np.eye(L)
-    # working set of stars with an unfinished start; its M (B', 1, K, K) broadcasts over the starts
-    # and is re-gathered only when the set has halved, so (K, K) matrices are rarely copied
+    # working set of stars with an unfinished start; re-gathered only when it has halved,
+    # so the (K, K) matrices are rarely copied
     work = np.arange(B)
-    Mw, bw, cw = problem.M[:, None], problem.b[:, None, :], problem.c[:, None]
-    eta = design_matrix(x, exponents)
-    chi2, Meta = _chi2_terms(eta, Mw, bw, cw)
+    Mw, bw, cw = problem.M, problem.b, problem.c
+    chi2, Meta = _eval_chi2(_flat(design_matrix, x, exponents), Mw, bw, cw)
     stalled |= ~np.isfinite(chi2)
     for _ in range(max_iter):
         busy = ~(converged[work] | stalled[work])
@@ -142,53 +200,61 @@ def levenberg_marquardt(problem, exponents, starts, max_iter=100, tol_chi2=1e-5,
         if star_busy.sum() < 0.5 * star_busy.size:
             work, Mw, bw, cw = work[star_busy], Mw[star_busy], bw[star_busy], cw[star_busy]
             busy = busy[star_busy]
-        xw = x[work]
-        D = design_jacobian(xw, exponents)  # (B', S, K, L)
+        xw, chiw, lamw = x[work], chi2[work], lam[work]
+        D = _flat(design_jacobian, xw, exponents)  # (B', S, K, L)
         Dt = np.swapaxes(D, -1, -2)
-        r = bw - Meta[work]
+        r = bw[:, None, :] - Meta[work]
         grad = (Dt @ r[..., None])[..., 0]  # Jᵀ W r
-        H_gn = Dt @ (Mw @ D)  # Jᵀ W J
+        H_gn = Dt @ _star_matmul(Mw, D)  # Jᵀ W J
         diag = np.maximum(np.diagonal(H_gn, axis1=-2, axis2=-1), 1e-12)
-        damp = lam[work][..., None, None] * eye * diag[..., None, :]
-        # two candidate steps, the better one taken: Gauss–Newton (a descent direction, robust far
-        # from the minimum) and full Newton, ½∂²χ²/∂ℓ² = JᵀWJ − Σ_k r_k ∂²η_k (quadratic convergence
-        # near it, where Gauss–Newton alone crawls on spectra the polynomial does not fit exactly)
-        H_full = H_gn - hessian_contract(xw, exponents, r)
-        best_chi2 = np.full(chi2[work].shape, np.inf)
-        step = np.zeros_like(grad)
-        x_new = xw.copy()
-        eta_new = np.zeros_like(Meta[work])
-        Meta_new = np.zeros_like(Meta[work])
-        for H in (H_gn, H_full):
-            try:
-                st = np.linalg.solve(H + damp, grad[..., None])[..., 0]
-            except np.linalg.LinAlgError:
-                st = np.zeros_like(grad)
-                for i, j in np.ndindex(grad.shape[:2]):
-                    st[i, j] = np.linalg.lstsq(H[i, j] + damp[i, j], grad[i, j], rcond=None)[0]
-            st = np.where(np.isfinite(st), st, 0.0)
-            xc = xw + st
-            ec = design_matrix(xc, exponents)
-            cc, mc = _chi2_terms(ec, Mw, bw, cw)
-            cc = np.where(np.isfinite(cc), cc, np.inf)
-            take = cc < best_chi2
-            best_chi2 = np.where(take, cc, best_chi2)
-            step[take], x_new[take], eta_new[take], Meta_new[take] = st[take], xc[take], ec[take], mc[take]
-        chi2_new = best_chi2
-        better = busy & np.isfinite(chi2_new) & (chi2_new <= chi2[work])
-        dchi2 = chi2[work] - chi2_new
+        damp = lamw[..., None, None] * eye * diag[..., None, :]
+        H_full = H_gn - _flat(lambda xx, e: hessian_contract(xx, e, r.reshape(-1, r.shape[-1])), xw, exponents)
+        H2 = np.stack([H_gn, H_full], axis=2) + damp[:, :, None]  # (B', S, 2, L, L)
+        g2 = np.broadcast_to(grad[:, :, None, :, None], H2.shape[:-1] + (1,))
+        try:
+            steps = np.linalg.solve(H2, g2)[..., 0]
+        except np.linalg.LinAlgError:
+            steps = np.zeros(H2.shape[:-1])
+            for idx in np.ndindex(H2.shape[:3]):
+                steps[idx] = np.linalg.lstsq(H2[idx], g2[idx][:, 0], rcond=None)[0]
+        steps = np.where(np.isfinite(steps), steps, 0.0)
+        xc = (xw[:, :, None, :] + steps).reshape(len(work), 2 * S, L)
+        chic, Metac = _eval_chi2(_flat(design_matrix, xc, exponents), Mw, bw, cw)
+        chic = np.where(np.isfinite(chic), chic, np.inf).reshape(len(work), S, 2)
+        pick = np.argmin(chic, axis=2)  # 0: Gauss–Newton, 1: Newton
+        rows = np.arange(len(work))[:, None]
+        cols = np.arange(S)[None, :]
+        chi2_new = chic[rows, cols, pick]
+        flat_idx = cols * 2 + pick
+        x_new = xc[rows, flat_idx]
+        Meta_new = Metac[rows, flat_idx]
+        step = steps[rows, cols, pick]
+        better = busy & np.isfinite(chi2_new) & (chi2_new <= chiw)
+        dchi2 = chiw - chi2_new
         small_step = np.max(np.abs(step), axis=-1) < tol_step
         done = busy & ((better & (dchi2 < tol_chi2 * np.maximum(1.0, 1e-9 * chi2_new))) | small_step)
-        # write back (fancy-index assignment into the full arrays)
-        xb, chib, Metab, lamb = x[work], chi2[work], Meta[work], lam[work]
-        xb[better], chib[better], Metab[better] = x_new[better], chi2_new[better], Meta_new[better]
-        lamb = np.where(better, np.maximum(lamb / 3.0, 1e-12), np.where(busy, lamb * 4.0, lamb))
-        x[work], chi2[work], Meta[work], lam[work] = xb, chib, Metab, lamb
+        xw[better], chiw[better] = x_new[better], chi2_new[better]
+        Mw_eta = Meta[work]
+        Mw_eta[better] = Meta_new[better]
+        lamw = np.where(better, np.maximum(lamw / 3.0, 1e-12), np.where(busy, lamw * 4.0, lamw))
+        x[work], chi2[work], Meta[work], lam[work] = xw, chiw, Mw_eta, lamw
         n_iter[work] += busy
         converged[work] |= done
         # a start whose damping exploded cannot move any more: it stops, unconverged
-        stalled[work] |= busy & (lamb > 1e12)
-    return x, chi2, converged, n_iter
+        stalled[work] |= busy & (lamw > 1e12)
+        # merge starts that share a basin (the worse one stops; it is never the winner)
+        live = ~merged[work]
+        for t in range(S):
+            for u in range(t + 1, S):
+                close = live[:, t] & live[:, u] & (np.max(np.abs(xw[:, t] - xw[:, u]), axis=-1) < merge_tol)
+                if close.any():
+                    worse = np.where(chiw[:, u] >= chiw[:, t], u, t)
+                    rows_c = np.flatnonzero(close)
+                    live[rows_c, worse[rows_c]] = False
+        newly = ~live & ~merged[work]
+        merged[work] |= newly
+        stalled[work] |= newly
+    return x, chi2, converged | merged, n_iter
 
 
 def covariance(problem, exponents, labels):
@@ -197,7 +263,7 @@ def covariance(problem, exponents, labels):
     labels : (B, L) scaled  ->  (B, L, L)
     """
     D = design_jacobian(labels, exponents)
-    H = np.swapaxes(D, 1, 2) @ (problem.M @ D)
+    H = np.swapaxes(D, 1, 2) @ (problem.M @ D)  # JᵀWJ
     cov = np.full_like(H, np.nan)
     for_ok = np.all(np.isfinite(H), axis=(1, 2))
     if for_ok.any():
@@ -237,7 +303,7 @@ def infer_chunk(theta, s2, exponents, flux, ivar, theta_pairs=None, max_iter=100
     cov = covariance(problem, exponents, np.where(empty[:, None], 0.0, labels))
     cov[empty] = np.nan
     # exact χ² from the pixels (the polynomial form loses digits to cancellation)
-    r = problem.f - design_matrix(np.where(empty[:, None], 0.0, labels), exponents) @ theta.T
+    r = problem.f - design_matrix(np.where(empty[:, None], 0.0, labels), exponents)[:, 1:] @ theta[:, 1:].T
     r *= r
     chi2 = np.einsum("bp,bp->b", problem.w, r)
     chi2[empty] = np.nan

@@ -15,7 +15,7 @@ import numpy as np
 
 from . import __version__
 from .exceptions import LabelError, ModelFileError, NotFittedError, ShapeError, TrainingSetError
-from .inference import START_NAMES, infer_chunk
+from .inference import START_NAMES, infer_chunk, theta_products
 from .training import fit_scatter, l1_theta, solve_theta
 from .util import atomic_path, progress
 from .vectorizer import LabelScaler, design_matrix, pair_indices, term_exponents, term_names, with_constant
@@ -377,16 +377,22 @@ class CannonModel:
         if flux.shape[1] != P:
             raise ShapeError(f"spectra have {flux.shape[1]} pixels but the model was trained on {P}")
         ok = self.pixel_ok_
-        theta, s2 = self.theta_[ok], self.s2_[ok]
-        i, j = pair_indices(self.n_terms)
-        theta_pairs = theta[:, i] * theta[:, j]
+        all_ok = bool(ok.all())
+        theta, s2 = (self.theta_, self.s2_) if all_ok else (self.theta_[ok], self.s2_[ok])
+        cache = getattr(self, "_theta_pairs", None)
+        if cache is None or cache[0] is not self.theta_:
+            # θθᵀ products depend only on the model: computed once, reused by every infer() call
+            cache = (self.theta_, theta_products(theta))
+            self._theta_pairs = cache
+        theta_pairs = cache[1]
         M = flux.shape[0]
         L = len(self.label_names)
         out = {k: [] for k in ("labels", "cov", "chi2", "dof", "converged", "start", "n_iter")}
         chunks = range(0, M, self.star_chunk)
         for s0 in progress(chunks, desc="infer (star chunks)", total=len(chunks), disable=not self.show_progress or None):
             sl = slice(s0, min(M, s0 + self.star_chunk))
-            r = infer_chunk(theta, s2, self.exponents, flux[sl][:, ok], ivar[sl][:, ok], theta_pairs, max_iter=max_iter)
+            f_c, i_c = (flux[sl], ivar[sl]) if all_ok else (flux[sl][:, ok], ivar[sl][:, ok])
+            r = infer_chunk(theta, s2, self.exponents, f_c, i_c, theta_pairs, max_iter=max_iter)
             for k in out:
                 out[k].append(r[k])
         res = {k: (np.concatenate(v) if v else np.zeros((0,))) for k, v in out.items()}

@@ -175,7 +175,8 @@ def design_jacobian(labels, exponents):
     basis, C = _jacobian_basis(exponents.tobytes(), K, L)
     if basis.shape[0] == 0:
         return np.zeros(labels.shape[:-1] + (K, L))
-    return (design_matrix(labels, basis) @ C).reshape(labels.shape[:-1] + (K, L))
+    mono = design_matrix(labels, basis).reshape(-1, basis.shape[0])
+    return (mono @ C).reshape(labels.shape[:-1] + (K, L))
 
 
 @functools.lru_cache(maxsize=32)
@@ -230,11 +231,13 @@ def hessian_contract(labels, exponents, weights):
     out = np.zeros(labels.shape[:-1] + (L, L))
     if basis.shape[0] == 0:
         return out
-    mono = design_matrix(labels, basis)  # (..., Q)
+    mono = design_matrix(labels, basis).reshape(-1, basis.shape[0])  # (n, Q)
+    w2 = np.asarray(weights, dtype=float).reshape(-1, K)
     C3 = C.reshape(basis.shape[0], K, L * L)
+    flat = out.reshape(-1, L * L)
     for q in range(basis.shape[0]):  # Q is small: 1 for a quadratic model
-        out += (mono[..., q, None] * (weights @ C3[q])).reshape(out.shape)
-    return out
+        flat += mono[:, q, None] * (w2 @ C3[q])
+    return flat.reshape(out.shape)
 
 
 def pair_indices(K):
