@@ -106,7 +106,8 @@ def _as_label_array(labels, label_names):
     return np.column_stack([np.asarray(labels[n], dtype=float) for n in label_names])
 
 
-def _check_spectra(flux, ivar, n_pixels=None, what="flux"):
+def _check_shapes(flux, ivar, n_pixels=None, what="flux"):
+    """flux, ivar as 2-D float arrays (no copy when they already are); ShapeError naming the shapes."""
     flux = np.asarray(flux, dtype=float)
     ivar = np.asarray(ivar, dtype=float)
     if flux.ndim == 1:
@@ -115,21 +116,18 @@ def _check_spectra(flux, ivar, n_pixels=None, what="flux"):
         raise ShapeError(f"{what} has shape {flux.shape} but ivar has shape {ivar.shape}; both must be (n_stars, n_pixels)")
     if n_pixels is not None and flux.shape[1] != n_pixels:
         raise ShapeError(f"{what} has {flux.shape[1]} pixels per spectrum but the model has {n_pixels}")
-    # NaN/inf flux or ivar, and negative ivar, mean "no information here": ivar = 0
-    bad = ~np.isfinite(flux) | ~np.isfinite(ivar) | (ivar < 0)
-    ivar = np.where(bad, 0.0, ivar)
-    flux = np.where(ivar > 0, flux, 0.0)
     return flux, ivar
 
 
-def training_hash(labels, flux, ivar):
-    """SHA-256 of the training set (labels, flux, ivar), to tie a model file to its data."""
-    h = hashlib.sha256()
-    for a in (labels, flux, ivar):
-        a = np.ascontiguousarray(a, dtype=np.float64)
-        h.update(str(a.shape).encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
+def _clean(flux, ivar):
+    """NaN/inf flux or ivar, and negative ivar, mean "no information here": ivar = 0, flux = 0 there (copies)."""
+    bad = ~np.isfinite(flux) | ~np.isfinite(ivar) | (ivar <= 0)
+    return np.where(bad, 0.0, flux), np.where(bad, 0.0, ivar)
+
+
+def _check_spectra(flux, ivar, n_pixels=None, what="flux"):
+    """Shapes checked and bad pixels cleaned (see :func:`_clean`)."""
+    return _clean(*_check_shapes(flux, ivar, n_pixels, what))
 
 
 class CannonModel:
@@ -268,7 +266,8 @@ class CannonModel:
         self
         """
         lab = _as_label_array(labels, self.label_names)
-        flux, ivar = _check_spectra(flux, ivar)
+        # bad pixels are cleaned one pixel chunk at a time (no full-size copies of the inputs)
+        flux, ivar = _check_shapes(flux, ivar)
         N, P = flux.shape
         if lab.shape[0] != N:
             raise ShapeError(f"labels have {lab.shape[0]} rows but flux has {N} spectra")
@@ -302,26 +301,32 @@ class CannonModel:
         reg = np.broadcast_to(np.asarray(self.regularization, dtype=float), (P,))
         theta = np.zeros((P, self.n_terms))
         s2_out = np.zeros(P)
+        n_valid = np.zeros(P, dtype=int)
+        digest = hashlib.sha256()
+        for a in (lab,):
+            digest.update(str(a.shape).encode() + np.ascontiguousarray(a).tobytes())
         chunks = range(0, P, self.pixel_chunk)
         for p0 in progress(chunks, desc="train (pixel chunks)", total=len(chunks), disable=not self.show_progress or None):
             sl = slice(p0, min(P, p0 + self.pixel_chunk))
             act = None if active is None else active[sl]
+            f_c, i_c = _clean(flux[:, sl], ivar[:, sl])
+            digest.update(np.ascontiguousarray(f_c).tobytes() + np.ascontiguousarray(i_c).tobytes())
+            n_valid[sl] = (i_c > 0).sum(axis=0)
             if s2 is None:
                 s2_c, th = fit_scatter(
-                    Xs, flux[:, sl], ivar[:, sl], act, method=self.scatter, pairs=pairs,
+                    Xs, f_c, i_c, act, method=self.scatter, pairs=pairs,
                     init_s2=None if init_s2 is None else np.asarray(init_s2, dtype=float)[sl],
                 )
             else:
                 s2_c = s2[sl]
-                th = solve_theta(Xs, flux[:, sl], ivar[:, sl], s2_c, act, pairs=pairs)[0]
+                th = solve_theta(Xs, f_c, i_c, s2_c, act, pairs=pairs)[0]
             if np.any(reg[sl] > 0):
-                th = l1_theta(Xs, flux[:, sl], ivar[:, sl], s2_c, reg[sl], act, term_weights=1.0 / col, pairs=pairs)
+                th = l1_theta(Xs, f_c, i_c, s2_c, reg[sl], act, term_weights=1.0 / col, pairs=pairs)
             theta[sl], s2_out[sl] = th, s2_c
         theta = theta / col  # undo the column equilibration
         if active is not None:
             theta[~active] = 0.0
         # pixels the training set cannot constrain (too few valid stars): excluded at inference
-        n_valid = (ivar > 0).sum(axis=0)
         n_active = self.n_terms if active is None else active.sum(axis=1)
         pixel_ok = np.all(np.isfinite(theta), axis=1) & np.isfinite(s2_out) & (n_valid >= n_active)
         theta[~pixel_ok] = 0.0
@@ -335,7 +340,7 @@ class CannonModel:
         self.n_train_ = N
         self.label_min_ = lab.min(axis=0)
         self.label_max_ = lab.max(axis=0)
-        self.training_hash_ = training_hash(lab, flux, ivar)
+        self.training_hash_ = digest.hexdigest()
         return self
 
     # ------------------------------------------------------------------ prediction
