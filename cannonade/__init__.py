@@ -9,13 +9,17 @@ __version__ = "0.1.0"
 
 from .exceptions import (  # noqa: E402
     CannonadeError,
+    CatalogueError,
     ColumnError,
     ConfigError,
     LabelError,
+    LineListError,
     ModelFileError,
     NotFittedError,
     ShapeError,
+    SimulationWriteError,
     SpectrumFormatError,
+    StoreFormatError,
     TrainingSetError,
 )
 from .model import CannonModel, InferenceResult  # noqa: E402
@@ -27,13 +31,17 @@ __all__ = [
     "cross_validate",
     "CVResult",
     "CannonadeError",
+    "CatalogueError",
     "ColumnError",
     "ConfigError",
     "LabelError",
+    "LineListError",
     "ModelFileError",
     "NotFittedError",
     "ShapeError",
+    "SimulationWriteError",
     "SpectrumFormatError",
+    "StoreFormatError",
     "TrainingSetError",
     "__version__",
 ]

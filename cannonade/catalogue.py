@@ -26,16 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .exceptions import CannonadeError, ColumnError
+from .exceptions import CatalogueError, ColumnError
 from .util import atomic_path
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-
-
-class CatalogueError(CannonadeError, ValueError):
-    """A catalogue that cannot be written or read (names the file or column)."""
 
 
 # ----------------------------------------------------------------------------------------

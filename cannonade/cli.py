@@ -34,8 +34,8 @@ def build_parser():
 
     p = sub.add_parser("demo", help="simulate a mock survey, run the whole pipeline, print where results are")
     p.add_argument("--out", default="cannonade_demo", help="run directory (default: ./cannonade_demo)")
-    p.add_argument("--n-target", type=int, default=None, help="stars in the mock survey (all observed by LAMOST; default 20000)")
-    p.add_argument("--n-reference", type=int, default=None, help="how many of them are GALAH reference stars (default 15%%)")
+    p.add_argument("--n-target", type=int, default=None, help="stars in the mock survey (all observed by LAMOST; default 30000)")
+    p.add_argument("--n-reference", type=int, default=None, help="how many of them are GALAH reference stars (default 10%%, i.e. 3000)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="a small, fast demo of the Cannon core only")
 

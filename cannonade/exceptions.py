@@ -43,3 +43,19 @@ class ColumnError(CannonadeError, KeyError):
 
     def __str__(self):  # KeyError quotes its message; keep it readable
         return str(self.args[0]) if self.args else ""
+
+
+class CatalogueError(CannonadeError, ValueError):
+    """A catalogue that cannot be written or read (names the file or column)."""
+
+
+class LineListError(CannonadeError, ValueError):
+    """A line-window file that is missing, malformed or has an empty/inverted window."""
+
+
+class StoreFormatError(CannonadeError, IOError):
+    """A spectra store that is missing, corrupt, or not in the cannonade layout (names the file)."""
+
+
+class SimulationWriteError(CannonadeError, IOError):
+    """A mock-survey file that cannot be written (names the file and the reason)."""

@@ -23,6 +23,7 @@ File formats and choices are documented in ``docs/spectra.md``.
 
 from __future__ import annotations
 
+import contextlib
 import glob as _glob
 import io
 import math
@@ -445,6 +446,22 @@ def detect_layout(hdul):
     return ""
 
 
+@contextlib.contextmanager
+def _as_format_error(path):
+    """Any failure while decoding a file becomes a SpectrumFormatError naming it (a wrong
+    keyword argument stays a TypeError: that is the caller's bug, not the file's)."""
+    try:
+        yield
+    except SpectrumFormatError:
+        raise
+    except TypeError as exc:
+        if "unexpected keyword" in str(exc):
+            raise
+        raise SpectrumFormatError(f"{path}: unreadable ({type(exc).__name__}: {exc})") from None
+    except Exception as exc:
+        raise SpectrumFormatError(f"{path}: unreadable ({type(exc).__name__}: {exc})") from None
+
+
 def read_spectrum(path, **kwargs):
     """Read one survey spectrum, whatever its layout (detected from the file content).
 
@@ -471,32 +488,17 @@ def read_spectrum(path, **kwargs):
     h0, data_start = _parse_header_bytes(raw, 0, str(path))
     if _is_lamost_image_header(h0):
         # fast path for the commonest layout (millions of LAMOST DR1-DR7 files)
-        try:
+        with _as_format_error(path):
             return _lamost_image(_primary_image(raw, h0, data_start, path), h0, str(path), **kwargs)
-        except SpectrumFormatError:
-            raise
-        except TypeError as exc:
-            if "unexpected keyword" in str(exc):
-                raise
-            raise SpectrumFormatError(f"{path}: unreadable ({type(exc).__name__}: {exc})") from None
-        except Exception as exc:
-            raise SpectrumFormatError(f"{path}: unreadable ({type(exc).__name__}: {exc})") from None
     hdul = _open_fits(path, raw)
     try:
-        layout = detect_layout(hdul)
-        if not layout:
-            raise SpectrumFormatError(
-                f"{path}: unknown spectrum layout (not LAMOST, APOGEE apStar/aspcapStar/apVisit or GALAH)"
-            )
-        return _READERS[layout](hdul, path, **kwargs)
-    except SpectrumFormatError:
-        raise
-    except TypeError as exc:
-        if "unexpected keyword" in str(exc):
-            raise
-        raise SpectrumFormatError(f"{path}: unreadable {type(exc).__name__}: {exc}") from None
-    except Exception as exc:
-        raise SpectrumFormatError(f"{path}: unreadable ({type(exc).__name__}: {exc})") from None
+        with _as_format_error(path):
+            layout = detect_layout(hdul)
+            if not layout:
+                raise SpectrumFormatError(
+                    f"{path}: unknown spectrum layout (not LAMOST, APOGEE apStar/aspcapStar/apVisit or GALAH)"
+                )
+            return _READERS[layout](hdul, path, **kwargs)
     finally:
         hdul.close()
 
@@ -509,11 +511,8 @@ def _with_hdul(reader):
             path = str(path_or_hdul)
             hdul = _open_fits(path)
             try:
-                return reader(hdul, path, **kwargs)
-            except SpectrumFormatError:
-                raise
-            except Exception as exc:
-                raise SpectrumFormatError(f"{path}: unreadable ({type(exc).__name__}: {exc})") from None
+                with _as_format_error(path):
+                    return reader(hdul, path, **kwargs)
             finally:
                 hdul.close()
         return reader(path_or_hdul, path if path is not None else "<HDUList>", **kwargs)

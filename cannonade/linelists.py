@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .exceptions import CannonadeError, ColumnError
+from .exceptions import ColumnError, LineListError
 
 __all__ = [
     "LineListError",
@@ -34,10 +34,6 @@ __all__ = [
 ]
 
 DEFAULT_WINDOWS_PATH = Path(__file__).resolve().parent / "data" / "galah_windows.csv"
-
-
-class LineListError(CannonadeError, ValueError):
-    """A line-window file that is missing, malformed or has an empty/inverted window."""
 
 
 def load_line_windows(path=None):

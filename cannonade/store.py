@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .exceptions import CannonadeError, ConfigError, ShapeError
+from .exceptions import CannonadeError, ConfigError, ShapeError, StoreFormatError
 from .util import atomic_path, progress
 
 __all__ = [
@@ -64,10 +64,6 @@ META_COLUMNS = STR_COLUMNS + F8_COLUMNS + I8_COLUMNS
 
 _ROW_CHUNK = 64  # HDF5 chunk = 64 rows x P pixels (~1 MB for LAMOST)
 _NORM_BATCH = 256  # spectra normalised at once inside a chunk (bounds temporaries)
-
-
-class StoreFormatError(CannonadeError, IOError):
-    """A spectra store that is missing, corrupt, or not in the cannonade layout (names the file)."""
 
 
 # ---------------------------------------------------------------------------

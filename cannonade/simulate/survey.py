@@ -400,7 +400,6 @@ def _apogee_chunk(out, stars, s_all, rng, writers):
     for b0 in range(0, n, 32):
         sl = np.arange(b0, min(n, b0 + 32))
         vi = np.repeat(sl, nvis[sl])
-        visit_no = np.concatenate([np.arange(1, k + 1) for k in nvis[sl]])
         s = _subset(s_all, vi)
         # apStar spectra are resampled to the star's rest frame: residual RV errors only
         _, norm = normalised_model(s, "apogee", rng.normal(0, 0.05, len(vi)))

@@ -20,16 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..exceptions import CannonadeError
+from ..exceptions import SimulationWriteError
 from ..util import atomic_path
 
 __all__ = ["card", "write_fits_images", "FitsTableWriter", "SimulationWriteError"]
 
 BLOCK = 2880
-
-
-class SimulationWriteError(CannonadeError, IOError):
-    """A mock-survey file that cannot be written (names the file and the reason)."""
 
 
 def _fmt_value(value):
