@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .training import scatter_weights
 from .vectorizer import design_jacobian, design_matrix, hessian_contract, pair_indices, unpack_symmetric
 
 
@@ -67,19 +66,34 @@ def reduce_chi2(theta, s2, flux, ivar, theta_pairs=None):
         :func:`theta_products` of θ (reused across chunks).
     """
     K = theta.shape[1]
-    bad = ~np.isfinite(flux) | ~np.isfinite(ivar) | (ivar <= 0)
-    ivar = np.where(bad, 0.0, ivar)
-    w = scatter_weights(ivar, s2)
-    f = np.where(bad, 0.0, flux - theta[:, 0])
+    B, P = flux.shape
     if theta_pairs is None:
         theta_pairs = theta_products(theta)
-    M = np.zeros((flux.shape[0], K, K))
-    M[:, 1:, 1:] = unpack_symmetric((w.astype(np.float32) @ theta_pairs).astype(np.float64), K - 1)
-    wf = w * f
-    b = np.zeros((flux.shape[0], K))
-    b[:, 1:] = wf @ theta[:, 1:]
-    c = np.einsum("bp,bp->b", wf, f)
-    return ReducedProblem(M=M, b=b, c=c, n_pixels=(~bad).sum(axis=1), w=w, f=f)
+    theta0, theta1 = theta[:, 0], np.ascontiguousarray(theta[:, 1:])
+    w = np.empty((B, P))
+    f = np.empty((B, P))
+    Mflat = np.empty((B, theta_pairs.shape[1]), dtype=np.float32)
+    b = np.zeros((B, K))
+    c = np.empty(B)
+    n_pixels = np.empty(B, dtype=int)
+    # blocks of rows small enough to stay in cache between the element-wise passes
+    step = max(1, min(B, 2**23 // max(P, 1)))
+    for r0 in range(0, B, step):
+        r = slice(r0, min(B, r0 + step))
+        iv = ivar[r]
+        good = (iv > 0) & np.isfinite(iv) & np.isfinite(flux[r])
+        with np.errstate(invalid="ignore", over="ignore"):
+            wr = np.where(good, iv / (1.0 + iv * s2), 0.0)  # Wheeler+2020 Eq. 3 weights
+            fr = np.where(good, flux[r] - theta0, 0.0)
+        w[r], f[r] = wr, fr
+        Mflat[r] = wr.astype(np.float32) @ theta_pairs
+        wf = wr * fr
+        b[r, 1:] = wf @ theta1
+        c[r] = np.einsum("bp,bp->b", wf, fr)
+        n_pixels[r] = good.sum(axis=1)
+    M = np.zeros((B, K, K))
+    M[:, 1:, 1:] = unpack_symmetric(Mflat.astype(np.float64), K - 1)
+    return ReducedProblem(M=M, b=b, c=c, n_pixels=n_pixels, w=w, f=f)
 
 
 def _chi2_terms(eta, M, b, c):
