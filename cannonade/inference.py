@@ -70,29 +70,18 @@ def reduce_chi2(theta, s2, flux, ivar, theta_pairs=None):
     if theta_pairs is None:
         theta_pairs = theta_products(theta)
     theta0, theta1 = theta[:, 0], np.ascontiguousarray(theta[:, 1:])
-    w = np.empty((B, P))
-    f = np.empty((B, P))
-    Mflat = np.empty((B, theta_pairs.shape[1]), dtype=np.float32)
+    good = (ivar > 0) & np.isfinite(ivar) & np.isfinite(flux)
+    with np.errstate(invalid="ignore", over="ignore"):
+        w = np.where(good, ivar / (1.0 + ivar * s2), 0.0)  # Wheeler+2020 Eq. 3 weights
+        f = np.where(good, flux - theta0, 0.0)
+    Mflat = w.astype(np.float32) @ theta_pairs
+    wf = w * f
     b = np.zeros((B, K))
-    c = np.empty(B)
-    n_pixels = np.empty(B, dtype=int)
-    # blocks of rows small enough to stay in cache between the element-wise passes
-    step = max(1, min(B, 2**23 // max(P, 1)))
-    for r0 in range(0, B, step):
-        r = slice(r0, min(B, r0 + step))
-        iv = ivar[r]
-        good = (iv > 0) & np.isfinite(iv) & np.isfinite(flux[r])
-        with np.errstate(invalid="ignore", over="ignore"):
-            wr = np.where(good, iv / (1.0 + iv * s2), 0.0)  # Wheeler+2020 Eq. 3 weights
-            fr = np.where(good, flux[r] - theta0, 0.0)
-        w[r], f[r] = wr, fr
-        Mflat[r] = wr.astype(np.float32) @ theta_pairs
-        wf = wr * fr
-        b[r, 1:] = wf @ theta1
-        c[r] = np.einsum("bp,bp->b", wf, fr)
-        n_pixels[r] = good.sum(axis=1)
+    b[:, 1:] = wf @ theta1
+    c = np.einsum("bp,bp->b", wf, f)
+    n_pixels = good.sum(axis=1)
     M = np.zeros((B, K, K))
-    M[:, 1:, 1:] = unpack_symmetric(Mflat.astype(np.float64), K - 1)
+    M[:, 1:, 1:] = unpack_symmetric(Mflat, K - 1)
     return ReducedProblem(M=M, b=b, c=c, n_pixels=n_pixels, w=w, f=f)
 
 
@@ -112,9 +101,10 @@ def linear_start(problem, exponents, ridge=1e-8, clip=5.0):
     M, b = problem.M[:, 1:, 1:], problem.b[:, 1:]
     K = M.shape[1]
     scale = np.sqrt(np.clip(np.diagonal(M, axis1=1, axis2=2), 1e-300, None))
-    Ms = M / scale[:, :, None] / scale[:, None, :] + ridge * np.eye(K)
+    # a starting point needs no more than float32 (and the batched solve is then twice as fast)
+    Ms = (M / scale[:, :, None] / scale[:, None, :] + ridge * np.eye(K)).astype(np.float32)
     try:
-        eta = np.linalg.solve(Ms, (b / scale)[..., None])[..., 0] / scale
+        eta = np.linalg.solve(Ms, (b / scale).astype(np.float32)[..., None])[..., 0].astype(np.float64) / scale
     except np.linalg.LinAlgError:
         eta = np.zeros_like(b)
     E = exponents[1:]
@@ -195,31 +185,62 @@ def levenberg_marquardt(problem, exponents, starts, max_iter=100, tol_chi2=1e-5,
     B, S, L = starts.shape
     x = starts.copy()
     lam = np.full((B, S), 1e-3)
-    converged = np.zeros((B, S), dtype=bool)
-    stalled = np.zeros((B, S), dtype=bool)
-    merged = np.zeros((B, S), dtype=bool)
-    n_iter = np.zeros((B, S), dtype=int)
+    chi2, Meta = _eval_chi2(_flat(design_matrix, x, exponents), problem.M, problem.b, problem.c)
+    flags = dict(
+        converged=np.zeros((B, S), dtype=bool),
+        stalled=~np.isfinite(chi2),
+        merged=np.zeros((B, S), dtype=bool),
+        n_iter=np.zeros((B, S), dtype=int),
+    )
+    state = dict(x=x, chi2=chi2, Meta=Meta, lam=lam, **flags)
+    opts = dict(tol_chi2=tol_chi2, tol_step=tol_step, merge_tol=merge_tol)
+    # phase 1: every start of every star, M shared by the starts of a star (no copies);
+    # once merging has left few live starts, phase 2 gathers M for just those (one per row)
+    used = _lm_phase(problem.M, problem.b, problem.c, state, exponents, max_iter, switch_below=0.35 * B * S, **opts)
+    live = ~(state["converged"] | state["stalled"])
+    if used < max_iter and live.any():
+        rows, cols = np.nonzero(live)
+        sub = {k: v[rows, cols][:, None] for k, v in state.items()}
+        _lm_phase(problem.M[rows], problem.b[rows], problem.c[rows], sub, exponents, max_iter - used, **opts)
+        for k, v in sub.items():
+            state[k][rows, cols] = v[:, 0]
+    return state["x"], state["chi2"], state["converged"] | state["merged"], state["n_iter"]
+
+
+def _lm_phase(M, b, c, st, exponents, max_iter, tol_chi2, tol_step, merge_tol, switch_below=None):
+    """Iterate the batched LM on state ``st`` (arrays (B, S, ...), updated in place) until every
+    start is done, ``max_iter`` iterations, or (if given) fewer than ``switch_below`` live starts.
+    Returns the number of iterations run."""
+    x, chi2, Meta, lam = st["x"], st["chi2"], st["Meta"], st["lam"]
+    converged, stalled, merged, n_iter = st["converged"], st["stalled"], st["merged"], st["n_iter"]
+    B, S, L = x.shape
+    N_CAND = 2
     eye = np.eye(L)
     # working set of stars with an unfinished start; re-gathered only when it has halved,
     # so the (K, K) matrices are rarely copied
     work = np.arange(B)
-    Mw, bw, cw = problem.M, problem.b, problem.c
-    chi2, Meta = _eval_chi2(_flat(design_matrix, x, exponents), Mw, bw, cw)
-    stalled |= ~np.isfinite(chi2)
-    for _ in range(max_iter):
+    Mw, bw, cw = M, b, c
+    # JᵀWJ only steers the steps (every candidate is judged by the float64 χ²): float32 is enough
+    Mw32 = Mw.astype(np.float32)
+    it = 0
+    for it in range(1, max_iter + 1):
         busy = ~(converged[work] | stalled[work])
+        if switch_below is not None and busy.sum() < switch_below:
+            return it - 1
         star_busy = busy.any(axis=1)
         if not star_busy.any():
-            break
+            return it - 1
         if star_busy.sum() < 0.5 * star_busy.size:
             work, Mw, bw, cw = work[star_busy], Mw[star_busy], bw[star_busy], cw[star_busy]
+            Mw32 = Mw32[star_busy]
             busy = busy[star_busy]
         xw, chiw, lamw = x[work], chi2[work], lam[work]
         D = _flat(design_jacobian, xw, exponents)  # (B', S, K, L)
         Dt = np.swapaxes(D, -1, -2)
         r = bw[:, None, :] - Meta[work]
         grad = (Dt @ r[..., None])[..., 0]  # Jᵀ W r
-        H_gn = Dt @ _star_matmul(Mw, D)  # Jᵀ W J
+        D32 = D.astype(np.float32)
+        H_gn = (np.swapaxes(D32, -1, -2) @ _star_matmul(Mw32, D32)).astype(np.float64)  # Jᵀ W J
         diag = np.maximum(np.diagonal(H_gn, axis1=-2, axis2=-1), 1e-12)
         damp = lamw[..., None, None] * eye * diag[..., None, :]
         H_full = H_gn - _flat(lambda xx, e: hessian_contract(xx, e, r.reshape(-1, r.shape[-1])), xw, exponents)
@@ -232,14 +253,14 @@ def levenberg_marquardt(problem, exponents, starts, max_iter=100, tol_chi2=1e-5,
             for idx in np.ndindex(H2.shape[:3]):
                 steps[idx] = np.linalg.lstsq(H2[idx], g2[idx][:, 0], rcond=None)[0]
         steps = np.where(np.isfinite(steps), steps, 0.0)
-        xc = (xw[:, :, None, :] + steps).reshape(len(work), 2 * S, L)
+        xc = (xw[:, :, None, :] + steps).reshape(len(work), N_CAND * S, L)
         chic, Metac = _eval_chi2(_flat(design_matrix, xc, exponents), Mw, bw, cw)
-        chic = np.where(np.isfinite(chic), chic, np.inf).reshape(len(work), S, 2)
+        chic = np.where(np.isfinite(chic), chic, np.inf).reshape(len(work), S, N_CAND)
         pick = np.argmin(chic, axis=2)  # 0: Gauss–Newton, 1: Newton
         rows = np.arange(len(work))[:, None]
         cols = np.arange(S)[None, :]
         chi2_new = chic[rows, cols, pick]
-        flat_idx = cols * 2 + pick
+        flat_idx = cols * N_CAND + pick
         x_new = xc[rows, flat_idx]
         Meta_new = Metac[rows, flat_idx]
         step = steps[rows, cols, pick]
@@ -256,19 +277,20 @@ def levenberg_marquardt(problem, exponents, starts, max_iter=100, tol_chi2=1e-5,
         converged[work] |= done
         # a start whose damping exploded cannot move any more: it stops, unconverged
         stalled[work] |= busy & (lamw > 1e12)
-        # merge starts that share a basin (the worse one stops; it is never the winner)
-        live = ~merged[work]
-        for t in range(S):
-            for u in range(t + 1, S):
-                close = live[:, t] & live[:, u] & (np.max(np.abs(xw[:, t] - xw[:, u]), axis=-1) < merge_tol)
-                if close.any():
-                    worse = np.where(chiw[:, u] >= chiw[:, t], u, t)
-                    rows_c = np.flatnonzero(close)
-                    live[rows_c, worse[rows_c]] = False
-        newly = ~live & ~merged[work]
-        merged[work] |= newly
-        stalled[work] |= newly
-    return x, chi2, converged | merged, n_iter
+        if S > 1:
+            # merge starts that share a basin (the worse one stops; it is never the winner)
+            live = ~merged[work]
+            for t in range(S):
+                for u in range(t + 1, S):
+                    close = live[:, t] & live[:, u] & (np.max(np.abs(xw[:, t] - xw[:, u]), axis=-1) < merge_tol)
+                    if close.any():
+                        worse = np.where(chiw[:, u] >= chiw[:, t], u, t)
+                        rows_c = np.flatnonzero(close)
+                        live[rows_c, worse[rows_c]] = False
+            newly = ~live & ~merged[work]
+            merged[work] |= newly
+            stalled[work] |= newly
+    return it
 
 
 def covariance(problem, exponents, labels):
