@@ -392,7 +392,7 @@ class Run:
     def stage_crossmatch(self):
         from astropy.table import Table
 
-        from .crossmatch import best_match, id_match, sky_match
+        from .crossmatch import best_match, sky_match
 
         t, r = self.cfg["target"], self.cfg["reference"]
         tgt, ref = self.table("target"), self.table("reference")
@@ -425,7 +425,6 @@ class Run:
             dup = np.zeros(len(ref), dtype=bool)
             sep = np.full(len(ref), np.nan)
             n_refs_per_target = np.bincount(index[index >= 0], minlength=len(tgt))
-            _ = id_match  # the generic helper is used by other callers
         ambiguous = (index >= 0) & (n_refs_per_target[np.maximum(index, 0)] > 1)
         index = np.where(ambiguous, -1, index)
         out = Table(
@@ -671,7 +670,6 @@ class Run:
         models = self.models()
         classes_cat = self.target_classes()
         rows_t = self.target_rows()
-        n_store = None
         with SpectraStore(self.path("target.h5")) as st:
             n_store = st.n_spectra
             wavelength = st.wavelength

@@ -91,8 +91,20 @@ def _solve(A, rhs):
                 ok[p] = False
                 Lc[p] = np.eye(A.shape[1])
     A = np.where(ok[:, None, None], A, np.eye(A.shape[1]))
-    theta = np.linalg.solve(A, rhs[..., None])[..., 0]
-    logdet = 2.0 * np.log(np.diagonal(Lc, axis1=1, axis2=2)).sum(axis=1)
+    try:
+        theta = np.linalg.solve(A, rhs[..., None])[..., 0]
+    except np.linalg.LinAlgError:
+        # numerically singular systems that slipped through the Cholesky (a pixel with fewer
+        # usable stars than terms): solve pixel by pixel, the singular ones become NaN
+        theta = np.full(rhs.shape, np.nan)
+        for p in range(A.shape[0]):
+            try:
+                theta[p] = np.linalg.solve(A[p], rhs[p])
+            except np.linalg.LinAlgError:
+                ok[p] = False
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logdet = 2.0 * np.log(np.diagonal(Lc, axis1=1, axis2=2)).sum(axis=1)
+    ok &= np.isfinite(logdet) & np.all(np.isfinite(theta), axis=1)
     theta[~ok] = np.nan
     logdet[~ok] = np.nan
     return theta, logdet

@@ -323,3 +323,20 @@ def test_cross_validation_on_known_truth():
     # same seed, same folds
     cv2 = cross_validate(CannonModel(u.names), lab, flux, ivar, k=12, seed=0)
     np.testing.assert_array_equal(cv.fold, cv2.fold)
+
+
+def test_pixels_the_training_set_cannot_constrain_are_excluded():
+    """A pixel seen by fewer stars than there are terms: no crash, excluded from inference."""
+    u = PolyUniverse(3, 40, seed=12)
+    lab = u.labels(300)
+    flux, ivar = u.spectra(lab)
+    ivar[3:, 0] = 0.0  # pixel 0: only 3 stars
+    ivar[:, 1] = 0.0  # pixel 1: none
+    flux[:, 1] = np.nan
+    m = CannonModel(u.names).fit(lab, flux, ivar)
+    assert not m.pixel_ok_[0] and not m.pixel_ok_[1] and m.pixel_ok_[2:].all()
+    assert np.all(np.isnan(m.predict(lab[:2])[:, :2]))
+    r = m.infer(flux[3:20], ivar[3:20])
+    assert r.converged.all() and np.all(r.dof == 38 - 3)
+    cv = cross_validate(m, lab, flux, ivar, k=4, seed=1)  # folds must survive such pixels too
+    assert np.all(np.isfinite(cv.scatter))
