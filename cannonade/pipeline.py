@@ -280,44 +280,24 @@ class Run:
         """Fail before any work if a configured column does not exist (names it and the columns that exist)."""
         t, r = self.cfg["target"], self.cfg["reference"]
         tgt, ref = self.table("target"), self.table("reference")
-        for key in ("id_column", "star_column", "file_column", "snr_column", "teff_column", "logg_column", "ra_column", "dec_column"):
-            try:
-                resolve_column(t[key], tgt.colnames, None, f"target catalogue ({t['catalogue']})")
-            except ColumnError as exc:
-                raise ConfigError(f"target.{key}: {exc}") from None
+        on_target = (tgt.colnames, None, f"target catalogue ({t['catalogue']})")
+        on_reference = (ref.colnames, r["columns"], f"reference catalogue ({r['catalogue']})")
+        needs = [(f"target.{k}", t[k], on_target) for k in
+                 ("id_column", "star_column", "file_column", "snr_column", "teff_column", "logg_column", "ra_column", "dec_column")]
         if t["redshift_column"]:
-            try:
-                resolve_column(t["redshift_column"], tgt.colnames, None, f"target catalogue ({t['catalogue']})")
-            except ColumnError as exc:
-                raise ConfigError(f"target.redshift_column: {exc}") from None
-        for key in ("id_column", "ra_column", "dec_column"):
-            try:
-                resolve_column(r[key], ref.colnames, r["columns"], f"reference catalogue ({r['catalogue']})")
-            except ColumnError as exc:
-                raise ConfigError(f"reference.{key}: {exc}") from None
-        for expr in self.cfg["cuts"]["target"]:
-            for n in expression_names(expr):
-                try:
-                    resolve_column(n, tgt.colnames, None, f"target catalogue ({t['catalogue']})")
-                except ColumnError as exc:
-                    raise ConfigError(f"cuts.target {expr!r}: {exc}") from None
-        for expr in self.cfg["cuts"]["reference"]:
-            for n in expression_names(expr):
-                try:
-                    resolve_column(n, ref.colnames, r["columns"], f"reference catalogue ({r['catalogue']})")
-                except ColumnError as exc:
-                    raise ConfigError(f"cuts.reference {expr!r}: {exc}") from None
+            needs.append(("target.redshift_column", t["redshift_column"], on_target))
+        needs += [(f"reference.{k}", r[k], on_reference) for k in ("id_column", "ra_column", "dec_column")]
+        for side, on in (("target", on_target), ("reference", on_reference)):
+            needs += [(f"cuts.{side} {expr!r}", n, on) for expr in self.cfg["cuts"][side] for n in expression_names(expr)]
         names, errors = self.base_labels()
-        for n in names + errors:
-            try:
-                resolve_column(n, ref.colnames, r["columns"], f"reference catalogue ({r['catalogue']})")
-            except ColumnError as exc:
-                raise ConfigError(f"labels: {exc}") from None
+        needs += [("labels", n, on_reference) for n in names + errors]
         if self.cfg["crossmatch"]["method"] == "id":
+            needs.append(("crossmatch.target_id_column", self.cfg["crossmatch"]["target_id_column"], on_target))
+        for where, name, (columns, aliases, what) in needs:
             try:
-                resolve_column(self.cfg["crossmatch"]["target_id_column"], tgt.colnames, None, "target catalogue")
+                resolve_column(name, columns, aliases, what)
             except ColumnError as exc:
-                raise ConfigError(f"crossmatch.target_id_column: {exc}") from None
+                raise ConfigError(f"{where}: {exc}") from None
         if self.cfg["dynamics"]["enabled"] and self.cfg["dynamics"]["gaia"]:
             g = self.table("gaia")
             for need in ("ra", "dec", "pmra", "pmdec", "r_est"):
