@@ -85,13 +85,6 @@ def reduce_chi2(theta, s2, flux, ivar, theta_pairs=None):
     return ReducedProblem(M=M, b=b, c=c, n_pixels=n_pixels, w=w, f=f)
 
 
-def _chi2_terms(eta, M, b, c):
-    """χ²(η) = c − 2 b·η + ηᵀMη for stacked problems (broadcasting): eta (..., K), M (..., K, K)."""
-    Meta = (M @ eta[..., None])[..., 0]
-    chi2 = c - 2.0 * np.sum(b * eta, axis=-1) + np.sum(eta * Meta, axis=-1)
-    return chi2, Meta
-
-
 def linear_start(problem, exponents, ridge=1e-8, clip=5.0):
     """The ivar-weighted linear-algebra estimate: solve M η = b for every non-constant term
     (the constant is fixed at 1, see :func:`reduce_chi2`), keep the linear terms.

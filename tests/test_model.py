@@ -18,7 +18,7 @@ from cannonade import (
     TrainingSetError,
     cross_validate,
 )
-from cannonade.vectorizer import design_jacobian, design_matrix, term_exponents, term_names
+from cannonade.vectorizer import design_hessian, design_jacobian, design_matrix, hessian_contract, term_exponents, term_names
 
 
 class PolyUniverse:
@@ -79,6 +79,14 @@ def test_vectorizer_terms_and_jacobian():
             axis=-1,
         )
         np.testing.assert_allclose(design_jacobian(x, E), num, atol=1e-7)
+        # second derivatives, and their contraction with weights (used by the Newton steps)
+        num2 = np.stack(
+            [(design_jacobian(x + h * np.eye(3)[j], E) - design_jacobian(x - h * np.eye(3)[j], E)) / (2 * h) for j in range(3)],
+            axis=-1,
+        )
+        np.testing.assert_allclose(design_hessian(x, E), num2, atol=1e-6)
+        wts = np.random.default_rng(order).normal(size=(7, len(E)))
+        np.testing.assert_allclose(hessian_contract(x, E, wts), np.einsum("nk,nkij->nij", wts, num2), atol=1e-5)
 
 
 def test_theta_and_scatter_recovered_at_wheeler_size(wheeler_size):
