@@ -91,10 +91,13 @@ SCHEMA = {
             "derived labels: name -> {mean_of = [...], weights = 'error' | 'equal'}",
         ),
     },
-    "models": {
-        "dwarf": ({"labels": DWARF_LABELS}, dict, "labels of the dwarf model"),
-        "giant": ({"labels": GIANT_LABELS}, dict, "labels of the giant model"),
-    },
+    # one table per model, [models.NAME] labels = [...]; with split.method = "wheeler2020" the
+    # names are dwarf and giant, with "none" any one model is trained and applied to every star
+    "models": (
+        {"dwarf": {"labels": DWARF_LABELS}, "giant": {"labels": GIANT_LABELS}},
+        dict,
+        "labels of each model: [models.NAME] labels = [...]",
+    ),
     "training": {
         "order": (2, int, "polynomial order"),
         "scale": ("standard", str, "standard | percentile"),
@@ -189,6 +192,8 @@ def validate_config(raw, base_dir="."):
             raise ConfigError(f"models.{name} must be a table with one key, labels = [..] (non-empty), got {spec!r}")
     if cfg["split"]["method"] == "wheeler2020" and set(cfg["models"]) != {"dwarf", "giant"}:
         raise ConfigError(f"split.method = 'wheeler2020' needs exactly models.dwarf and models.giant, got {sorted(cfg['models'])}")
+    if cfg["split"]["method"] == "none" and len(cfg["models"]) != 1:
+        raise ConfigError(f"split.method = 'none' needs exactly one [models.NAME] table, got {sorted(cfg['models'])}")
     for name, spec in cfg["labels"]["derived"].items():
         if not isinstance(spec, dict) or set(spec) - {"mean_of", "weights"} or not spec.get("mean_of"):
             raise ConfigError(f"labels.derived.{name} must be {{mean_of = [...], weights = 'error'|'equal'}}, got {spec!r}")

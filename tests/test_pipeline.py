@@ -277,3 +277,28 @@ def test_error_weighted_mean_label():
 
 def test_label_elements():
     assert [label_element(n) for n in ("fe_h", "mg_fe", "teff", "mean_alpha_fe")] == ["Fe", "Mg", None, "Mean_alpha"]
+
+
+def test_single_model_without_cleaning_or_dynamics(mock, tmp_path):
+    """split = none: one model for every star; no reference spectra, no Gaia, Parquet only."""
+    from astropy.table import Table
+
+    (tmp_path / "mock").symlink_to(mock / "mock")
+    cfg = tmp_path / "run.toml"
+    cfg.write_text(
+        CONFIG.format(chunk=500)
+        .replace('spectra = "mock/galah/spectra"', 'spectra = ""')
+        .replace('[models.dwarf]\nlabels = ["teff", "logg", "fe_h", "mean_alpha_fe"]\n\n[models.giant]', "[split]\nmethod = \"none\"\n\n[models.all]")
+        .replace('gaia = "mock/gaia/catalogue.fits"', 'enabled = false')
+        + '\n[catalogue]\nformats = ["parquet"]\n'
+    )
+    run = run_pipeline(cfg)
+    assert run.stage_info("clean")["skipped"] and run.stage_info("dynamics")["skipped"]
+    cv = Table.read(run.path("cv", "cv_summary.csv"), format="ascii.csv")
+    assert set(cv["model"]) == {"all"} and list(cv["label"]) == ["teff", "logg", "fe_h", "mg_fe"]
+    assert run.path("catalogue", "per_star.parquet").is_file()
+    assert not run.path("catalogue", "per_star.fits").exists()
+    # two models with split = none is a config error, before any work
+    cfg.write_text(cfg.read_text().replace("[models.all]", '[models.extra]\nlabels = ["teff"]\n\n[models.all]'))
+    with pytest.raises(ConfigError, match="exactly one"):
+        Run(cfg)
