@@ -53,7 +53,7 @@ def reduce_chi2(theta, s2, flux, ivar, theta_pairs=None):
     M, b and c describe only the label-dependent part: χ² = c − 2 b·η + ηᵀMη with row and
     column 0 of M and b_0 zero. What is left is small and of one magnitude, so the large
     product M = Θ'ᵀ W Θ' is done in float32 (twice the speed) without losing the precision
-    the labels need (the float64 product differs by ~1e-7 relative); b and c stay float64.
+    the labels need (labels move by < 1e-4 σ against a float64 product); b and c stay float64.
 
     Parameters
     ----------
