@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .training import scatter_weights
 from .vectorizer import design_jacobian, design_matrix, hessian_contract, pair_indices, unpack_symmetric
 
 
@@ -72,7 +73,7 @@ def reduce_chi2(theta, s2, flux, ivar, theta_pairs=None):
     theta0, theta1 = theta[:, 0], np.ascontiguousarray(theta[:, 1:])
     good = (ivar > 0) & np.isfinite(ivar) & np.isfinite(flux)
     with np.errstate(invalid="ignore", over="ignore"):
-        w = np.where(good, ivar / (1.0 + ivar * s2), 0.0)  # Wheeler+2020 Eq. 3 weights
+        w = np.where(good, scatter_weights(ivar, s2), 0.0)  # Wheeler+2020 Eq. 3 weights
         f = np.where(good, flux - theta0, 0.0)
     Mflat = w.astype(np.float32) @ theta_pairs
     wf = w * f

@@ -268,15 +268,20 @@ def _clean_header(h):
     return out
 
 
-def _log_linear_wavelength(header, npix, path):
-    """10**(CRVAL1 + CDELT1 * (i + 1 - CRPIX1)) from a LOG-LINEAR header."""
+def _header_axis(header, npix, path, what="wavelength solution"):
+    """CRVAL1 + CDELT1 * (i + 1 - CRPIX1) for i in range(npix): a FITS header's linear axis."""
     try:
         crval = float(header["CRVAL1"])
         cdelt = float(header.get("CDELT1", header.get("CD1_1")))
         crpix = float(header.get("CRPIX1", 1.0))
     except (KeyError, TypeError, ValueError):
-        raise SpectrumFormatError(f"{path}: no log-linear wavelength solution (CRVAL1/CDELT1) in the header") from None
-    return 10.0 ** (crval + cdelt * (np.arange(npix) + 1.0 - crpix))
+        raise SpectrumFormatError(f"{path}: no {what} (CRVAL1/CDELT1) in the header") from None
+    return crval + cdelt * (np.arange(npix) + 1.0 - crpix)
+
+
+def _log_linear_wavelength(header, npix, path):
+    """10**(CRVAL1 + CDELT1 * (i + 1 - CRPIX1)) from a LOG-LINEAR header."""
+    return 10.0 ** _header_axis(header, npix, path, "log-linear wavelength solution")
 
 
 def _std_meta(survey, layout, path, obj_id, ra, dec, snr, redshift, rv, header=None):
@@ -809,13 +814,7 @@ def _read_galah_ccd(hdul, path, normalised=False, vacuum=True):
         raise SpectrumFormatError(f"{path}: GALAH file lacks extension {exc}") from None
     flux = np.asarray(flux_ext.data, dtype=np.float64)
     npix = flux.size
-    try:
-        crval = float(h["CRVAL1"])
-        cdelt = float(h.get("CDELT1", h.get("CD1_1")))
-        crpix = float(h.get("CRPIX1", 1.0))
-    except (KeyError, TypeError, ValueError):
-        raise SpectrumFormatError(f"{path}: GALAH file without a linear wavelength solution (CRVAL1/CDELT1)") from None
-    wave_air = crval + cdelt * (np.arange(npix) + 1.0 - crpix)  # barycentric, air
+    wave_air = _header_axis(h, npix, path, "linear wavelength solution for a GALAH file")  # barycentric, air
     wave = air_to_vacuum(wave_air) if vacuum else wave_air
     sigma = np.abs(rel * flux)  # relative_error is sigma / flux
     ivar = _ivar_from_error(flux, sigma)

@@ -31,6 +31,7 @@ import numpy as np
 
 from .config import evaluate_cut, expression_names, load_config, resolve_column
 from .exceptions import ColumnError, ConfigError, TrainingSetError
+from .training import scatter_weights
 from .util import atomic_path, progress
 
 STAGES = [
@@ -198,6 +199,7 @@ class Run:
         self.cfg = load_config(config) if not isinstance(config, dict) else config
         self.out = Path(self.cfg["run"]["out"])
         self._tables = {}
+        self._target_rows = None
         # every configured column must exist before anything is written
         self.check_columns()
         self.out.mkdir(parents=True, exist_ok=True)
@@ -332,6 +334,7 @@ class Run:
     def stage_ingest(self):
         from .store import ingest
 
+        self._target_rows = None
         t = self.cfg["target"]
         tgt = self.table("target")
         files = [str(f).strip() for f in _col(tgt, t["file_column"], dtype=None)]
@@ -358,7 +361,11 @@ class Run:
         return {"n_catalogue": len(tgt), "n_stored": rep.n_ok, "n_failed": rep.n_failed}
 
     def target_rows(self):
-        """Store row of every target-catalogue row (-1 where its spectrum could not be read)."""
+        """Store row of every target-catalogue row (-1 where its spectrum could not be read).
+
+        Read from the store once per run (several stages need it; ingest resets it)."""
+        if self._target_rows is not None:
+            return self._target_rows
         from .store import SpectraStore
 
         tgt = self.table("target")
@@ -366,7 +373,8 @@ class Run:
         with SpectraStore(self.path("target.h5")) as st:
             src = [os.path.basename(str(s)) for s in st.meta()["source_file"]]
         index = {s: i for i, s in enumerate(src)}
-        return np.array([index.get(f, -1) for f in files], dtype=int)
+        self._target_rows = np.array([index.get(f, -1) for f in files], dtype=int)
+        return self._target_rows
 
     # ---- 2. crossmatch
     def stage_crossmatch(self):
@@ -522,7 +530,7 @@ class Run:
         terms = mixed_terms(n_stellar, len(clean_labels) - n_stellar, order=self.cfg["clean"]["order"])
         m = CannonModel(clean_labels, terms=terms).fit(labels[train], flux[train], ivar[train])
         model = m.predict(np.where(np.isfinite(labels), labels, m.scaler_.offset_))
-        w = ivar / (1.0 + ivar * m.s2_)
+        w = scatter_weights(ivar, m.s2_)
         resid2 = np.where(np.isfinite(model), w * (flux - np.nan_to_num(model)) ** 2, 0.0)
         for j, el in enumerate(elements):
             c = resid2[:, el_masks[el]].sum(axis=1)
@@ -626,9 +634,7 @@ class Run:
                 for row in summary:
                     self.log.info("[train]   CV %-14s bias %+9.4f  scatter %8.4f  corr %.3f", row["label"], row["bias"], row["scatter"], row["corr"])
                 info[name] = {"n_train": n, "scatter": dict(zip(summary["label"], np.round(summary["scatter"], 5))), "bias": dict(zip(summary["label"], np.round(summary["bias"], 5)))}
-        from astropy.table import vstack
-
-        from astropy.table import Table
+        from astropy.table import Table, vstack
 
         allcv = vstack([Table.read(self.path("cv", f"{n}_summary.csv"), format="ascii.csv") for n in self.model_labels()])
         self.write_table(allcv, "cv/cv_summary.csv")
@@ -697,13 +703,14 @@ class Run:
         t = self.cfg["target"]
         tgt = self.table("target")
         parts = sorted(self.path("infer", "parts").glob("part_*.npz"))
-        arrays = {}
+        arrays, labels = {}, []
         for p in parts:
             with np.load(p, allow_pickle=False) as d:
+                labels = [str(n) for n in d["label_names"]]  # the same in every part
                 for k in d.files:
-                    arrays.setdefault(k, []).append(d[k])
+                    if k != "label_names":
+                        arrays.setdefault(k, []).append(d[k])
         res = {k: np.concatenate(v) for k, v in arrays.items()}
-        labels = list(res["label_names"][: len(res["label_names"]) // len(parts)]) if parts else []
         rows_t = self.target_rows()
         store_to_cat = np.full(int(res["store_row"].max()) + 1 if len(parts) else 0, -1)
         store_to_cat[rows_t[rows_t >= 0]] = np.flatnonzero(rows_t >= 0)
@@ -850,7 +857,7 @@ def infer_observations(models, classes, flux, ivar, label_names, masks):
         model_flux = m.predict(np.nan_to_num(r.labels[take], nan=0.0))
         f, iv = flux[rows], ivar[rows]
         good = np.isfinite(f) & np.isfinite(iv) & (iv > 0) & np.isfinite(model_flux)
-        w = np.where(good, iv / (1.0 + iv * m.s2_), 0.0)
+        w = np.where(good, scatter_weights(iv, m.s2_), 0.0)
         resid2 = w * np.where(good, f - model_flux, 0.0) ** 2
         for lab in m.label_names:
             if lab in masks:
