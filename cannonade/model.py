@@ -125,11 +125,6 @@ def _clean(flux, ivar):
     return np.where(bad, 0.0, flux), np.where(bad, 0.0, ivar)
 
 
-def _check_spectra(flux, ivar, n_pixels=None, what="flux"):
-    """Shapes checked and bad pixels cleaned (see :func:`_clean`)."""
-    return _clean(*_check_shapes(flux, ivar, n_pixels, what))
-
-
 class CannonModel:
     """The Cannon: a per-pixel polynomial in the labels with per-pixel intrinsic scatter.
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .exceptions import TrainingSetError
-from .model import _as_label_array, _check_spectra
+from .model import _as_label_array, _check_shapes
 from .util import progress
 
 
@@ -119,7 +119,7 @@ def cross_validate(model, labels, flux, ivar, k=12, seed=0):
     CVResult
     """
     lab = _as_label_array(labels, model.label_names)
-    flux, ivar = _check_spectra(flux, ivar)
+    flux, ivar = _check_shapes(flux, ivar)  # fit and infer clean bad pixels themselves, chunk by chunk
     if lab.shape[0] != flux.shape[0]:
         from .exceptions import ShapeError
 
