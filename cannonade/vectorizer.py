@@ -261,6 +261,59 @@ def unpack_symmetric(flat, K):
     return np.take(flat, _symmetric_gather_index(K), axis=-1).reshape(flat.shape[:-1] + (K, K))
 
 
+def monomial_plan(exponents):
+    """The distinct monomials among all pairwise products of the model's terms.
+
+    Every entry of a normal matrix Σ_n w_n x_nk x_nj (or of Σ_λ w_λ θ_λk θ_λj's dual) is a
+    weighted sum of one monomial in the labels; for a quadratic model in L labels the
+    K(K+1)/2 products of terms are only C(L+4, 4) distinct monomials (715 instead of 1540
+    for L = 9), so one matrix product over the monomials builds every entry.
+
+    Parameters
+    ----------
+    exponents : (K, L) int
+
+    Returns
+    -------
+    rep_i, rep_j : (R,) int
+        One representative term pair (i ≤ j) per distinct monomial.
+    gather : (K, K) int
+        For each entry (k, j), the index in 0..R-1 of its monomial.
+    """
+    exponents = np.asarray(exponents, dtype=np.int64)
+    i, j = pair_indices(exponents.shape[0])
+    _, first, inverse = np.unique(exponents[i] + exponents[j], axis=0, return_index=True, return_inverse=True)
+    inverse = np.asarray(inverse).ravel()
+    K = exponents.shape[0]
+    gather = np.empty((K, K), dtype=np.intp)
+    gather[i, j] = inverse
+    gather[j, i] = inverse
+    return i[first], j[first], gather
+
+
+def collapse_to_monomials(B, gather):
+    """Σ over the entries of each symmetric (..., K, K) matrix that share a monomial: -> (..., R).
+
+    The adjoint of ``flat[..., gather]``: for symmetric B and monomial sums z,
+    Σ_kj B_kj z[gather_kj] = Σ_m collapse(B)_m z_m. Reads only the upper triangle
+    (off-diagonal entries count twice).
+    """
+    idx, starts, twice = _collapse_index(gather.tobytes(), gather.shape[0])
+    flat = B.reshape(B.shape[:-2] + (-1,))[..., idx]
+    flat[..., twice] *= 2.0
+    return np.add.reduceat(flat, starts, axis=-1)
+
+
+@functools.lru_cache(maxsize=32)
+def _collapse_index(gather_bytes, K):
+    g = np.frombuffer(gather_bytes, dtype=np.intp).reshape(K, K)
+    i, j = pair_indices(K)
+    order = np.argsort(g[i, j], kind="stable")
+    i, j = i[order], j[order]
+    starts = np.flatnonzero(np.r_[True, np.diff(g[i, j]) != 0])
+    return i * K + j, starts, i != j
+
+
 class LabelScaler:
     """Affine label scaling so labels are of order unity inside the model.
 

@@ -106,6 +106,36 @@ def test_theta_and_scatter_recovered_at_wheeler_size(wheeler_size):
     assert ratio_ml < np.median(ratio) - 0.05
 
 
+@pytest.mark.parametrize("method", ["reml", "ml"])
+def test_scatter_fixed_point_maximises_the_exact_likelihood(method):
+    """The score iteration lands on the maximum of Eq. 5 (or its REML form), found here by brute force."""
+    from cannonade.training import fit_scatter, neg_log_likelihood, normal_plan, solve_theta
+
+    u = PolyUniverse(3, 40, seed=5, s_range=(0.0, 0.02), snr=80.0)
+    lab = u.labels(150)
+    flux, ivar = u.spectra(lab)
+    # heteroscedastic noise and missing pixels: the case a closed form cannot handle
+    ivar = ivar * u.rng.uniform(0.1, 3.0, ivar.shape)
+    ivar[u.rng.random(ivar.shape) < 0.05] = 0.0
+    X = design_matrix((lab - lab.mean(0)) / lab.std(0), u.E)
+    active = np.ones((u.P, len(u.E)), dtype=bool)
+    active[::3, u.E[:, 1] > 0] = False  # censor label 1 at a third of the pixels
+    s2, theta = fit_scatter(X, flux, ivar, active, method=method, plan=normal_plan(X, u.E))
+    grid = np.linspace(0.0, 0.06, 1201) ** 2  # censoring a label that acts adds model error: s up to ~0.045
+    nll = np.array([neg_log_likelihood(*solve_theta(X, flux, ivar, np.full(u.P, g), active)[1:], method) for g in grid])
+    best = grid[np.argmin(nll, axis=0)]
+    nll_fit = neg_log_likelihood(*solve_theta(X, flux, ivar, s2, active)[1:], method)
+    # never worse than the best grid point (beyond its resolution), and at the same s
+    assert np.all(nll_fit <= nll.min(axis=0) + 1e-3)
+    assert np.allclose(np.sqrt(s2), np.sqrt(best), atol=1.5e-4)
+    # θ is the weighted least-squares solution at (the last iterate of) that s²: the model
+    # flux it predicts differs by < 1 % of the noise (σ = 1/80 and up), a few % of θ̂'s own
+    # error (~sqrt(K/N) σ); censored θ exactly 0
+    dflux = X @ (theta - solve_theta(X, flux, ivar, s2, active)[0]).T
+    assert np.max(np.abs(dflux)) < 1e-2 / u.snr
+    assert np.all(theta[~active] == 0.0)
+
+
 def test_inference_recovers_labels_with_calibrated_errors():
     """With θ well determined (large training set), label pulls have unit standard deviation."""
     u = PolyUniverse(3, 300, seed=2, snr=50)
