@@ -14,6 +14,9 @@ exactly ``Dᵀ M D`` with ``D = ∂η/∂ℓ``; its inverse is the label covaria
 
 from __future__ import annotations
 
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,15 +29,20 @@ from .vectorizer import design_jacobian, design_matrix, hessian_contract, pair_i
 class ReducedProblem:
     """Sufficient statistics of a chunk of stars' χ² (see module docstring).
 
-    M : (B, K, K), b : (B, K), c : (B,), n_pixels : (B,) valid pixels per star.
+    M : (B, K, K) float64 (from a float32 product), M32 : the same in float32,
+    b : (B, K), c : (B,), n_pixels : (B,) valid pixels per star.
     """
 
     M: np.ndarray
     b: np.ndarray
     c: np.ndarray
     n_pixels: np.ndarray
-    w: np.ndarray | None = None
-    f: np.ndarray | None = None
+    M32: np.ndarray | None = None
+
+    def __getitem__(self, sl):
+        """The stars ``sl`` (a slice) of the chunk."""
+        return ReducedProblem(M=self.M[sl], b=self.b[sl], c=self.c[sl], n_pixels=self.n_pixels[sl],
+                              M32=None if self.M32 is None else self.M32[sl])
 
 
 def theta_products(theta):
@@ -47,7 +55,31 @@ def theta_products(theta):
     return np.ascontiguousarray((t[:, i] * t[:, j]).astype(np.float32))
 
 
-def reduce_chi2(theta, s2, flux, ivar, theta_pairs=None):
+def _prepare_block(flux, ivar, s2, theta0, w, f):
+    """Weights and constant-subtracted flux of a block of stars, written into w, f (b, P).
+
+    Non-finite or non-positive ivar and non-finite flux give w = 0 and f = 0.
+    Returns the number of valid pixels per star (b,).
+    """
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        if np.isfinite(ivar.sum()) and ivar.min() >= 0:
+            # the usual case: ivar finite and ≥ 0, so w = 0 exactly where ivar = 0
+            np.multiply(ivar, s2, out=w)
+            w += 1.0
+            np.divide(ivar, w, out=w)  # Wheeler+2020 Eq. 3 weights
+            np.subtract(flux, theta0, out=f)
+            bad = ~np.isfinite(f)
+            if bad.any():  # NaN/inf flux counts as ivar = 0
+                w[bad] = 0.0
+                f[bad] = 0.0
+            return np.count_nonzero(w, axis=1)
+        good = (ivar > 0) & (ivar < np.inf) & np.isfinite(flux)
+        np.copyto(w, np.where(good, scatter_weights(ivar, s2), 0.0))
+        np.copyto(f, np.where(good, flux - theta0, 0.0))
+        return good.sum(axis=1)
+
+
+def reduce_chi2(theta, s2, flux, ivar, theta_pairs=None, block_elements=1 << 17, gemm_rows=512):
     """Reduce a chunk of spectra to the χ² polynomial's coefficients.
 
     The constant term (column 0 of θ, η_0 = 1) is moved to the data, f' = f − θ_0, so that
@@ -55,6 +87,9 @@ def reduce_chi2(theta, s2, flux, ivar, theta_pairs=None):
     column 0 of M and b_0 zero. What is left is small and of one magnitude, so the large
     product M = Θ'ᵀ W Θ' is done in float32 (twice the speed) without losing the precision
     the labels need (labels move by < 1e-4 σ against a float64 product); b and c stay float64.
+
+    No (B, P) array is kept: stars are prepared in cache-sized blocks and reduced by a
+    matrix product per group of ``gemm_rows`` stars.
 
     Parameters
     ----------
@@ -65,25 +100,60 @@ def reduce_chi2(theta, s2, flux, ivar, theta_pairs=None):
         Non-finite flux is treated as ivar = 0.
     theta_pairs : (P, (K−1)K/2) float32, optional
         :func:`theta_products` of θ (reused across chunks).
+    block_elements : int
+        Stars are prepared in blocks of about this many (star, pixel) elements.
+    gemm_rows : int
+        Stars per matrix product.
     """
     K = theta.shape[1]
     B, P = flux.shape
     if theta_pairs is None:
         theta_pairs = theta_products(theta)
     theta0, theta1 = theta[:, 0], np.ascontiguousarray(theta[:, 1:])
-    good = (ivar > 0) & np.isfinite(ivar) & np.isfinite(flux)
-    with np.errstate(invalid="ignore", over="ignore"):
-        w = np.where(good, scatter_weights(ivar, s2), 0.0)  # Wheeler+2020 Eq. 3 weights
-        f = np.where(good, flux - theta0, 0.0)
-    Mflat = w.astype(np.float32) @ theta_pairs
-    wf = w * f
-    b = np.zeros((B, K))
-    b[:, 1:] = wf @ theta1
-    c = np.einsum("bp,bp->b", wf, f)
-    n_pixels = good.sum(axis=1)
-    M = np.zeros((B, K, K))
-    M[:, 1:, 1:] = unpack_symmetric(Mflat, K - 1)
-    return ReducedProblem(M=M, b=b, c=c, n_pixels=n_pixels, w=w, f=f)
+    sub = max(1, min(B, block_elements // max(P, 1)))
+    rows = max(sub, gemm_rows // sub * sub)
+    w32 = np.empty((min(rows, B), P), dtype=np.float32)
+    wf = np.empty((min(rows, B), P))
+    Mflat = np.empty((B, theta_pairs.shape[1]), dtype=np.float32)
+    b, c = np.zeros((B, K)), np.empty(B)
+    n_pixels = np.empty(B, dtype=np.int64)
+
+    w, f = np.empty((sub, P)), np.empty((sub, P))
+    for g0 in range(0, B, rows):
+        g1 = min(B, g0 + rows)
+        for i in range(g0, g1, sub):
+            j = min(g1, i + sub)
+            ww, ff = w[: j - i], f[: j - i]
+            n_pixels[i:j] = _prepare_block(flux[i:j], ivar[i:j], s2, theta0, ww, ff)
+            w32[i - g0 : j - g0] = ww
+            np.multiply(ww, ff, out=wf[i - g0 : j - g0])
+            c[i:j] = np.einsum("bp,bp->b", wf[i - g0 : j - g0], ff)
+        np.matmul(w32[: g1 - g0], theta_pairs, out=Mflat[g0:g1])
+        b[g0:g1, 1:] = wf[: g1 - g0] @ theta1
+    M32 = np.zeros((B, K, K), dtype=np.float32)
+    M32[:, 1:, 1:] = unpack_symmetric(Mflat, K - 1)
+    return ReducedProblem(M=M32.astype(np.float64), b=b, c=c, n_pixels=n_pixels, M32=M32)
+
+
+def chi2_at(problem, eta):
+    """χ² = c − 2 b·η + ηᵀMη of each star at its design vector eta (B, K) -> (B,).
+
+    Evaluated in float64; M comes from a float32 product, so the value differs from the sum
+    over pixels by a relative ~1e-6 (median 4e-7, at most 6e-6 on the benchmark's spectra),
+    far below what χ² is used for (goodness of fit, choosing between models).
+    """
+    Meta = np.einsum("bkj,bj->bk", problem.M, eta)
+    return problem.c - 2.0 * np.einsum("bk,bk->b", problem.b, eta) + np.einsum("bk,bk->b", eta, Meta)
+
+
+def _parallel_solve(A, rhs, min_batch=256):
+    """np.linalg.solve of a batch (B, K, K) split over the worker threads (LAPACK releases the GIL)."""
+    n = min(N_THREADS, A.shape[0] // min_batch)
+    if n <= 1 or _in_worker():
+        return np.linalg.solve(A, rhs)
+    edges = np.linspace(0, A.shape[0], n + 1).astype(int)
+    parts = _worker_pool().map(lambda ij: np.linalg.solve(A[ij[0]:ij[1]], rhs[ij[0]:ij[1]]), zip(edges[:-1], edges[1:]))
+    return np.concatenate(list(parts))
 
 
 def linear_start(problem, exponents, ridge=1e-8, clip=5.0):
@@ -92,13 +162,16 @@ def linear_start(problem, exponents, ridge=1e-8, clip=5.0):
 
     Returns (B, L) scaled labels (clipped to ±clip; 0 where the solve fails).
     """
-    M, b = problem.M[:, 1:, 1:], problem.b[:, 1:]
+    # a starting point needs no more than float32
+    M = (problem.M if problem.M32 is None else problem.M32)[:, 1:, 1:]
+    b = problem.b[:, 1:].astype(M.dtype)
     K = M.shape[1]
-    scale = np.sqrt(np.clip(np.diagonal(M, axis1=1, axis2=2), 1e-300, None))
-    # a starting point needs no more than float32 (and the batched solve is then twice as fast)
-    Ms = (M / scale[:, :, None] / scale[:, None, :] + ridge * np.eye(K)).astype(np.float32)
+    d = np.diagonal(M, axis1=1, axis2=2)
+    scale = np.sqrt(np.clip(d, np.finfo(M.dtype).tiny, None))
+    Ms = M / scale[:, :, None] / scale[:, None, :]
+    Ms[:, np.arange(K), np.arange(K)] += ridge
     try:
-        eta = np.linalg.solve(Ms, (b / scale).astype(np.float32)[..., None])[..., 0].astype(np.float64) / scale
+        eta = (_parallel_solve(Ms, (b / scale)[..., None])[..., 0] / scale).astype(np.float64)
     except np.linalg.LinAlgError:
         eta = np.zeros_like(b)
     E = exponents[1:]
@@ -125,11 +198,32 @@ def starting_points(problem, exponents):
 START_NAMES = ("linear", "mean", "+1sigma", "-1sigma")
 
 
+def _shared_starts(X):
+    """Indices s of the starts that are the same point for every star: X (B, S, ...)."""
+    if X.shape[0] < 2:
+        return []
+    return [s for s in range(X.shape[1]) if (X[:, s] == X[0, s]).all()]
+
+
 def _star_matmul(M, X):
-    """Per-star M (B, K, K) times every start's X (B, S, K, C) as one (K, K)·(K, S·C) product per star."""
+    """Per-star M (B, K, K) times every start's X (B, S, K, C) -> (B, S, K, C).
+
+    A start that is the same point for every star (the training mean and the ±1σ corners,
+    at the first iteration) is one large product (B·K, K)·(K, C); the others are one
+    (K, K)·(K, S'·C) product per star.
+    """
     B, S, K, C = X.shape
-    Y = M @ np.ascontiguousarray(X.transpose(0, 2, 1, 3)).reshape(B, K, S * C)
-    return Y.reshape(B, K, S, C).transpose(0, 2, 1, 3)
+    shared = _shared_starts(X)
+    if not shared:
+        Y = M @ np.ascontiguousarray(X.transpose(0, 2, 1, 3)).reshape(B, K, S * C)
+        return Y.reshape(B, K, S, C).transpose(0, 2, 1, 3)
+    out = np.empty((B, S, K, C), dtype=np.result_type(M, X))
+    for s in shared:
+        out[:, s] = (M.reshape(B * K, K) @ X[0, s]).reshape(B, K, C)
+    own = [s for s in range(S) if s not in shared]
+    if own:
+        out[:, own] = _star_matmul(M, X[:, own]) if len(own) > 0 else 0
+    return out
 
 
 def _eval_chi2(eta, M, b, c):
@@ -137,7 +231,11 @@ def _eval_chi2(eta, M, b, c):
 
     Returns chi2 (B, S) and Mη (B, S, K).
     """
-    Meta = (M @ np.swapaxes(eta, 1, 2)).transpose(0, 2, 1)
+    shared = _shared_starts(eta)
+    if shared:
+        Meta = _star_matmul(M, eta[..., None])[..., 0]
+    else:
+        Meta = (M @ np.swapaxes(eta, 1, 2)).transpose(0, 2, 1)
     chi2 = c[:, None] - 2.0 * np.einsum("bk,bsk->bs", b, eta) + np.einsum("bsk,bsk->bs", eta, Meta)
     return chi2, Meta
 
@@ -149,7 +247,7 @@ def _flat(f, x, exponents):
     return out.reshape((B, S) + out.shape[1:])
 
 
-def levenberg_marquardt(problem, exponents, starts, max_iter=100, tol_chi2=1e-5, tol_step=1e-9, merge_tol=1e-2):
+def levenberg_marquardt(problem, exponents, starts, max_iter=100, tol_chi2=1e-3, tol_step=1e-9, merge_tol=0.03):
     """Minimise every star's reduced χ² from every start, all at once.
 
     Each iteration proposes two steps per start, damped Gauss–Newton (a descent direction,
@@ -190,32 +288,33 @@ def levenberg_marquardt(problem, exponents, starts, max_iter=100, tol_chi2=1e-5,
     opts = dict(tol_chi2=tol_chi2, tol_step=tol_step, merge_tol=merge_tol)
     # phase 1: every start of every star, M shared by the starts of a star (no copies);
     # once merging has left few live starts, phase 2 gathers M for just those (one per row)
-    used = _lm_phase(problem.M, problem.b, problem.c, state, exponents, max_iter, switch_below=0.35 * B * S, **opts)
+    used = _lm_phase(problem.M, problem.b, problem.c, state, exponents, max_iter, switch_below=0.35 * B * S, newton=False, M32=problem.M32, **opts)
     live = ~(state["converged"] | state["stalled"])
     if used < max_iter and live.any():
         rows, cols = np.nonzero(live)
         sub = {k: v[rows, cols][:, None] for k, v in state.items()}
-        _lm_phase(problem.M[rows], problem.b[rows], problem.c[rows], sub, exponents, max_iter - used, **opts)
+        _lm_phase(problem.M[rows], problem.b[rows], problem.c[rows], sub, exponents, max_iter - used,
+                  M32=None if problem.M32 is None else problem.M32[rows], **opts)
         for k, v in sub.items():
             state[k][rows, cols] = v[:, 0]
     return state["x"], state["chi2"], state["converged"] | state["merged"], state["n_iter"]
 
 
-def _lm_phase(M, b, c, st, exponents, max_iter, tol_chi2, tol_step, merge_tol, switch_below=None):
+def _lm_phase(M, b, c, st, exponents, max_iter, tol_chi2, tol_step, merge_tol, switch_below=None, newton=True, M32=None):
     """Iterate the batched LM on state ``st`` (arrays (B, S, ...), updated in place) until every
     start is done, ``max_iter`` iterations, or (if given) fewer than ``switch_below`` live starts.
     Returns the number of iterations run."""
     x, chi2, Meta, lam = st["x"], st["chi2"], st["Meta"], st["lam"]
     converged, stalled, merged, n_iter = st["converged"], st["stalled"], st["merged"], st["n_iter"]
     B, S, L = x.shape
-    N_CAND = 2
+    N_CAND = 2 if newton else 1
     eye = np.eye(L)
     # working set of stars with an unfinished start; re-gathered only when it has halved,
     # so the (K, K) matrices are rarely copied
     work = np.arange(B)
     Mw, bw, cw = M, b, c
     # JᵀWJ only steers the steps (every candidate is judged by the float64 χ²): float32 is enough
-    Mw32 = Mw.astype(np.float32)
+    Mw32 = Mw.astype(np.float32) if M32 is None else M32
     it = 0
     for it in range(1, max_iter + 1):
         busy = ~(converged[work] | stalled[work])
@@ -237,8 +336,11 @@ def _lm_phase(M, b, c, st, exponents, max_iter, tol_chi2, tol_step, merge_tol, s
         H_gn = (np.swapaxes(D32, -1, -2) @ _star_matmul(Mw32, D32)).astype(np.float64)  # Jᵀ W J
         diag = np.maximum(np.diagonal(H_gn, axis1=-2, axis2=-1), 1e-12)
         damp = lamw[..., None, None] * eye * diag[..., None, :]
-        H_full = H_gn - _flat(lambda xx, e: hessian_contract(xx, e, r.reshape(-1, r.shape[-1])), xw, exponents)
-        H2 = np.stack([H_gn, H_full], axis=2) + damp[:, :, None]  # (B', S, 2, L, L)
+        if newton:
+            H_full = H_gn - _flat(lambda xx, e: hessian_contract(xx, e, r.reshape(-1, r.shape[-1])), xw, exponents)
+            H2 = np.stack([H_gn, H_full], axis=2) + damp[:, :, None]  # (B', S, 2, L, L)
+        else:
+            H2 = (H_gn + damp)[:, :, None]
         g2 = np.broadcast_to(grad[:, :, None, :, None], H2.shape[:-1] + (1,))
         try:
             steps = np.linalg.solve(H2, g2)[..., 0]
@@ -308,13 +410,48 @@ def covariance(problem, exponents, labels):
     return cov
 
 
-def infer_chunk(theta, s2, exponents, flux, ivar, theta_pairs=None, max_iter=100):
+def _in_worker():
+    """True inside a pool thread: nested work runs inline (waiting on the pool from one of its
+    own threads could deadlock)."""
+    return threading.current_thread().name.startswith("cannonade-infer")
+
+
+def _worker_pool():
+    """A small shared thread pool: NumPy's batched linear algebra and most element-wise
+    kernels release the GIL, so halves of a chunk of stars solve concurrently."""
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=N_THREADS, thread_name_prefix="cannonade-infer")
+    return _POOL
+
+
+_POOL = None
+N_THREADS = max(1, min(4, os.cpu_count() or 1))
+
+
+def infer_chunk(theta, s2, exponents, flux, ivar, theta_pairs=None, max_iter=100, n_threads=None):
     """Best-of-starts labels for one chunk of stars, in scaled units.
+
+    The χ² reduction is one multi-threaded matrix product; the per-star solution that follows
+    runs on ``n_threads`` (default: the machine's cores, at most 4) slices of the chunk at once.
 
     Returns dict with labels (B, L), cov (B, L, L), chi2 (B,) from the pixels,
     dof (B,), converged (B,), start (B,) index into START_NAMES, n_iter (B,).
     """
     problem = reduce_chi2(theta, s2, flux, ivar, theta_pairs)
+    B = len(problem.c)
+    n = N_THREADS if n_threads is None else max(1, int(n_threads))
+    n = min(n, max(1, B // 128))
+    if n == 1 or _in_worker():
+        return solve_reduced(problem, exponents, max_iter)
+    edges = np.linspace(0, B, n + 1).astype(int)
+    parts = [problem[i:j] for i, j in zip(edges[:-1], edges[1:])]
+    results = list(_worker_pool().map(lambda p: solve_reduced(p, exponents, max_iter), parts))
+    return {k: np.concatenate([r[k] for r in results]) for k in results[0]}
+
+
+def solve_reduced(problem, exponents, max_iter=100):
+    """Labels, covariance and χ² of the stars of a :class:`ReducedProblem` (scaled units)."""
     starts = starting_points(problem, exponents)
     x, chi2_s, conv_s, nit_s = levenberg_marquardt(problem, exponents, starts, max_iter=max_iter)
     # lowest χ² wins among converged starts; among all starts if none converged
@@ -332,10 +469,7 @@ def infer_chunk(theta, s2, exponents, flux, ivar, theta_pairs=None, max_iter=100
     converged[empty] = False
     cov = covariance(problem, exponents, np.where(empty[:, None], 0.0, labels))
     cov[empty] = np.nan
-    # exact χ² from the pixels (the polynomial form loses digits to cancellation)
-    r = problem.f - design_matrix(np.where(empty[:, None], 0.0, labels), exponents)[:, 1:] @ theta[:, 1:].T
-    r *= r
-    chi2 = np.einsum("bp,bp->b", problem.w, r)
+    chi2 = chi2_at(problem, design_matrix(np.where(empty[:, None], 0.0, labels), exponents))
     chi2[empty] = np.nan
     return dict(
         labels=labels,
