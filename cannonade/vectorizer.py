@@ -157,26 +157,27 @@ def _jacobian_basis(exponents_bytes, K, L):
     return basis, C
 
 
-def design_jacobian(labels, exponents):
+def design_jacobian(labels, exponents, dtype=np.float64):
     """∂η_k/∂ℓ_j, analytic, for many label vectors.
 
     Parameters
     ----------
     labels : (..., L) float
     exponents : (K, L) int
+    dtype : the output's float type (float32 where the Jacobian only steers a step)
 
     Returns
     -------
-    jac : (..., K, L) float
+    jac : (..., K, L) dtype
     """
     labels = np.asarray(labels, dtype=float)
     exponents = np.ascontiguousarray(exponents, dtype=np.int64)
     K, L = exponents.shape
     basis, C = _jacobian_basis(exponents.tobytes(), K, L)
     if basis.shape[0] == 0:
-        return np.zeros(labels.shape[:-1] + (K, L))
-    mono = design_matrix(labels, basis).reshape(-1, basis.shape[0])
-    return (mono @ C).reshape(labels.shape[:-1] + (K, L))
+        return np.zeros(labels.shape[:-1] + (K, L), dtype=dtype)
+    mono = design_matrix(labels, basis).reshape(-1, basis.shape[0]).astype(dtype, copy=False)
+    return (mono @ C.astype(dtype, copy=False)).reshape(labels.shape[:-1] + (K, L))
 
 
 @functools.lru_cache(maxsize=32)
