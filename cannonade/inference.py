@@ -167,16 +167,17 @@ def linear_start(problem, exponents, ridge=1e-8, clip=5.0):
 
     Returns (B, L) scaled labels (clipped to ±clip; 0 where the solve fails).
     """
-    # a starting point needs no more than float32
-    M = (problem.M if problem.M32 is None else problem.M32)[:, 1:, 1:]
-    b = problem.b[:, 1:].astype(M.dtype)
+    M = problem.M[:, 1:, 1:]
+    b = problem.b[:, 1:]
     K = M.shape[1]
-    d = np.diagonal(M, axis1=1, axis2=2)
-    scale = np.sqrt(np.clip(d, np.finfo(M.dtype).tiny, None))
-    Ms = M / scale[:, :, None] / scale[:, None, :]
-    Ms[:, np.arange(K), np.arange(K)] += ridge
+    # a relative ridge on the diagonal keeps degenerate systems (a label the spectrum does not
+    # constrain) solvable; LU with partial pivoting needs no further equilibration in float64
+    Mr = M.copy()
+    diag = np.diagonal(Mr, axis1=1, axis2=2)
+    # a term no pixel constrains (e.g. a star with no valid pixel) gets a unit diagonal: η = 0
+    Mr[:, np.arange(K), np.arange(K)] = np.where(diag > 0, diag * (1.0 + ridge), 1.0)
     try:
-        eta = (_batched(np.linalg.solve, Ms, (b / scale)[..., None])[..., 0] / scale).astype(np.float64)
+        eta = _batched(np.linalg.solve, Mr, b[..., None])[..., 0]
     except np.linalg.LinAlgError:
         eta = np.zeros_like(b)
     E = exponents[1:]

@@ -116,15 +116,31 @@ def design_matrix(labels, exponents):
     eta : (..., K) float
     """
     labels = np.asarray(labels, dtype=float)
-    exponents = np.asarray(exponents)
-    if labels.shape[-1] != exponents.shape[1]:
-        raise ShapeError(f"labels have {labels.shape[-1]} columns but the terms use {exponents.shape[1]} labels")
-    pw = _powers(labels, int(exponents.max(initial=0)))
-    eta = np.ones(labels.shape[:-1] + (exponents.shape[0],))
-    for l in range(exponents.shape[1]):
-        if np.any(exponents[:, l]):
-            eta *= pw[..., l, exponents[:, l]]
+    exponents = np.ascontiguousarray(exponents, dtype=np.int64)
+    K, L = exponents.shape
+    if labels.shape[-1] != L:
+        raise ShapeError(f"labels have {labels.shape[-1]} columns but the terms use {L} labels")
+    # every term is a product of (degree) labels: gather and multiply, no powers or loops over labels
+    factors = _factor_index(exponents.tobytes(), K, L)
+    ext = np.empty(labels.shape[:-1] + (L + 1,))
+    ext[..., :L] = labels
+    ext[..., L] = 1.0
+    eta = ext[..., factors[0]]
+    for idx in factors[1:]:
+        eta *= ext[..., idx]
     return eta
+
+
+@functools.lru_cache(maxsize=64)
+def _factor_index(exponents_bytes, K, L):
+    """(D, K) label indices whose product is each term (index L stands for the constant 1)."""
+    exponents = np.frombuffer(exponents_bytes, dtype=np.int64).reshape(K, L)
+    D = max(1, int(exponents.sum(axis=1).max(initial=0)))
+    idx = np.full((D, K), L, dtype=np.intp)
+    for k in range(K):
+        labels = np.repeat(np.arange(L), exponents[k])
+        idx[: len(labels), k] = labels
+    return idx
 
 
 @functools.lru_cache(maxsize=32)
