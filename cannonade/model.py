@@ -130,6 +130,12 @@ def _auto_pixel_chunk(n_stars, elements=131072):
     return int(np.clip(16 * round(elements / max(n_stars, 1) / 16), 16, 1024))
 
 
+def _auto_star_chunk(n_terms, nbytes=6e6):
+    """Stars per inference batch so that their (K, K) float64 matrices take ~``nbytes``."""
+    n = nbytes / (8.0 * n_terms * n_terms)
+    return int(np.clip(2 ** round(np.log2(max(n, 1.0))), 64, 4096))
+
+
 class CannonModel:
     """The Cannon: a per-pixel polynomial in the labels with per-pixel intrinsic scatter.
 
@@ -159,8 +165,11 @@ class CannonModel:
         batch's (N, pixels) arrays stay near 1 MB: the s² iteration makes many element-wise
         passes over them, and keeping them in cache makes training 2× faster than 512-pixel
         batches at the Nandakumar size.
-    star_chunk : int
-        Stars inferred per batch (bounds memory; no effect on results).
+    star_chunk : int or None
+        Stars inferred per batch (no effect on results). ``None`` (default) sizes it so a
+        batch's (K, K) matrices take ~6 MB (256 stars for a quadratic model in 9 labels, 1024
+        in 6), which keeps the per-star solution in cache: 8 % faster than 1024 at the Wheeler
+        size.
     show_progress : bool
         Progress bars for long fits/inferences (also silenced by ``CANNONADE_QUIET=1``).
     """
@@ -175,7 +184,7 @@ class CannonModel:
         scatter="reml",
         terms=None,
         pixel_chunk=None,
-        star_chunk=1024,
+        star_chunk=None,
         show_progress=True,
     ):
         self.label_names = list(label_names)
@@ -397,9 +406,10 @@ class CannonModel:
         M = flux.shape[0]
         L = len(self.label_names)
         out = {k: [] for k in ("labels", "cov", "chi2", "dof", "converged", "start", "n_iter")}
-        chunks = range(0, M, self.star_chunk)
+        star_chunk = self.star_chunk or _auto_star_chunk(self.n_terms)
+        chunks = range(0, M, star_chunk)
         for s0 in progress(chunks, desc="infer (star chunks)", total=len(chunks), disable=not self.show_progress or None):
-            sl = slice(s0, min(M, s0 + self.star_chunk))
+            sl = slice(s0, min(M, s0 + star_chunk))
             f_c, i_c = (flux[sl], ivar[sl]) if all_ok else (flux[sl][:, ok], ivar[sl][:, ok])
             r = infer_chunk(theta, s2, self.exponents, f_c, i_c, theta_pairs, max_iter=max_iter)
             for k in out:

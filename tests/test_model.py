@@ -231,6 +231,15 @@ def test_missing_pixels_and_nan_flux(wheeler_size):
     # a star with no valid pixel is flagged, never returned as a number
     r = m.infer(np.full((1, 80), np.nan), np.zeros((1, 80)))
     assert not r.converged[0] and np.all(np.isnan(r.labels[0]))
+    # ... and does not disturb the other stars of its chunk (their linear-algebra start included)
+    f2, i2 = flux[:50].copy(), ivar[:50].copy()
+    f2[7], i2[7] = np.nan, 0.0
+    r2 = m.infer(f2, i2)
+    assert np.all(np.isnan(r2.labels[7])) and not r2.converged[7]
+    keep = np.arange(50) != 7
+    ref = m.infer(flux[:50], ivar[:50])
+    assert np.array_equal(r2.start[keep], ref.start[keep])
+    assert np.allclose(r2.labels[keep], ref.labels[keep])
 
 
 def test_save_load_round_trip(tmp_path, wheeler_size):
