@@ -18,7 +18,7 @@ from .exceptions import LabelError, ModelFileError, NotFittedError, ShapeError, 
 from .inference import START_NAMES, infer_chunk, theta_products
 from .training import fit_scatter, l1_theta, normal_plan, solve_theta
 from .util import atomic_path, progress
-from .vectorizer import LabelScaler, design_matrix, pair_indices, term_exponents, term_names, with_constant
+from .vectorizer import LabelScaler, design_matrix, term_exponents, term_names, with_constant
 
 MODEL_FORMAT = "cannonade-model"
 MODEL_FORMAT_VERSION = 1

@@ -19,9 +19,9 @@ an infinite log-likelihood; stars with ivar = 0 at a pixel simply drop out of th
 
 from __future__ import annotations
 
-import numpy as np
-
 from dataclasses import dataclass
+
+import numpy as np
 
 from .vectorizer import collapse_to_monomials, monomial_plan, pair_indices
 

@@ -93,15 +93,6 @@ def term_names(exponents, label_names):
     return names
 
 
-def _powers(labels, max_order):
-    """labels (..., L) -> powers (..., L, max_order + 1), powers[..., l, e] = labels[..., l]**e."""
-    p = np.empty(labels.shape + (max_order + 1,), dtype=float)
-    p[..., 0] = 1.0
-    for e in range(1, max_order + 1):
-        p[..., e] = p[..., e - 1] * labels
-    return p
-
-
 def design_matrix(labels, exponents):
     """η(ℓ) for many label vectors (Wheeler+2020 Eq. 4).
 

@@ -73,6 +73,8 @@ def test_vectorizer_terms_and_jacobian():
     x = np.random.default_rng(0).normal(size=(7, 3))
     for order in (1, 2, 3):
         E = term_exponents(3, order)
+        # every term is the product of its labels' powers (Wheeler+2020 Eq. 4)
+        np.testing.assert_allclose(design_matrix(x, E), np.prod(x[:, None, :] ** E[None], axis=-1), rtol=1e-14)
         h = 1e-6
         num = np.stack(
             [(design_matrix(x + h * np.eye(3)[j], E) - design_matrix(x - h * np.eye(3)[j], E)) / (2 * h) for j in range(3)],
