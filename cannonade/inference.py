@@ -429,11 +429,12 @@ def _in_worker():
 
 
 def _worker_pool():
-    """A small shared thread pool for :func:`_batched`."""
+    """A small shared thread pool for :func:`_batched` (a forked child makes its own: the
+    parent's threads do not exist there)."""
     global _POOL
-    if _POOL is None:
-        _POOL = ThreadPoolExecutor(max_workers=N_THREADS, thread_name_prefix="cannonade-infer")
-    return _POOL
+    if _POOL is None or _POOL[0] != os.getpid():
+        _POOL = (os.getpid(), ThreadPoolExecutor(max_workers=N_THREADS, thread_name_prefix="cannonade-infer"))
+    return _POOL[1]
 
 
 _POOL = None
@@ -443,8 +444,8 @@ N_THREADS = max(1, min(4, os.cpu_count() or 1))
 def infer_chunk(theta, s2, exponents, flux, ivar, theta_pairs=None, max_iter=100):
     """Best-of-starts labels for one chunk of stars, in scaled units.
 
-    The χ² reduction is one multi-threaded matrix product; the batched products and solves of
-    the per-star solution are split over ``N_THREADS`` threads (the cores, at most 4).
+    The χ² reduction is one multi-threaded matrix product; the linear-start solve is split
+    over ``N_THREADS`` threads (the cores, at most 4).
 
     Returns dict with labels (B, L), cov (B, L, L), chi2 (B,) from the pixels,
     dof (B,), converged (B,), start (B,) index into START_NAMES, n_iter (B,).
