@@ -15,7 +15,6 @@ exactly ``Dᵀ M D`` with ``D = ∂η/∂ℓ``; its inverse is the label covaria
 from __future__ import annotations
 
 import os
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -39,10 +38,6 @@ class ReducedProblem:
     n_pixels: np.ndarray
     M32: np.ndarray | None = None
 
-    def __getitem__(self, sl):
-        """The stars ``sl`` (a slice) of the chunk."""
-        return ReducedProblem(M=self.M[sl], b=self.b[sl], c=self.c[sl], n_pixels=self.n_pixels[sl],
-                              M32=None if self.M32 is None else self.M32[sl])
 
 
 def theta_products(theta):
@@ -64,9 +59,7 @@ def _prepare_block(flux, ivar, s2, theta0, w, f):
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         if np.isfinite(ivar.sum()) and ivar.min() >= 0:
             # the usual case: ivar finite and ≥ 0, so w = 0 exactly where ivar = 0
-            np.multiply(ivar, s2, out=w)
-            w += 1.0
-            np.divide(ivar, w, out=w)  # Wheeler+2020 Eq. 3 weights
+            scatter_weights(ivar, s2, out=w)  # Wheeler+2020 Eq. 3 weights
             np.subtract(flux, theta0, out=f)
             bad = ~np.isfinite(f)
             if bad.any():  # NaN/inf flux counts as ivar = 0
@@ -154,7 +147,7 @@ def _batched(fn, *arrays, min_batch=256):
     run inline.
     """
     n = min(N_THREADS, arrays[0].shape[0] // min_batch)
-    if n <= 1 or _in_worker():
+    if n <= 1:
         return fn(*arrays)
     edges = np.linspace(0, arrays[0].shape[0], n + 1).astype(int)
     parts = _worker_pool().map(lambda ij: fn(*(a[ij[0] : ij[1]] for a in arrays)), zip(edges[:-1], edges[1:]))
@@ -420,12 +413,6 @@ def covariance(problem, exponents, labels):
                 except np.linalg.LinAlgError:
                     pass
     return cov
-
-
-def _in_worker():
-    """True inside a pool thread: nested work runs inline (waiting on the pool from one of its
-    own threads could deadlock)."""
-    return threading.current_thread().name.startswith("cannonade-infer")
 
 
 def _worker_pool():

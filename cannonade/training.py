@@ -23,15 +23,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .vectorizer import collapse_to_monomials, monomial_plan, pair_indices
+from .vectorizer import collapse_to_monomials, monomial_plan, pair_indices, symmetric_gather_index
 
 
-def scatter_weights(ivar, s2):
+def scatter_weights(ivar, s2, out=None):
     """w = 1 / (σ² + s²) written as ivar / (1 + ivar s²).
 
     ivar : (N, P) ; s2 : (P,)  ->  (N, P), zero wherever ivar is zero.
+    out : (N, P) float, optional; written in place (no temporaries: used on hot paths).
     """
-    return ivar / (1.0 + ivar * s2)
+    if out is None:
+        return ivar / (1.0 + ivar * s2)
+    np.multiply(ivar, s2, out=out)
+    out += 1.0
+    return np.divide(ivar, out, out=out)
 
 
 @dataclass(frozen=True)
@@ -60,27 +65,22 @@ def normal_plan(X, exponents=None):
     every term pair is its own "monomial" (no saving, any X)."""
     K = X.shape[1]
     if exponents is None:
-        i, j = pair_indices(K)
-        gather = np.empty((K, K), dtype=np.intp)
-        gather[i, j] = np.arange(len(i))
-        gather[j, i] = np.arange(len(i))
-        rep_i, rep_j = i, j
+        rep_i, rep_j = pair_indices(K)
+        gather = symmetric_gather_index(K)
     else:
         rep_i, rep_j, gather = monomial_plan(exponents)
     Z = X[:, rep_i] * X[:, rep_j]
-    factor = np.ones((K, K)) if exponents is None else _monomial_factor(X, gather, rep_i, rep_j)
+    factor = np.ones((K, K)) if exponents is None else _monomial_factor(X, Z, gather)
     return NormalPlan(Z=Z, gather=gather, factor=factor)
 
 
-def _monomial_factor(X, gather, rep_i, rep_j):
-    """factor_kj = x_nk x_nj / (x_na x_nb), read at the star where |x_na x_nb| is largest."""
+def _monomial_factor(X, Z, gather):
+    """factor_kj = x_nk x_nj / Z[n, gather_kj], read at the star where |Z[n, gather_kj]| is largest."""
     K = X.shape[1]
-    prod_rep = X[:, rep_i] * X[:, rep_j]  # (N, R)
-    n_best = np.argmax(np.abs(prod_rep), axis=0)  # (R,)
-    n_kj = n_best[gather]  # (K, K)
+    n_kj = np.argmax(np.abs(Z), axis=0)[gather]  # (K, K)
     kk, jj = np.meshgrid(np.arange(K), np.arange(K), indexing="ij")
     num = X[n_kj, kk] * X[n_kj, jj]
-    den = prod_rep[n_kj, gather]
+    den = Z[n_kj, gather]
     return np.where(den != 0, num / np.where(den != 0, den, 1.0), 1.0)
 
 
@@ -344,12 +344,12 @@ def fit_scatter(X, y, ivar, active=None, method="reml", s_min=1e-6, plan=None, i
     s2 : (P,) float
         NaN at pixels whose normal equations are singular.
     theta : (P, K) float
-        θ̂ at the returned s².
+        θ̂ at the last iterate, whose s differs from the returned one by the last step.
     """
     if method not in ("reml", "ml"):
         raise ValueError(f"scatter method must be 'reml' or 'ml', got {method!r}")
     plan = plan if plan is not None else normal_plan(X)
-    N, P = y.shape
+    P = y.shape[1]
     K = X.shape[1]
     t = np.zeros(P) if init_s2 is None else np.nan_to_num(np.asarray(init_s2, dtype=float), nan=0.0).copy()
     s2_out = np.full(P, np.nan)

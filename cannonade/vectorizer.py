@@ -254,19 +254,20 @@ def pair_indices(K):
 
 
 @functools.lru_cache(maxsize=32)
-def _symmetric_gather_index(K):
-    """For each (i, j) of a K×K matrix, its position in the upper-triangle packing."""
+def symmetric_gather_index(K):
+    """(K, K) int: for each (i, j) of a K×K symmetric matrix, its position in the upper-triangle packing."""
     i, j = pair_indices(K)
     pos = np.empty((K, K), dtype=np.intp)
     pos[i, j] = np.arange(len(i))
     pos[j, i] = np.arange(len(i))
-    return pos.ravel()
+    pos.flags.writeable = False  # cached: shared by every caller
+    return pos
 
 
 def unpack_symmetric(flat, K):
     """Inverse of the upper-triangle packing: flat (..., K(K+1)/2) -> (..., K, K) symmetric."""
     # one contiguous gather (fast), not two scattered writes
-    return np.take(flat, _symmetric_gather_index(K), axis=-1).reshape(flat.shape[:-1] + (K, K))
+    return np.take(flat, symmetric_gather_index(K).ravel(), axis=-1).reshape(flat.shape[:-1] + (K, K))
 
 
 def monomial_plan(exponents):
