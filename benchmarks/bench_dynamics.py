@@ -1,4 +1,4 @@
-"""Benchmark cannonade.dynamics.orbits: stars/s, projected time for 1e6 stars, peak memory.
+"""Benchmark cannonade.galaxy.dynamics.orbits: stars/s, projected time for 1e6 stars, peak memory.
 
 Target (issue 6): 1 million stars x 21 evaluations (nominal + 20 resamples) in
 <= 15 minutes on 2 cores, memory flat in the number of stars. Measured floor:
@@ -26,7 +26,7 @@ def mock_catalogue(n, seed=0):
     """n mock stars (90% disc, 10% halo) as heliocentric observables with errors."""
     from astropy.table import Table
 
-    from cannonade.dynamics import K_PM, _icrs_to_galcen_affine
+    from cannonade.galaxy.dynamics import K_PM, _icrs_to_galcen_affine
 
     rng = np.random.default_rng(seed)
     halo = rng.random(n) < 0.1
@@ -61,7 +61,7 @@ def mock_catalogue(n, seed=0):
 
 
 def run_one(n, n_samples, chunk_size):
-    from cannonade.dynamics import actions, orbits
+    from cannonade.galaxy.dynamics import actions, orbits
 
     t = mock_catalogue(n)
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0

@@ -5,9 +5,9 @@ The public core::
     from cannonade import CannonModel, cross_validate
 """
 
-__version__ = "0.1.0"
+from cannonade._version import __version__
 
-from .exceptions import (  # noqa: E402
+from cannonade.exceptions import (  # noqa: E402
     CannonadeError,
     CatalogueError,
     ColumnError,
@@ -22,8 +22,8 @@ from .exceptions import (  # noqa: E402
     StoreFormatError,
     TrainingSetError,
 )
-from .model import CannonModel, InferenceResult  # noqa: E402
-from .validation import CVResult, cross_validate  # noqa: E402
+from cannonade.cannon.model import CannonModel, InferenceResult  # noqa: E402
+from cannonade.cannon.crossval import CVResult, cross_validate  # noqa: E402
 
 __all__ = [
     "CannonModel",

@@ -11,13 +11,13 @@ import argparse
 import importlib
 import sys
 
-from .exceptions import CannonadeError
+from cannonade.exceptions import CannonadeError
 
 # sub-command -> (module, function); the function takes the argparse Namespace, returns an exit code
 COMMANDS = {
     "demo": ("cannonade.demo", "cli_demo"),
     "simulate": ("cannonade.simulate", "cli_simulate"),
-    "ingest": ("cannonade.store", "cli_ingest"),
+    "ingest": ("cannonade.spectra.store", "cli_ingest"),
     "run": ("cannonade.pipeline", "cli_run"),
 }
 
@@ -27,7 +27,7 @@ def build_parser():
         prog="cannonade",
         description="The Cannon at survey scale: stellar labels from spectra (Wheeler+2020, Nandakumar+2022).",
     )
-    from . import __version__
+    from cannonade._version import __version__
 
     parser.add_argument("--version", action="version", version=f"cannonade {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -34,7 +34,7 @@ def write_demo_config(out, mock_dir, run_dir):
     mock = Path(mock_dir).resolve().relative_to(Path(out).resolve())
     text = text.replace('"mock/', f'"{mock.as_posix()}/').replace('out = "run"', f'out = "{Path(run_dir).name}"')
     path = Path(out) / "run.toml"
-    from .util import atomic_path
+    from cannonade.util import atomic_path
 
     with atomic_path(path) as tmp:
         tmp.write_text(text)
@@ -54,7 +54,7 @@ def truth_comparison(run_dir, mock_dir, min_snr=30.0):
 
     from astropy.table import Table
 
-    from .catalogue import read_catalogue
+    from cannonade.catalogue.schemas import read_catalogue
 
     run_dir, mock_dir = Path(run_dir), Path(mock_dir)
     with warnings.catch_warnings():
@@ -89,8 +89,8 @@ def truth_comparison(run_dir, mock_dir, min_snr=30.0):
 
 def run_demo(out="cannonade_demo", n_stars=DEFAULT_N_STARS, reference_fraction=DEFAULT_REFERENCE_FRACTION, seed=0):
     """Simulate (if needed), run the pipeline, compare with the truth. Returns (Run, truth table)."""
-    from .pipeline import run_pipeline
-    from .simulate import simulate_survey
+    from cannonade.pipeline import run_pipeline
+    from cannonade.simulate import simulate_survey
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -116,8 +116,8 @@ def _quick_demo(seed=0):
     """The Cannon core alone: train on mock LAMOST spectra, 12-fold CV, infer held-out stars."""
     from astropy.table import Table
 
-    from . import CannonModel, cross_validate
-    from .simulate import simulate_population, synthesize_normalised
+    from cannonade import CannonModel, cross_validate
+    from cannonade.simulate import simulate_population, synthesize_normalised
 
     t0 = time.perf_counter()
     labels = ["teff", "logg", "fe_h", "mg_fe"]

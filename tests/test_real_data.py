@@ -11,8 +11,8 @@ def lamost_dr1(shared_data):
     """The 131 LAMOST DR1 spectra with LASP labels, on the common grid, continuum-normalised."""
     from astropy.table import Table
 
-    from cannonade.io import read_spectrum
-    from cannonade.preprocessing import prepare_spectrum
+    from cannonade.spectra.readers import read_spectrum
+    from cannonade.spectra.preprocessing import prepare_spectrum
 
     root = shared_data / "lamost_dr1"
     if not (root / "lasp_catalog.csv").is_file():

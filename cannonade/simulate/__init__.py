@@ -16,10 +16,10 @@ See ``docs/simulate.md`` for the model, the file layout and the truth tables.
 
 from __future__ import annotations
 
-from .catalogues import CORRUPTION_KINDS, edsd_distance, twomass_id
-from .instruments import INSTRUMENTS, Instrument, get_instrument
-from .population import simulate_population
-from .spectra import (
+from cannonade.simulate.catalogues import CORRUPTION_KINDS, edsd_distance, twomass_id
+from cannonade.simulate.instruments import INSTRUMENTS, Instrument, get_instrument
+from cannonade.simulate.population import simulate_population
+from cannonade.simulate.spectra import (
     ABUNDANCE_ELEMENTS,
     Synthetic,
     equivalent_widths,
@@ -28,8 +28,8 @@ from .spectra import (
     synthesize,
     synthesize_normalised,
 )
-from .survey import PRESETS, simulate_survey
-from .writers import SimulationWriteError
+from cannonade.simulate.survey import PRESETS, simulate_survey
+from cannonade.simulate.writers import SimulationWriteError
 
 __all__ = [
     "simulate_survey",

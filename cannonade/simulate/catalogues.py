@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .spectra import ABUNDANCE_ELEMENTS, default_vmic
+from cannonade.simulate.spectra import ABUNDANCE_ELEMENTS, default_vmic
 
 __all__ = [
     "twomass_id",

@@ -112,7 +112,7 @@ INSTRUMENTS = {
 
 def get_instrument(name):
     """Look up an :class:`Instrument` by name ('lamost', 'galah', 'apogee')."""
-    from ..exceptions import ConfigError
+    from cannonade.exceptions import ConfigError
 
     try:
         return INSTRUMENTS[str(name).lower()]

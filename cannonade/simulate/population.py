@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 from astropy.table import Table
 
-from .spectra import ABUNDANCE_ELEMENTS, default_vmic
+from cannonade.simulate.spectra import ABUNDANCE_ELEMENTS, default_vmic
 
 __all__ = ["simulate_population", "XFE_RELATIONS", "R0_KPC", "STAGES"]
 

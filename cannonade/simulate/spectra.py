@@ -26,9 +26,9 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from ..exceptions import ColumnError, ShapeError
-from ..linelists import BALMER_LINES, BRACKETT_LINES, MOLECULAR_BANDS, STRONG_LINES, air_to_vacuum, load_line_windows
-from .instruments import APOGEE_CHIPS, get_instrument
+from cannonade.exceptions import ColumnError, ShapeError
+from cannonade.spectra.linelists import BALMER_LINES, BRACKETT_LINES, MOLECULAR_BANDS, STRONG_LINES, air_to_vacuum, load_line_windows
+from cannonade.simulate.instruments import APOGEE_CHIPS, get_instrument
 
 __all__ = [
     "ABUNDANCE_ELEMENTS",
@@ -134,7 +134,7 @@ def line_list(instrument="lamost"):
 
     Built deterministically (fixed seed) from: the GALAH element windows of
     Wheeler+2020 Table 2 (one line per window), the strong lines and Balmer
-    series of :mod:`cannonade.linelists` (Balmer lines are rendered separately),
+    series of :mod:`cannonade.spectra.linelists` (Balmer lines are rendered separately),
     and pseudo-random weak atomic lines (Fe I/II dominated) plus, in the H band,
     OH/CN/CO molecular lines.
 

@@ -24,13 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..exceptions import ConfigError
-from ..util import atomic_path, progress
-from . import catalogues as cat
-from .instruments import get_instrument
-from .population import simulate_population
-from .spectra import ABUNDANCE_ELEMENTS, C_KMS, normalised_model, observe, stellar_arrays
-from .writers import FitsTableWriter, card, write_fits_images
+from cannonade.exceptions import ConfigError
+from cannonade.util import atomic_path, progress
+from cannonade.simulate import catalogues as cat
+from cannonade.simulate.instruments import get_instrument
+from cannonade.simulate.population import simulate_population
+from cannonade.simulate.spectra import ABUNDANCE_ELEMENTS, C_KMS, normalised_model, observe, stellar_arrays
+from cannonade.simulate.writers import FitsTableWriter, card, write_fits_images
 
 __all__ = ["simulate_survey", "PRESETS"]
 
@@ -46,7 +46,7 @@ def _chunk_rng(seed, chunk, stream):
 
 
 def _version():
-    from .. import __version__
+    from cannonade._version import __version__
 
     return __version__
 
@@ -393,7 +393,7 @@ def _apogee_chunk(out, stars, s_all, rng, writers):
     rows = {k: [] for k, _, _ in _apogee_columns()}
     obs = {k: [] for k, _, _ in _OBS_COLUMNS}
     gap = np.ones(len(wl), bool)
-    from .instruments import APOGEE_CHIPS
+    from cannonade.simulate.instruments import APOGEE_CHIPS
 
     for lo, hi in APOGEE_CHIPS:
         gap &= ~((wl >= lo) & (wl <= hi))

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..exceptions import SimulationWriteError
-from ..util import atomic_path
+from cannonade.exceptions import SimulationWriteError
+from cannonade.util import atomic_path
 
 __all__ = ["card", "write_fits_images", "FitsTableWriter", "SimulationWriteError"]
 

@@ -1,0 +1,1 @@
+"""Catalogues: schemas (columns, units, descriptions) and their FITS / Parquet writers and readers."""

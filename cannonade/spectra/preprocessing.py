@@ -1,0 +1,523 @@
+"""Spectrum preprocessing: rest frame, flux-conserving resampling with variance, continuum.
+
+Wheeler+2020 §3: "we first redshift-corrected the spectra using the z value
+provided in the LAMOST data table and interpolated each star to a common
+wavelength grid. We then continuum-normalized the spectra by dividing out the
+continuum, approximated by smoothing the spectra with a Gaussian kernel with a
+50 A standard deviation, truncated at 150 A from the center" (as Ho+2017).
+
+* :func:`doppler_shift` -- observed -> rest wavelengths, ``lambda / (1 + z)``.
+* :func:`resample` -- pixel-overlap (flux-conserving) rebinning written as a
+  sparse linear map ``R``: ``f' = R f`` and ``var' = (R o R) var`` (element-wise
+  square), exact for independent input pixels. Output pixels that touch a bad
+  input pixel or are not fully covered by the input get ``ivar = 0``.
+* :func:`continuum_gaussian` -- ivar-weighted Gaussian smoothing,
+  ``C = sum_j w_j K_ij f_j / sum_j w_j K_ij`` (Ho+2017; Wheeler+2020 §3).
+* :func:`continuum_chebyshev` -- a Chebyshev series per detector region fitted
+  by weighted least squares with iterative asymmetric sigma-clipping of lines.
+* :func:`normalise` -- ``f / C`` and ``ivar C^2``.
+
+No medians or quantiles anywhere: they make the normalisation depend on S/N and
+the Cannon model would learn that dependence. Methods are documented in
+``docs/spectra.md``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+
+import numpy as np
+import scipy.sparse as sp
+
+from cannonade.exceptions import ConfigError, ShapeError
+
+__all__ = [
+    "doppler_shift",
+    "log_lambda_grid",
+    "pixel_edges",
+    "resampling_matrix",
+    "resample",
+    "resample_batch",
+    "gaussian_kernel_matrix",
+    "continuum_gaussian",
+    "continuum_gaussian_batch",
+    "continuum_chebyshev",
+    "normalise",
+    "normalise_batch",
+    "prepare_spectrum",
+]
+
+#: entries of the resampling map below this fraction of an output pixel are round-off
+_OVERLAP_TOL = 1e-6
+
+
+def log_lambda_grid(wmin, wmax, npix):
+    """Pixel centres evenly spaced in log10 wavelength (see :func:`cannonade.spectra.surveys.log_lambda_grid`)."""
+    from cannonade.spectra.surveys import log_lambda_grid as _grid
+
+    return _grid(wmin, wmax, npix)
+
+
+def doppler_shift(wavelength, z):
+    """Shift observed wavelengths to the rest frame: ``lambda_rest = lambda_obs / (1 + z)``.
+
+    Parameters
+    ----------
+    wavelength : (n_pixels,) float
+    z : float or None
+        Redshift; None or NaN means "unknown": the wavelengths are returned unshifted.
+
+    Returns
+    -------
+    (n_pixels,) float64
+    """
+    w = np.asarray(wavelength, dtype=np.float64)
+    if z is None:
+        return w.copy()
+    z = float(z)
+    if not math.isfinite(z):
+        return w.copy()
+    if z <= -1.0:
+        raise ConfigError(f"redshift z={z} <= -1 is unphysical")
+    return w / (1.0 + z)
+
+
+def pixel_edges(wavelength, gap_factor=2.0):
+    """Lower and upper edges of each pixel, from its centre and its neighbours.
+
+    Edges lie half way to the neighbouring centres. Where the spacing on one side
+    is more than ``gap_factor`` times the other (a detector gap, e.g. between
+    GALAH CCDs or APOGEE chips) the pixel is made symmetric about its centre using
+    the smaller spacing, so pixels never stretch across gaps.
+
+    Parameters
+    ----------
+    wavelength : (n,) float, strictly increasing, n >= 2
+
+    Returns
+    -------
+    lo, hi : (n,) float64
+    """
+    w = np.asarray(wavelength, dtype=np.float64)
+    if w.ndim != 1 or w.size < 2:
+        raise ShapeError(f"wavelength must be 1-D with >= 2 pixels, got shape {w.shape}")
+    d = np.diff(w)
+    if not np.all(d > 0):
+        raise ShapeError("wavelength must be strictly increasing")
+    left = np.concatenate([d[:1], d])  # spacing to the previous centre (mirrored at the start)
+    right = np.concatenate([d, d[-1:]])
+    left = np.where(left > gap_factor * right, right, left)
+    right = np.where(right > gap_factor * left, left, right)
+    return w - 0.5 * left, w + 0.5 * right
+
+
+def _overlap_entries(lo, hi, nlo, nhi):
+    """(rows, cols, overlap) of all (output j, input i) pixel pairs that overlap.
+
+    Vectorised: for each output pixel, the overlapping inputs are the contiguous
+    range [start_j, stop_j) found by binary search (edges are sorted).
+    """
+    start = np.searchsorted(hi, nlo, side="right")  # first input with hi > nlo_j
+    stop = np.searchsorted(lo, nhi, side="left")  # first input with lo >= nhi_j
+    counts = np.clip(stop - start, 0, None)
+    total = int(counts.sum())
+    rows = np.repeat(np.arange(nlo.size), counts)
+    offsets = np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
+    cols = np.repeat(start, counts) + offsets
+    overlap = np.minimum(hi[cols], nhi[rows]) - np.maximum(lo[cols], nlo[rows])
+    return rows, cols, overlap
+
+
+def _resampling_entries(wavelength, new_wavelength):
+    """Non-zero entries (rows, cols, R_ji) of the rebinning map and the output coverage."""
+    lo, hi = pixel_edges(wavelength)
+    nlo, nhi = _edges_cached(new_wavelength)
+    rows, cols, overlap = _overlap_entries(lo, hi, nlo, nhi)
+    frac = overlap / (nhi - nlo)[rows]
+    keep = frac > _OVERLAP_TOL
+    rows, cols, frac = rows[keep], cols[keep], frac[keep]
+    coverage = np.bincount(rows, weights=frac, minlength=nlo.size)
+    return rows, cols, frac, coverage
+
+
+_EDGES: dict = {}
+
+
+def _edges_cached(wavelength):
+    """pixel_edges of a (common) grid, cached: the output grid is the same for every spectrum."""
+    w = np.asarray(wavelength, dtype=np.float64)
+    key = (w.size, float(w[0]), float(w[-1]), hashlib.sha1(w.tobytes()).hexdigest())
+    if key not in _EDGES:
+        if len(_EDGES) >= 8:
+            _EDGES.pop(next(iter(_EDGES)))
+        _EDGES[key] = pixel_edges(w)
+    return _EDGES[key]
+
+
+def resampling_matrix(wavelength, new_wavelength):
+    """The flux-conserving rebinning map from one pixel grid onto another.
+
+    ``R[j, i]`` = (length of input pixel i inside output pixel j) / (length of
+    output pixel j), so ``R @ f`` is the average flux density over each output
+    pixel (flux is conserved: ``sum_j R_ji dl_j = dl_i`` where fully covered).
+
+    Parameters
+    ----------
+    wavelength : (n_in,) float, increasing
+    new_wavelength : (n_out,) float, increasing
+
+    Returns
+    -------
+    R : scipy.sparse.csr_matrix, shape (n_out, n_in)
+    coverage : (n_out,) float64
+        Fraction of each output pixel covered by input pixels (1 inside the input range).
+    """
+    rows, cols, frac, coverage = _resampling_entries(wavelength, new_wavelength)
+    R = sp.csr_matrix((frac, (rows, cols)), shape=(coverage.size, np.size(wavelength)))
+    return R, coverage
+
+
+def _apply_resampling(R, coverage, flux, ivar):
+    """Apply R to flux rows and R o R to variance rows; mark bad outputs.
+
+    flux, ivar : (n_spec, n_in). Returns (n_spec, n_out) flux, ivar.
+    """
+    good_in = (ivar > 0) & np.isfinite(ivar) & np.isfinite(flux)
+    f0 = np.where(good_in, flux, 0.0)
+    with np.errstate(divide="ignore"):
+        var0 = np.where(good_in, 1.0 / np.where(good_in, ivar, 1.0), 0.0)
+    R2 = R.multiply(R)
+    B = R.copy()
+    B.data = np.ones_like(B.data)  # "touches": any overlap above round-off
+    new_f = (R @ f0.T).T
+    new_var = (R2 @ var0.T).T
+    n_bad = (B @ (~good_in).astype(np.float64).T).T
+    covered = coverage > 1.0 - 1e-6
+    good = covered[None, :] & (n_bad == 0) & (new_var > 0)
+    with np.errstate(divide="ignore"):
+        new_ivar = np.where(good, 1.0 / np.where(good, new_var, 1.0), 0.0)
+    new_f = np.where(good, new_f, np.nan)
+    return new_f, new_ivar
+
+
+def resample(wavelength, flux, ivar, new_wavelength):
+    """Rebin a spectrum onto a new wavelength grid, propagating the variance exactly.
+
+    Flux-conserving pixel-overlap rebinning as a linear map R (see
+    :func:`resampling_matrix`): ``new_flux = R f``, ``new_var = (R o R) var``
+    (independent input pixels). Output pixels that touch a bad input pixel
+    (``ivar == 0``) or are not fully inside the input range get ``ivar = 0`` and
+    ``flux = NaN``.
+
+    Parameters
+    ----------
+    wavelength : (n_in,) float, increasing
+    flux, ivar : (n_in,) float
+    new_wavelength : (n_out,) float, increasing
+
+    Returns
+    -------
+    flux, ivar : (n_out,) float64
+    """
+    flux = np.asarray(flux, dtype=np.float64)
+    ivar = np.asarray(ivar, dtype=np.float64)
+    wavelength = np.asarray(wavelength, dtype=np.float64)
+    if not (flux.shape == ivar.shape == wavelength.shape) or flux.ndim != 1:
+        raise ShapeError(f"wavelength, flux, ivar must be equal 1-D shapes, got {wavelength.shape}, {flux.shape}, {ivar.shape}")
+    rows, cols, frac, coverage = _resampling_entries(wavelength, new_wavelength)
+    n_out = coverage.size
+    good_in = (ivar > 0) & np.isfinite(ivar) & np.isfinite(flux)
+    f0 = np.where(good_in, flux, 0.0)
+    with np.errstate(divide="ignore"):
+        var0 = np.where(good_in, 1.0 / np.where(good_in, ivar, 1.0), 0.0)
+    new_f = np.bincount(rows, weights=frac * f0[cols], minlength=n_out)  # R f
+    new_var = np.bincount(rows, weights=frac * frac * var0[cols], minlength=n_out)  # (R o R) var
+    n_bad = np.bincount(rows, weights=(~good_in[cols]).astype(np.float64), minlength=n_out)
+    good = (coverage > 1.0 - 1e-6) & (n_bad == 0) & (new_var > 0)
+    with np.errstate(divide="ignore"):
+        new_ivar = np.where(good, 1.0 / np.where(good, new_var, 1.0), 0.0)
+    return np.where(good, new_f, np.nan), new_ivar
+
+
+def resample_batch(wavelength, flux, ivar, new_wavelength):
+    """:func:`resample` for many spectra.
+
+    Parameters
+    ----------
+    wavelength : (n_in,) or (n_spectra, n_in) float
+        One grid shared by all spectra (one matrix, applied at once) or one per spectrum.
+    flux, ivar : (n_spectra, n_in) float
+    new_wavelength : (n_out,) float
+
+    Returns
+    -------
+    flux, ivar : (n_spectra, n_out) float64
+    """
+    flux = np.atleast_2d(np.asarray(flux, dtype=np.float64))
+    ivar = np.atleast_2d(np.asarray(ivar, dtype=np.float64))
+    wavelength = np.asarray(wavelength, dtype=np.float64)
+    if flux.shape != ivar.shape:
+        raise ShapeError(f"flux {flux.shape} and ivar {ivar.shape} differ")
+    if wavelength.ndim == 1:
+        R, coverage = resampling_matrix(wavelength, new_wavelength)
+        return _apply_resampling(R, coverage, flux, ivar)
+    if wavelength.shape != flux.shape:
+        raise ShapeError(f"wavelength {wavelength.shape} and flux {flux.shape} differ")
+    out_f = np.empty((flux.shape[0], len(new_wavelength)))
+    out_i = np.empty_like(out_f)
+    for k in range(flux.shape[0]):  # one sparse map per spectrum (different rest frames)
+        out_f[k], out_i[k] = resample(wavelength[k], flux[k], ivar[k], new_wavelength)
+    return out_f, out_i
+
+
+# ---------------------------------------------------------------------------
+# continuum
+
+
+def _grid_key(wavelength):
+    w = np.ascontiguousarray(wavelength, dtype=np.float64)
+    return hashlib.sha1(w.tobytes()).hexdigest(), w
+
+
+_KERNELS: dict = {}  # (grid hash, sigma, truncate) -> sparse kernel; a few grids at most
+
+
+def gaussian_kernel_matrix(wavelength, sigma=50.0, truncate=150.0):
+    """Sparse Gaussian kernel ``K_ij = exp(-(l_i - l_j)^2 / 2 sigma^2)`` for ``|l_i - l_j| <= truncate``.
+
+    Built in wavelength units (Angstrom), so it is exact on any grid, log-linear
+    or with gaps. Cached per (grid, sigma, truncate) -- a common grid is built once.
+
+    Parameters
+    ----------
+    wavelength : (n_pixels,) float, increasing
+    sigma, truncate : float
+        Kernel standard deviation and half-width, Angstrom (Wheeler+2020: 50 and 150).
+
+    Returns
+    -------
+    K : scipy.sparse.csr_matrix, (n_pixels, n_pixels), symmetric
+    """
+    key, w = _grid_key(wavelength)
+    ckey = (key, float(sigma), float(truncate))
+    K = _KERNELS.get(ckey)
+    if K is not None:
+        return K
+    if not (sigma > 0 and truncate > 0):
+        raise ConfigError(f"continuum kernel needs sigma > 0 and truncate > 0, got {sigma}, {truncate}")
+    start = np.searchsorted(w, w - truncate, side="left")
+    stop = np.searchsorted(w, w + truncate, side="right")
+    counts = stop - start
+    rows = np.repeat(np.arange(w.size), counts)
+    cols = np.repeat(start, counts) + (np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts))
+    dl = w[rows] - w[cols]
+    K = sp.csr_matrix((np.exp(-0.5 * (dl / sigma) ** 2), (rows, cols)), shape=(w.size, w.size))
+    if len(_KERNELS) >= 8:
+        _KERNELS.pop(next(iter(_KERNELS)))
+    _KERNELS[ckey] = K
+    return K
+
+
+def continuum_gaussian_batch(wavelength, flux, ivar, sigma=50.0, truncate=150.0):
+    """Ivar-weighted Gaussian-smoothing continuum of many spectra on one grid.
+
+    ``C_i = sum_j ivar_j K_ij f_j / sum_j ivar_j K_ij`` (Ho+2017; Wheeler+2020 §3);
+    bad pixels (ivar = 0) carry no weight; NaN where no good pixel lies within ``truncate``.
+
+    Parameters
+    ----------
+    wavelength : (n_pixels,) float
+    flux, ivar : (n_spectra, n_pixels) float
+
+    Returns
+    -------
+    continuum : (n_spectra, n_pixels) float64
+    """
+    flux = np.atleast_2d(np.asarray(flux, dtype=np.float64))
+    ivar = np.atleast_2d(np.asarray(ivar, dtype=np.float64))
+    if flux.shape != ivar.shape or flux.shape[-1] != np.size(wavelength):
+        raise ShapeError(f"flux {flux.shape}, ivar {ivar.shape} and wavelength ({np.size(wavelength)},) disagree")
+    K = gaussian_kernel_matrix(wavelength, sigma, truncate)
+    good = (ivar > 0) & np.isfinite(ivar) & np.isfinite(flux)
+    w = np.where(good, ivar, 0.0)
+    wf = np.where(good, w * np.where(good, flux, 0.0), 0.0)
+    num = (K @ wf.T).T  # K symmetric: (K @ X^T)^T == X @ K
+    den = (K @ w.T).T
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cont = np.where(den > 0, num / den, np.nan)
+    return cont
+
+
+def continuum_gaussian(wavelength, flux, ivar, sigma=50.0, truncate=150.0):
+    """Ivar-weighted Gaussian-smoothing continuum of one spectrum (Wheeler+2020 §3).
+
+    Parameters
+    ----------
+    wavelength, flux, ivar : (n_pixels,) float
+    sigma, truncate : float
+        Angstrom (defaults 50 and 150 as Wheeler+2020 / Ho+2017).
+
+    Returns
+    -------
+    continuum : (n_pixels,) float64 (NaN where no good pixel within ``truncate``)
+    """
+    return continuum_gaussian_batch(wavelength, np.asarray(flux)[None, :], np.asarray(ivar)[None, :], sigma, truncate)[0]
+
+
+def _segments(wavelength, gap=20.0):
+    """Contiguous pieces of a grid: split where the log step exceeds ``gap`` x the smallest one."""
+    dl = np.diff(np.log(wavelength))
+    cuts = np.flatnonzero(dl > gap * dl[dl > 0].min()) + 1
+    bounds = np.concatenate([[0], cuts, [wavelength.size]])
+    return [(wavelength[a], wavelength[b - 1]) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def continuum_chebyshev(wavelength, flux, ivar, regions=None, degree=4, continuum_mask=None, n_iter=5, low=2.0, high=3.0):
+    """Continuum as a Chebyshev series per detector region through continuum pixels.
+
+    In each region a Chebyshev series of ``degree`` in the region's scaled
+    wavelength is fitted by ivar-weighted least squares. Absorption lines are
+    removed by iterative asymmetric clipping: with ``z = (f - C) sqrt(ivar)`` and
+    ``s = sqrt(mean(z^2))`` over the pixels still kept (a mean, not a median),
+    pixels with ``z < -low s`` or ``z > high s`` are dropped and the fit repeated.
+
+    Parameters
+    ----------
+    wavelength, flux, ivar : (n_pixels,) float
+    regions : sequence of (wmin, wmax), optional
+        Detector regions fitted separately (e.g. ``cannonade.spectra.surveys.detector_regions('apogee')``).
+        Default: the contiguous pieces of ``wavelength`` (split at gaps).
+    degree : int
+        Chebyshev degree per region.
+    continuum_mask : (n_pixels,) bool, optional
+        Only these pixels may be used (e.g. known continuum pixels).
+    n_iter : int
+        Clipping iterations (0 = one plain fit).
+    low, high : float
+        Clipping thresholds below / above the fit in units of ``s``.
+
+    Returns
+    -------
+    continuum : (n_pixels,) float64, NaN outside every region or where a region
+        has fewer than ``degree + 2`` good pixels.
+    """
+    w = np.asarray(wavelength, dtype=np.float64)
+    f = np.asarray(flux, dtype=np.float64)
+    iv = np.asarray(ivar, dtype=np.float64)
+    if not (w.shape == f.shape == iv.shape) or w.ndim != 1:
+        raise ShapeError(f"wavelength, flux, ivar must be equal 1-D shapes, got {w.shape}, {f.shape}, {iv.shape}")
+    usable = (iv > 0) & np.isfinite(iv) & np.isfinite(f)
+    if continuum_mask is not None:
+        usable &= np.asarray(continuum_mask, dtype=bool)
+    regions = _segments(w) if regions is None else regions
+    cont = np.full(w.shape, np.nan)
+    for lo, hi in regions:
+        sel = (w >= lo) & (w <= hi)  # a pixel on a shared boundary goes to the later region
+        if not sel.any():
+            continue
+        a, b = w[sel].min(), w[sel].max()
+        x_all = (2.0 * (w[sel] - a) / (b - a) - 1.0) if b > a else np.zeros(sel.sum())
+        V_all = np.polynomial.chebyshev.chebvander(x_all, degree)
+        f_r, iv_r = f[sel], iv[sel]
+        keep = usable[sel].copy()
+        coef = None
+        for _ in range(n_iter + 1):
+            if keep.sum() < degree + 2:
+                coef = None
+                break
+            sw = np.sqrt(iv_r[keep])
+            coef, *_ = np.linalg.lstsq(V_all[keep] * sw[:, None], f_r[keep] * sw, rcond=None)
+            model = V_all @ coef
+            z = (np.where(usable[sel], f_r, 0.0) - model) * np.sqrt(np.where(usable[sel], iv_r, 0.0))
+            s = math.sqrt(float(np.mean(z[keep] ** 2)))
+            new_keep = usable[sel] & (z > -low * s) & (z < high * s)
+            if np.array_equal(new_keep, keep):
+                break
+            keep = new_keep
+        if coef is not None:
+            cont[sel] = V_all @ coef
+    return cont
+
+
+def _continuum(wavelength, flux, ivar, method, **kwargs):
+    if method == "gaussian":
+        return continuum_gaussian(wavelength, flux, ivar, **kwargs)
+    if method == "chebyshev":
+        return continuum_chebyshev(wavelength, flux, ivar, **kwargs)
+    raise ConfigError(f"unknown continuum method {method!r}: use 'gaussian', 'chebyshev' or 'none'")
+
+
+def _divide(flux, ivar, cont):
+    good = np.isfinite(cont) & (cont > 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        nf = np.where(good, flux / np.where(good, cont, 1.0), np.nan)
+        niv = np.where(good & (ivar > 0) & np.isfinite(nf), ivar * cont * cont, 0.0)
+    return nf, niv
+
+
+def normalise(wavelength, flux, ivar, method="gaussian", **kwargs):
+    """Continuum-normalise: ``f / C`` with ``ivar C^2`` (the same operation for training and test).
+
+    Parameters
+    ----------
+    wavelength, flux, ivar : (n_pixels,) float
+    method : {'gaussian', 'chebyshev', 'none'}
+    **kwargs
+        Passed to :func:`continuum_gaussian` (sigma, truncate) or
+        :func:`continuum_chebyshev` (regions, degree, ...).
+
+    Returns
+    -------
+    norm_flux, norm_ivar : (n_pixels,) float64
+        ``norm_ivar = 0`` where the continuum is undefined or <= 0.
+    """
+    flux = np.asarray(flux, dtype=np.float64)
+    ivar = np.asarray(ivar, dtype=np.float64)
+    if method in (None, "none"):
+        return flux.copy(), np.where(np.isfinite(ivar) & (ivar > 0), ivar, 0.0)
+    return _divide(flux, ivar, _continuum(wavelength, flux, ivar, method, **kwargs))
+
+
+def normalise_batch(wavelength, flux, ivar, method="gaussian", **kwargs):
+    """:func:`normalise` for (n_spectra, n_pixels) arrays on one grid (Gaussian: one sparse product)."""
+    flux = np.atleast_2d(np.asarray(flux, dtype=np.float64))
+    ivar = np.atleast_2d(np.asarray(ivar, dtype=np.float64))
+    if method in (None, "none"):
+        return flux.copy(), np.where(np.isfinite(ivar) & (ivar > 0), ivar, 0.0)
+    if method == "gaussian":
+        cont = continuum_gaussian_batch(wavelength, flux, ivar, **kwargs)
+    else:
+        cont = np.stack([_continuum(wavelength, f, i, method, **kwargs) for f, i in zip(flux, ivar)]) if len(flux) else np.empty_like(flux)
+    return _divide(flux, ivar, cont)
+
+
+_normalise = normalise  # prepare_spectrum's ``normalise`` argument shadows the function
+
+
+def prepare_spectrum(spectrum, grid, z=None, normalise="gaussian", **kwargs):
+    """Rest frame -> common grid -> continuum-normalised, as Wheeler+2020 §3.
+
+    Parameters
+    ----------
+    spectrum : cannonade.spectra.readers.Spectrum
+    grid : str or (n_pixels,) float
+        A named grid (``cannonade.spectra.surveys.common_grid``) or the wavelengths.
+    z : float, optional
+        Redshift to remove; default ``spectrum.meta['redshift']``. NaN -> no shift.
+    normalise : {'gaussian', 'chebyshev', 'none'}
+    **kwargs
+        Passed to the continuum method.
+
+    Returns
+    -------
+    flux, ivar : (n_pixels,) float64 on the grid
+    """
+    from cannonade.spectra.surveys import common_grid
+
+    grid = common_grid(grid) if not isinstance(grid, np.ndarray) else np.asarray(grid, dtype=np.float64)
+    if z is None:
+        z = spectrum.meta.get("redshift", math.nan)
+    rest = doppler_shift(spectrum.wavelength, z)
+    f, iv = resample(rest, spectrum.flux, spectrum.ivar, grid)
+    return _normalise(grid, f, iv, method=normalise, **kwargs)

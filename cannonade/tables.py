@@ -1,0 +1,156 @@
+"""Tables at the package's edges: one place that knows astropy and pandas tables, file suffixes,
+survey sentinels and how to read a user's catalogue.
+
+Every layer reads catalogues through these functions, so a masked cell, a byte string or a
+survey's ``-9999`` means the same thing everywhere: missing (NaN for floats).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from cannonade.exceptions import CatalogueError, ColumnError
+
+FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fts.gz")
+PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
+CSV_SUFFIXES = (".csv",)
+
+# Survey pipelines write "no value" as a number: LAMOST LASP and APOGEE -9999, GALAH DR2 -9999 /
+# -99.9 in some abundance columns... A finite value at or below this is missing, never a label.
+SENTINEL_MAX = -9998.0
+
+
+def is_pandas(table):
+    """True for a pandas DataFrame (or Series), without importing pandas."""
+    return type(table).__module__.startswith("pandas")
+
+
+def colnames(table):
+    """Column names of an astropy Table, a pandas DataFrame, a numpy structured array or a dict."""
+    if is_pandas(table):
+        return [str(c) for c in table.columns]
+    if hasattr(table, "colnames"):
+        return list(table.colnames)
+    if getattr(getattr(table, "dtype", None), "names", None):
+        return list(table.dtype.names)
+    if isinstance(table, dict):
+        return list(table)
+    raise CatalogueError(f"expected a table (astropy Table, pandas DataFrame, dict), got {type(table).__name__}")
+
+
+def suggest(name, options):
+    """' (did you mean 'x'?)' for the closest of ``options``, or ''."""
+    import difflib
+
+    close = difflib.get_close_matches(str(name), [str(o) for o in options], n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def require_columns(table, names, what="table"):
+    """Raise ColumnError naming every missing column (and the closest existing name)."""
+    have = colnames(table)
+    missing = [n for n in names if n not in have]
+    if missing:
+        hints = "".join(suggest(n, have) for n in missing[:1])
+        raise ColumnError(f"{what} lacks column(s) {missing}{hints}; it has {sorted(have)}")
+
+
+def mask_sentinels(values):
+    """Float copy of ``values`` with survey sentinels (≤ −9998) set to NaN."""
+    arr = np.array(values, dtype=float)
+    with np.errstate(invalid="ignore"):
+        arr[arr <= SENTINEL_MAX] = np.nan
+    return arr
+
+
+def float_column(table, name, unit=None, rows=slice(None)):
+    """Column ``name`` as a new float64 array: masked cells, survey sentinels (≤ −9998) -> NaN.
+
+    Parameters
+    ----------
+    table : astropy Table, pandas DataFrame or dict of arrays
+    name : str
+    unit : str or astropy unit, optional
+        Convert to this unit when the column carries one.
+    rows : slice or index array, optional
+
+    Raises
+    ------
+    ColumnError
+        The column is absent, or holds text that is not numbers.
+    """
+    require_columns(table, [name])
+    col = table[name]
+    try:
+        if is_pandas(table):
+            arr = np.asarray(col.iloc[rows].to_numpy(dtype=float, na_value=np.nan), dtype=float)
+        else:
+            col = col[rows]
+            data = np.asarray(np.ma.getdata(col))
+            if data.dtype.kind in "SU":
+                raise ValueError("text")
+            arr = np.array(data, dtype=float)
+            cunit = getattr(col, "unit", None)
+            if cunit is not None and unit is not None:
+                import astropy.units as u
+
+                arr = (arr * u.Unit(cunit)).to_value(u.Unit(unit))
+            mask = np.ma.getmask(col)
+            if mask is not np.ma.nomask and np.any(mask):
+                arr = np.where(mask, np.nan, arr)
+    except (ValueError, TypeError):
+        raise ColumnError(f"column {name!r} is not numeric (dtype {getattr(col, 'dtype', '?')})") from None
+    return mask_sentinels(arr)
+
+
+def text_column(table, name, rows=slice(None)):
+    """Column ``name`` as a str array (bytes decoded, surrounding blanks stripped, masked -> '')."""
+    require_columns(table, [name])
+    col = table[name]
+    if is_pandas(table):
+        return np.asarray(col.iloc[rows].fillna("").astype(str).str.strip().to_numpy(), dtype=str)
+    col = col[rows]
+    if hasattr(col, "filled"):
+        col = col.filled("" if np.dtype(col.dtype).kind in "SU" else 0)
+    arr = np.asarray(col)
+    if arr.dtype.kind == "S":
+        arr = np.char.decode(arr, "utf-8")
+    return np.char.strip(arr.astype(str))
+
+
+def table_format(path, fmt=None):
+    """'fits', 'parquet' or 'csv' from an explicit ``fmt`` or the file name (CatalogueError if neither)."""
+    if fmt is not None:
+        if fmt not in ("fits", "parquet", "csv"):
+            raise CatalogueError(f"unknown table format {fmt!r}; use 'fits', 'parquet' or 'csv'")
+        return fmt
+    name = Path(path).name.lower()
+    for kind, suffixes in (("fits", FITS_SUFFIXES), ("parquet", PARQUET_SUFFIXES), ("csv", CSV_SUFFIXES)):
+        if name.endswith(suffixes):
+            return kind
+    raise CatalogueError(f"{path}: cannot tell the table format from the name; use one of {FITS_SUFFIXES + PARQUET_SUFFIXES + CSV_SUFFIXES}")
+
+
+def read_table(path):
+    """Read a user's catalogue (FITS, CSV or Parquet) into an astropy Table.
+
+    Raises CatalogueError naming the file when it is missing or unreadable.
+    """
+    from astropy.table import Table
+
+    path = Path(path)
+    if not path.is_file():
+        raise CatalogueError(f"catalogue {path} not found")
+    kind = table_format(path)
+    try:
+        if kind == "parquet":
+            import pyarrow.parquet as pq
+
+            return Table.from_pandas(pq.read_table(path).to_pandas())
+        if kind == "csv":
+            return Table.read(path, format="ascii.csv")
+        return Table.read(path)
+    except Exception as exc:  # astropy and pyarrow raise many kinds
+        raise CatalogueError(f"catalogue {path} could not be read: {exc}") from None

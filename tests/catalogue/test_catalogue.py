@@ -1,0 +1,213 @@
+"""Catalogue schemas, FITS/Parquet writers, atomic writes, and the Gaia + dynamics stage."""
+
+import os
+
+import astropy.units as u
+import numpy as np
+import pytest
+from astropy.table import MaskedColumn, Table
+
+from cannonade.catalogue.schemas import (
+    SCHEMAS,
+    CatalogueError,
+    CatalogueWriter,
+    add_dynamics,
+    read_catalogue,
+    schema_for,
+    write_catalogue,
+)
+
+LABELS = ["teff", "logg", "vmic", "fe_h", "mg_fe"]
+
+
+def test_schemas_are_data_and_expand_label_patterns():
+    assert set(SCHEMAS) == {"wheeler2020", "nandakumar2022"}
+    cols = {c.name: c for c in schema_for(LABELS)}
+    # Wheeler Table 1: chi2_x_fe and x_fe_extrap for abundances, fe_h_extrap, kiel_extrap
+    for name in ("source_id", "designation", "giantmodel", "kiel_extrap", "chi2", "snrz", "chi2_mg_fe",
+                 "mg_fe_extrap", "fe_h_extrap", "ra", "dec", "R", "phi", "z", "vR", "vT", "vz", "JR", "Jphi", "Jz"):
+        assert name in cols, name
+    assert "chi2_fe_h" not in cols and "teff_extrap" not in cols and "chi2_teff" not in cols
+    assert cols["teff"].unit == "K" and cols["e_teff"].unit == "K" and cols["Jz"].unit == "kpc km / s"
+    assert cols["source_id"].dtype == "int64" and cols["kiel_extrap"].dtype == "bool" and cols["designation"].dtype == "str"
+    assert cols["mg_fe"].description == "[Mg/Fe]"
+    names = [c.name for c in schema_for(["teff", "logg", "feh", "alphafe"], "nandakumar2022")]
+    for name in ("dr2_source_id", "dr3_source_id", "teffCann", "e_teffCann", "alphafeCann", "r_chi_sq",
+                 "Cannon_distance", "flag_Cannon_dist", "teff", "e_alphafe", "r_est", "r_lo", "r_hi", "e_parallax"):
+        assert name in names, name
+    assert names.index("teffCann") < names.index("r_chi_sq") < names.index("teff")
+    with pytest.raises(CatalogueError, match="nope"):
+        schema_for(LABELS, "nope")
+
+
+def per_star_table(n=4):
+    rng = np.random.default_rng(0)
+    t = Table()
+    t["extra_col"] = np.arange(n, dtype=np.int16)  # not in the schema: kept, after the schema columns
+    t["designation"] = [f"J{i:03d}+{i}" for i in range(n)]
+    t["source_id"] = MaskedColumn(np.arange(n, dtype=np.int64) + 10**18, mask=[False, True] + [False] * (n - 2))
+    t["teff"] = rng.normal(5000, 300, n)
+    t["e_teff"] = np.full(n, 50.0, dtype=np.float32)
+    t["fe_h"] = rng.normal(0, 0.3, n)
+    t["fe_h"][2] = np.nan
+    t["mg_fe"] = rng.normal(0.1, 0.1, n)
+    t["mg_fe_extrap"] = np.array([True, False] * (n // 2))
+    t["giantmodel"] = np.array([1, 0] * (n // 2))  # int 0/1 -> bool (schema)
+    t["n_obs"] = np.ones(n, dtype=np.int64)
+    t["Jz"] = rng.uniform(0, 10, n)
+    t["Jz"].unit = u.kpc * u.km / u.s
+    t["distance"] = np.full(n, 1500.0)
+    t["distance"].unit = u.pc  # a unit the column already carries is kept
+    t["cov"] = rng.normal(size=(n, 2))
+    t.meta["run"] = "test"
+    return t
+
+
+@pytest.mark.parametrize("suffix", [".fits", ".parquet"])
+def test_round_trip_columns_dtypes_units(tmp_path, suffix):
+    t = per_star_table()
+    path = write_catalogue(t, tmp_path / f"stars{suffix}", label_names=LABELS)
+    r = read_catalogue(path)
+    schema_first = ["source_id", "designation", "giantmodel", "teff", "e_teff", "fe_h", "mg_fe", "mg_fe_extrap", "Jz", "n_obs", "distance"]
+    assert r.colnames == schema_first + ["extra_col", "cov"]
+    assert r.meta["schema"] == "wheeler2020" and r.meta["run"] == "test"
+    expect_dtype = dict(source_id=np.int64, teff=np.float64, e_teff=np.float32, giantmodel=np.bool_,
+                        mg_fe_extrap=np.bool_, extra_col=np.int16, n_obs=np.int64, cov=np.float64)
+    for name, dt in expect_dtype.items():
+        assert r[name].dtype == np.dtype(dt), name
+    assert r["designation"].dtype.kind == "U" and list(r["designation"]) == list(t["designation"])
+    assert r["teff"].unit == u.K and r["fe_h"].unit == u.dex and r["Jz"].unit == u.kpc * u.km / u.s
+    assert r["distance"].unit == u.pc and r["extra_col"].unit is None
+    assert r["teff"].description == "effective temperature T_eff" and r["source_id"].description == "Gaia DR2 source id"
+    # missing values: masked int, NaN float
+    assert r["source_id"].mask[1] and not r["source_id"].mask[0] and r["source_id"][0] == 10**18
+    assert np.isnan(r["fe_h"][2])
+    np.testing.assert_array_equal(r["teff"], t["teff"])
+    np.testing.assert_array_equal(r["cov"], t["cov"])
+    assert list(r["giantmodel"]) == [True, False, True, False]
+    assert r.colnames == read_catalogue(path).colnames  # stable
+
+
+def test_nandakumar_schema_and_dataframe(tmp_path):
+    pd = pytest.importorskip("pandas")
+    df = pd.DataFrame(dict(unique_id=["a", "b"], teffCann=[4800.0, 5100.0], e_teffCann=[40.0, 50.0], flag_training=[0, 1], r_est=[900.0, 1200.0]))
+    path = write_catalogue(df, tmp_path / "n.parquet", schema="nandakumar2022")
+    r = read_catalogue(path)
+    assert r.colnames == ["unique_id", "teffCann", "e_teffCann", "flag_training", "r_est"]
+    assert r["teffCann"].unit == u.K and r["r_est"].unit == u.pc and r["flag_training"].dtype == np.int64
+    assert r["teffCann"].description == "Cannon estimate of effective temperature T_eff"
+
+
+def test_parquet_metadata_is_readable_without_cannonade(tmp_path):
+    import json
+
+    import pyarrow.parquet as pq
+
+    path = write_catalogue(per_star_table(), tmp_path / "s.parquet", label_names=LABELS)
+    sch = pq.read_schema(path)
+    assert sch.field("teff").metadata[b"unit"] == b"K"
+    md = json.loads(sch.metadata[b"cannonade"])
+    assert md["schema"] == "wheeler2020" and md["columns"]["Jz"]["unit"] == "km kpc / s"
+
+
+def test_bad_dtype_is_named_and_unknown_suffix(tmp_path):
+    t = Table(dict(teff=["hot", "cool"]))
+    with pytest.raises(CatalogueError, match="teff"):
+        write_catalogue(t, tmp_path / "x.fits")
+    with pytest.raises(CatalogueError, match="suffix"):
+        write_catalogue(per_star_table(), tmp_path / "x.csv")
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("suffix", [".fits", ".parquet"])
+def test_write_is_atomic(tmp_path, suffix, monkeypatch):
+    import cannonade.catalogue.schemas as catmod
+
+    path = tmp_path / f"stars{suffix}"
+    write_catalogue(per_star_table(4), path, label_names=LABELS)
+    before = path.read_bytes()
+
+    def boom(*args, **kwargs):
+        # leave a half-written temporary file behind, then fail
+        tmp = args[1] if len(args) > 1 else kwargs.get("where")
+        with open(tmp, "wb") as fh:
+            fh.write(b"partial")
+        raise OSError("disk full")
+
+    if suffix == ".fits":
+        monkeypatch.setattr(catmod, "_write_fits", boom)
+    else:
+        import pyarrow.parquet as pq
+
+        monkeypatch.setattr(pq, "write_table", boom)
+    with pytest.raises(OSError, match="disk full"):
+        write_catalogue(per_star_table(6), path, label_names=LABELS)
+    assert path.read_bytes() == before and len(read_catalogue(path)) == 4
+    assert os.listdir(tmp_path) == [path.name]  # no temporary left behind
+    with pytest.raises(OSError):
+        write_catalogue(per_star_table(6), tmp_path / f"new{suffix}", label_names=LABELS)
+    assert not (tmp_path / f"new{suffix}").exists()
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".fits"])
+def test_chunked_writer(tmp_path, suffix):
+    path = tmp_path / f"big{suffix}"
+    full = per_star_table(12)
+    full["source_id"].mask[5] = True  # missing values in a later chunk too
+    with CatalogueWriter(path, label_names=LABELS) as w:
+        for start in range(0, 12, 4):
+            w.write(full[start:start + 4])
+        assert not path.exists()  # appears only on success
+    r = read_catalogue(path)
+    assert len(r) == 12 and w.n_rows == 12
+    np.testing.assert_array_equal(r["teff"], full["teff"])
+    assert list(np.flatnonzero(r["source_id"].mask)) == [1, 5] and r["teff"].unit == u.K
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        assert pq.ParquetFile(path).num_row_groups == 3
+    with pytest.raises(RuntimeError):
+        with CatalogueWriter(tmp_path / f"fail{suffix}", label_names=LABELS) as w:
+            w.write(full[:4])
+            raise RuntimeError("crash mid-way")
+    assert not (tmp_path / f"fail{suffix}").exists()
+
+
+def test_corrupt_file_raises_named_error(tmp_path):
+    bad = tmp_path / "bad.parquet"
+    bad.write_bytes(b"not parquet")
+    with pytest.raises(CatalogueError, match="bad.parquet"):
+        read_catalogue(bad)
+
+
+def test_add_dynamics_gaia_match_distances_and_missing_star():
+    from test_dynamics import observables
+
+    truth = ([8.5, 7.0, 9.0], [0.1, -0.05, 0.2], [0.3, -0.4, 1.0], [10.0, -20.0, 30.0], [225.0, 200.0, 180.0], [5.0, -10.0, 15.0])
+    obs = observables(*truth)
+    cat = Table(dict(designation=["a", "b", "c", "d"], ra=np.r_[obs["ra"], 5.0], dec=np.r_[obs["dec"], -5.0]))
+    cat["rv"] = np.r_[obs["radial_velocity"][:2], np.nan, 1.0]  # star c has only a Gaia RV
+    cat["rv_err"] = [3.0, 3.0, np.nan, 3.0]
+    d_pc = np.asarray(obs["distance"]) * 1000.0
+    gaia = Table(dict(
+        source_id=np.array([1, 2, 3, 4], dtype=np.int64),
+        ra=np.r_[obs["ra"], obs["ra"][0] + 0.5 / 3600],  # a faint neighbour of star a
+        dec=np.r_[obs["dec"], obs["dec"][0]],
+        pmra=np.r_[obs["pmra"], 0.0], pmra_error=[0.02] * 4,
+        pmdec=np.r_[obs["pmdec"], 0.0], pmdec_error=[0.02] * 4,
+        radial_velocity=[np.nan, np.nan, obs["radial_velocity"][2], 0.0], radial_velocity_error=[np.nan, np.nan, 1.0, 1.0],
+        phot_g_mean_mag=[12.0, 13.0, 14.0, 19.0],
+        r_est=np.r_[d_pc, 100.0], r_lo=np.r_[0.95 * d_pc, 90.0], r_hi=np.r_[1.1 * d_pc, 110.0],
+    ))
+    out = add_dynamics(cat, gaia, n_samples=10, seed=0)
+    assert len(out) == 4 and list(out["designation"]) == ["a", "b", "c", "d"]
+    assert list(out["source_id"].filled(-1)) == [1, 2, 3, -1]
+    assert list(out["gaia_n_matches"]) == [2, 1, 1, 0]
+    np.testing.assert_allclose(out["distance"][:3], np.asarray(obs["distance"]), rtol=1e-12)
+    for name, val in zip(("R", "phi", "z", "vR", "vT", "vz"), truth):
+        np.testing.assert_allclose(out[name][:3], val, atol=1e-6, err_msg=name)
+    assert np.all(np.isfinite(out["JR"][:3])) and np.all(out["e_JR"][:3] > 0)
+    assert out["radial_velocity_used"][2] == gaia["radial_velocity"][2]
+    for name in ("R", "JR", "Jz", "e_JR", "vT"):  # no Gaia match: row kept, NaN dynamics
+        assert np.isnan(out[name][3]), name
+    assert not out["unbound"].any()

@@ -1,0 +1,247 @@
+"""Galactocentric frame, Stäckel actions, unbound orbits and Monte-Carlo errors."""
+
+import astropy.coordinates as coord
+import astropy.units as u
+import numpy as np
+import pytest
+from astropy.table import Table
+
+from cannonade.galaxy.dynamics import (
+    DYNAMICS_COLUMNS,
+    galactocentric,
+    galactocentric_frame,
+    nan_percentile_rows,
+    orbits,
+    potential_at_infinity,
+    split_normal_ppf,
+)
+
+RO, VO = 8.0, 220.0
+
+
+def observables(R, phi, z, vR, vT, vz):
+    """Heliocentric ICRS observables of Galactocentric phase-space points given in the
+    output convention (phi = 0 at the Sun, vT > 0 prograde), via astropy (independent
+    of the code under test)."""
+    R, phi, z, vR, vT, vz = (np.atleast_1d(np.asarray(a, dtype=float)) for a in (R, phi, z, vR, vT, vz))
+    x, y = -R * np.cos(phi), R * np.sin(phi)
+    e_R = np.array([-np.cos(phi), np.sin(phi)])
+    e_T = np.array([np.sin(phi), np.cos(phi)])
+    vx, vy = vR * e_R + vT * e_T
+    c = coord.SkyCoord(
+        x=x * u.kpc, y=y * u.kpc, z=z * u.kpc,
+        v_x=vx * u.km / u.s, v_y=vy * u.km / u.s, v_z=vz * u.km / u.s,
+        frame=galactocentric_frame(),
+    ).transform_to(coord.ICRS())
+    return Table(dict(
+        ra=c.ra.deg, dec=c.dec.deg, distance=c.distance.to_value(u.kpc),
+        pmra=c.pm_ra_cosdec.to_value(u.mas / u.yr), pmdec=c.pm_dec.to_value(u.mas / u.yr),
+        radial_velocity=c.radial_velocity.to_value(u.km / u.s),
+    ))
+
+
+def galpy_orbit(t):
+    from galpy.orbit import Orbit
+
+    vxvv = np.array([t["ra"], t["dec"], t["distance"], t["pmra"], t["pmdec"], t["radial_velocity"]]).T
+    # galpy's solarmotion is [-U, V, W] relative to vo: (11.1, 232.24 - 220, 7.25)
+    return Orbit(vxvv, radec=True, ro=RO, vo=VO, zo=0.025, solarmotion=[-11.1, 12.24, 7.25])
+
+
+@pytest.fixture(scope="module")
+def disc_and_halo():
+    rng = np.random.default_rng(42)
+    nd, nh = 12, 12
+    R = np.r_[rng.uniform(5, 11, nd), rng.uniform(4, 15, nh)]
+    phi = np.r_[rng.uniform(-0.3, 0.3, nd), rng.uniform(-0.8, 0.8, nh)]
+    z = np.r_[rng.normal(0, 0.3, nd), rng.uniform(-5, 5, nh)]
+    vR = np.r_[rng.normal(0, 35, nd), rng.normal(0, 140, nh)]
+    vT = np.r_[rng.normal(215, 20, nd), rng.normal(20, 100, nh)]
+    vz = np.r_[rng.normal(0, 25, nd), rng.normal(0, 100, nh)]
+    return (R, phi, z, vR, vT, vz), observables(R, phi, z, vR, vT, vz)
+
+
+def test_sun_in_the_astropy_frame_and_output():
+    sun = coord.SkyCoord(ra=0 * u.deg, dec=0 * u.deg, distance=0 * u.kpc).transform_to(galactocentric_frame())
+    np.testing.assert_allclose(sun.cartesian.xyz.to_value(u.kpc), [-8.0, 0.0, 0.025], atol=1e-12)
+    t = Table(dict(ra=[0.0], dec=[0.0], distance=[0.0], pmra=[0.0], pmdec=[0.0], radial_velocity=[0.0]))
+    g = galactocentric(t)
+    np.testing.assert_allclose([g["x"][0], g["y"][0], g["z"][0]], [-8.0, 0.0, 0.025], atol=1e-12)
+    np.testing.assert_allclose([g["vx"][0], g["vy"][0], g["vz"][0]], [11.1, 232.24, 7.25], atol=1e-9)
+    o = orbits(t, n_samples=0)
+    # R = 8, phi = 0; moving towards the centre (vR < 0) and prograde (vT, Jphi > 0)
+    np.testing.assert_allclose([o["R"][0], o["phi"][0], o["z"][0]], [8.0, 0.0, 0.025], atol=1e-12)
+    np.testing.assert_allclose([o["vR"][0], o["vT"][0], o["vz"][0]], [-11.1, 232.24, 7.25], atol=1e-9)
+    np.testing.assert_allclose(o["Jphi"][0], 8.0 * 232.24, rtol=1e-12)
+
+
+def test_numpy_transform_matches_astropy():
+    rng = np.random.default_rng(3)
+    n = 200
+    t = Table(dict(
+        ra=rng.uniform(0, 360, n), dec=np.degrees(np.arcsin(rng.uniform(-1, 1, n))), distance=rng.uniform(0.05, 30, n),
+        pmra=rng.normal(0, 10, n), pmdec=rng.normal(0, 10, n), radial_velocity=rng.normal(0, 150, n),
+    ))
+    c = coord.SkyCoord(
+        ra=t["ra"] * u.deg, dec=t["dec"] * u.deg, distance=t["distance"] * u.kpc,
+        pm_ra_cosdec=t["pmra"] * u.mas / u.yr, pm_dec=t["pmdec"] * u.mas / u.yr,
+        radial_velocity=t["radial_velocity"] * u.km / u.s,
+    ).transform_to(galactocentric_frame())
+    g = galactocentric(t)
+    for ours, theirs, tol in (("x", c.x, 1e-9), ("y", c.y, 1e-9), ("z", c.z, 1e-9), ("vx", c.v_x, 1e-8), ("vy", c.v_y, 1e-8), ("vz", c.v_z, 1e-8)):
+        np.testing.assert_allclose(g[ours], theirs.value, atol=tol, err_msg=ours)
+
+
+def test_round_trip_of_galactocentric_truth(disc_and_halo):
+    truth, t = disc_and_halo
+    o = orbits(t, n_samples=0)
+    for name, val in zip(("R", "phi", "z", "vR", "vT", "vz"), truth):
+        np.testing.assert_allclose(o[name], val, atol=1e-8, err_msg=name)
+
+
+def test_circular_orbit_has_zero_radial_and_vertical_action():
+    from galpy.potential import MWPotential2014, vcirc
+
+    R = np.array([5.0, 8.5, 12.0])
+    vc = np.array([vcirc(MWPotential2014, r / RO) for r in R]) * VO
+    t = observables(R, [0.3, -0.2, 0.1], 0.0, 0.0, vc, 0.0)
+    o = orbits(t, n_samples=0)
+    # a typical thin-disc star has J_R ~ 10-50, J_z ~ 2-10 kpc km/s
+    assert np.all(np.abs(o["JR"]) < 0.05), o["JR"]
+    assert np.all(np.abs(o["Jz"]) < 0.05), o["Jz"]
+    np.testing.assert_allclose(o["Jphi"], R * vc, rtol=1e-8)
+    assert not o["unbound"].any()
+
+
+def test_actions_agree_with_galpy_orbit(disc_and_halo):
+    from galpy.potential import MWPotential2014
+
+    _, t = disc_and_halo
+    o = orbits(t, n_samples=0)
+    orb = galpy_orbit(t)
+    kw = dict(pot=MWPotential2014, type="staeckel", delta=0.4, c=True)
+    # galpy converts the observables with its own frame code: this checks our frame too
+    np.testing.assert_allclose(o["R"], orb.R(), rtol=1e-4)
+    np.testing.assert_allclose(o["vT"], orb.vT(), rtol=1e-3, atol=0.05)
+    ref = {"JR": orb.jr(**kw), "Jphi": orb.jp(**kw), "Jz": orb.jz(**kw)}
+    assert np.all(np.isfinite(o["JR"])) and not o["unbound"].any()
+    for name, val in ref.items():
+        np.testing.assert_allclose(o[name], val, rtol=0.01, atol=0.05, err_msg=name)
+    # the sample really spans disc and halo orbits, prograde and retrograde
+    assert o["Jz"][:12].max() < 30 < o["Jz"][12:].max()
+    assert (o["Jphi"] < 0).any() and (o["Jphi"] > 1000).any()
+
+
+def test_unbound_star_flagged_with_nan_actions():
+    t = observables([8.5, 8.5], [0.1, 0.1], [0.1, 0.1], [10.0, 0.0], [220.0, 700.0], [5.0, 0.0])
+    o = orbits(t, n_samples=5)
+    assert list(o["unbound"]) == [False, True]
+    for name in ("JR", "Jphi", "Jz", "e_JR", "e_Jphi", "e_Jz"):
+        assert np.isfinite(o[name][0]), name
+        assert np.isnan(o[name][1]), name
+    assert np.isfinite(o["vT"][1]) and o["f_unbound"][1] == 1.0 and o["f_unbound"][0] == 0.0
+    assert 1.0 < potential_at_infinity() < 2.0  # finite and positive for MWPotential2014 in galpy
+
+
+def test_nan_inputs_give_nan_outputs_not_errors():
+    t = observables([8.5] * 3, [0.1] * 3, [0.1] * 3, [10.0] * 3, [220.0] * 3, [5.0] * 3)
+    t["distance"][1] = np.nan  # no Gaia match
+    t["radial_velocity"][2] = np.nan  # no RV
+    t["distance_err"] = [0.1, 0.1, 0.1]
+    t["radial_velocity_err"] = [np.nan, 5.0, 5.0]
+    o = orbits(t, n_samples=4)
+    assert np.isfinite(o["JR"][0]) and o["e_vz"][0] >= 0
+    for name in list(DYNAMICS_COLUMNS) + ["e_JR", "e_R"]:
+        assert np.isnan(o[name][1]), name
+    # without an RV the position is still known; velocities and actions are not
+    for name in ("R", "phi", "z", "e_R"):
+        assert np.isfinite(o[name][2]), name
+    for name in ("vR", "vT", "vz", "JR", "Jphi", "Jz", "e_JR", "e_vT"):
+        assert np.isnan(o[name][2]), name
+    assert not o["unbound"].any()
+    assert o["f_unbound"][0] == 0.0 and np.isnan(o["f_unbound"][1]) and np.isnan(o["f_unbound"][2])
+
+
+def test_monte_carlo_errors_recover_input_uncertainty():
+    # a star towards the north Galactic pole: vz is (almost) its radial velocity,
+    # so e_vz must recover the RV error; no distance/PM error -> e_R == 0
+    ngp = coord.SkyCoord(l=0 * u.deg, b=90 * u.deg, frame="galactic").icrs
+    t = Table(dict(ra=[ngp.ra.deg], dec=[ngp.dec.deg], distance=[1.0], pmra=[1.0], pmdec=[-2.0], radial_velocity=[-10.0]))
+    t["radial_velocity_err"] = [7.0]
+    o = orbits(t, n_samples=2000, seed=1)
+    np.testing.assert_allclose(o["e_vz"][0], 7.0, rtol=0.06)
+    assert o["e_R"][0] == 0.0 and o["e_phi"][0] == 0.0
+    # the central values are the nominal ones, not the median of the draws
+    nominal = orbits(t, n_samples=0)
+    np.testing.assert_allclose(o["vz"][0], nominal["vz"][0], rtol=1e-12)
+    assert abs(o["vz"][0] - (-2.7785)) < 1e-3  # -10 km/s RV + W_sun, rotated by the tiny z_sun tilt
+
+
+def test_seed_and_chunking_reproducible(disc_and_halo):
+    _, t = disc_and_halo
+    t = t.copy()
+    t["distance_err"] = 0.1 * t["distance"]
+    t["radial_velocity_err"] = 5.0
+    t["pmra_error"] = 0.05
+    t["pmdec_error"] = 0.05
+    a = orbits(t, n_samples=8, seed=7)
+    b = orbits(t, n_samples=8, seed=7, chunk_size=5)
+    c = orbits(t, n_samples=8, seed=8)
+    for name in ("e_JR", "e_vT", "e_z"):
+        np.testing.assert_array_equal(a[name], b[name])
+        assert np.all(a[name] > 0)
+        assert not np.array_equal(a[name], c[name])
+    np.testing.assert_array_equal(a["JR"], c["JR"])  # central values do not depend on the draws
+
+
+def test_split_normal_draws_match_quantiles():
+    rng = np.random.default_rng(0)
+    uu = rng.random((1, 200_000))
+    x = split_normal_ppf(uu, np.array([2.0]), np.array([0.3]), np.array([0.8]), lower=0.0)
+    p16, p50, p84 = np.percentile(x, [16, 50, 84])
+    assert abs(p50 - 2.0) < 0.01 and abs(p16 - 1.7) < 0.01 and abs(p84 - 2.8) < 0.015
+    # truncation: a 1 +- 1 kpc distance never goes negative
+    y = split_normal_ppf(uu, np.array([1.0]), np.array([1.0]), np.array([1.0]), lower=0.0)
+    assert np.all(y > 0) and np.all(np.isfinite(y))
+
+
+def test_split_distance_used_when_bounds_given():
+    t = observables([8.5], [0.1], [0.5], [10.0], [220.0], [5.0])
+    d = t["distance"][0]
+    t["distance_lo"] = [d - 0.01 * d]
+    t["distance_hi"] = [d + 0.3 * d]
+    t["distance_err"] = [0.0]  # ignored where lo/hi are finite
+    o = orbits(t, n_samples=50, seed=0)
+    assert o["e_R"][0] > 0 and o["e_z"][0] > 0
+
+
+def test_nan_percentile_rows_matches_numpy():
+    rng = np.random.default_rng(5)
+    a = rng.normal(size=(50, 21))
+    a[rng.random(a.shape) < 0.3] = np.nan
+    a[3] = np.nan
+    ours = nan_percentile_rows(a, (16, 84))
+    with np.errstate(all="ignore"), pytest.warns(RuntimeWarning):
+        ref = np.nanpercentile(a, (16, 84), axis=1)
+    np.testing.assert_allclose(ours, ref, equal_nan=True)
+
+
+def test_pandas_and_units():
+    pd = pytest.importorskip("pandas")
+    t = observables([8.5, 7.0], [0.1, -0.1], [0.2, -0.5], [10.0, -30.0], [220.0, 190.0], [5.0, 20.0])
+    ref = orbits(t, n_samples=0)
+    df = orbits(t.to_pandas(), n_samples=0)
+    assert isinstance(df, pd.DataFrame)
+    np.testing.assert_allclose(df["Jz"], ref["Jz"])
+    tq = t.copy()
+    tq["distance"] = tq["distance"] * 1000.0
+    tq["distance"].unit = u.pc  # converted to kpc
+    np.testing.assert_allclose(orbits(tq, n_samples=0)["JR"], ref["JR"], rtol=1e-10)
+    assert ref["JR"].unit == u.kpc * u.km / u.s and "JR" not in t.colnames  # input untouched
+
+
+def test_missing_column_is_named():
+    from cannonade.exceptions import ColumnError
+
+    with pytest.raises(ColumnError, match="radial_velocity"):
+        orbits(Table(dict(ra=[1.0], dec=[1.0], distance=[1.0], pmra=[1.0], pmdec=[1.0])))

@@ -1,0 +1,334 @@
+"""Readers on the real sample files (../shared/data) and on synthetic/broken files."""
+
+import math
+import shutil
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from cannonade.spectra import surveys
+from cannonade.exceptions import SpectrumFormatError
+from cannonade.spectra.readers import (
+    Spectrum,
+    air_to_vacuum,
+    read_apstar,
+    read_apstar_visits,
+    read_apvisit,
+    read_aspcapstar,
+    read_galah_ccd,
+    read_galah_star,
+    read_lamost,
+    read_spectrum,
+)
+
+STD_KEYS = ("survey", "obj_id", "ra", "dec", "snr", "redshift", "rv", "source_file")
+
+
+def _lamost_files(shared_data):
+    files = sorted((shared_data / "lamost_dr1" / "spectra").glob("*.fits"))
+    assert len(files) == 179
+    return files
+
+
+def _check_std_meta(s, survey):
+    for k in STD_KEYS:
+        assert k in s.meta, k
+    assert s.meta["survey"] == survey
+    assert s.meta["obj_id"]
+    if s.meta.get("OBJ_NAME") != "Vesta/Sun":
+        assert math.isfinite(s.meta["ra"]) and math.isfinite(s.meta["dec"])
+    assert s.wavelength.dtype == np.float64 and s.flux.dtype == np.float64 and s.ivar.dtype == np.float64
+    assert np.all(np.diff(s.wavelength) > 0)
+    assert np.all(s.ivar >= 0) and np.all(np.isfinite(s.ivar))
+
+
+# --------------------------------------------------------------------------- LAMOST
+
+
+def test_lamost_dr1_all_files(shared_data):
+    counts = set()
+    for f in _lamost_files(shared_data):
+        s = read_spectrum(f)
+        _check_std_meta(s, "lamost")
+        counts.add(s.wavelength.size)
+        assert 3699 < s.wavelength[0] < 3701 and 9080 < s.wavelength[-1] < 9100
+        # bad pixels are exactly the masked / zero-ivar / non-finite ones
+        raw = fits.getdata(f).astype(np.float64)
+        bad = (raw[1] <= 0) | ~np.isfinite(raw[0]) | ((raw[3].astype(int) & surveys.LAMOST_AND_BITS_DEFAULT) != 0)
+        bad |= (raw[4].astype(int) & surveys.LAMOST_OR_BITS_DEFAULT) != 0
+        assert np.array_equal(s.ivar == 0, bad)
+    assert counts <= {3904, 3908, 3909} and 3904 in counts
+
+
+def test_lamost_meta_and_wavelength_from_coefficients(shared_data):
+    f = _lamost_files(shared_data)[0]
+    s = read_lamost(f)
+    h = fits.getheader(f)
+    # DR1 row 3 is a normalised flux, not the wavelength: wavelength comes from COEFF0/COEFF1
+    np.testing.assert_allclose(s.wavelength, 10 ** (h["COEFF0"] + h["COEFF1"] * np.arange(h["NAXIS1"])), rtol=1e-12)
+    assert np.nanmax(fits.getdata(f)[2]) < 10  # row 3 really is not a wavelength here
+    assert s.meta["redshift"] == pytest.approx(h["Z"])
+    assert s.meta["rv"] == pytest.approx(h["Z"] * surveys.C_KMS)
+    assert s.meta["snr"] == pytest.approx(h["SN_G"])
+    assert s.meta["obj_id"] == h["DESIG"].replace("LAMOST ", "")
+    assert s.meta["SUBCLASS"] == h["SUBCLASS"]  # the file's own header keys
+    assert s.meta["source_file"] == str(f)
+
+
+def test_lamost_detected_from_content_not_name(shared_data, tmp_path):
+    dst = tmp_path / "apStar-looks-like-apogee.txt"
+    shutil.copy(_lamost_files(shared_data)[0], dst)
+    s = read_spectrum(dst)
+    assert s.meta["survey"] == "lamost" and s.meta["layout"] == "lamost_image"
+
+
+def _write_lamost_image(path, flux, ivar, andmask, ormask, z=1e-4, vacuum=True):
+    n = flux.size
+    data = np.stack([flux, ivar, np.ones(n), andmask, ormask]).astype(np.float32)
+    h = fits.Header()
+    h["RA"], h["DEC"], h["DESIG"] = 10.0, 20.0, "LAMOST J000000.00+000000.0"
+    h["COEFF0"], h["COEFF1"], h["Z"], h["SN_G"], h["VACUUM"] = 3.5682, 1e-4, z, 30.0, vacuum
+    fits.PrimaryHDU(data, h).writeto(path)
+
+
+def test_lamost_mask_bits_configurable_and_sentinels(tmp_path):
+    n = 500
+    flux = np.full(n, 100.0)
+    ivar = np.full(n, 0.01)
+    andmask = np.zeros(n)
+    ormask = np.zeros(n)
+    andmask[10] = 1  # BADCCD in every exposure
+    ormask[20] = 4  # NOSKY in some exposure: not rejected by default
+    ormask[30] = 32  # NODATA in some exposure: rejected by default
+    flux[40] = -9999.0
+    flux[41] = np.nan
+    ivar[42] = -1.0
+    ivar[43] = np.inf
+    path = tmp_path / "x.fits"
+    _write_lamost_image(path, flux, ivar, andmask, ormask)
+    s = read_spectrum(path)
+    bad = set(np.flatnonzero(s.ivar == 0))
+    assert bad == {10, 30, 40, 41, 42, 43}
+    s2 = read_spectrum(path, and_bits=0, or_bits=1 << surveys.LAMOST_MASK_BITS["NOSKY"])
+    assert set(np.flatnonzero(s2.ivar == 0)) == {20, 40, 41, 42, 43}
+
+
+def test_lamost_air_wavelengths_converted(tmp_path):
+    n = 100
+    path = tmp_path / "air.fits"
+    _write_lamost_image(path, np.ones(n), np.ones(n), np.zeros(n), np.zeros(n), vacuum=False)
+    s = read_spectrum(path)
+    air = 10 ** (3.5682 + 1e-4 * np.arange(n))
+    np.testing.assert_allclose(s.wavelength, air_to_vacuum(air))
+    assert 1.0 < s.wavelength[0] - air[0] < 1.1  # ~1.05 A at 3700 A
+
+
+def _write_lamost_table(path, n=300):
+    rng = np.random.default_rng(3)
+    wave = 10 ** (3.5682 + 1e-4 * np.arange(n))
+    flux = 50 + rng.normal(0, 1, n)
+    ivar = np.full(n, 1.0)
+    andmask = np.zeros(n, dtype=np.int32)
+    ormask = np.zeros(n, dtype=np.int32)
+    andmask[5] = 2
+    ormask[6] = 1
+    ivar[7] = -3.0
+    flux[8] = np.nan
+    cols = [
+        fits.Column(name=name, format=f"{n}{fmt}", array=arr[None, :])
+        for name, fmt, arr in (
+            ("FLUX", "E", flux),
+            ("IVAR", "E", ivar),
+            ("WAVELENGTH", "D", wave),
+            ("ANDMASK", "J", andmask),
+            ("ORMASK", "J", ormask),
+        )
+    ]
+    h = fits.Header()
+    h["TELESCOP"] = "LAMOST"
+    h["OBSID"] = 123456789
+    h["RA"], h["DEC"], h["Z"], h["SNRG"] = 1.5, -2.5, 3e-4, 42.0
+    fits.HDUList([fits.PrimaryHDU(header=h), fits.BinTableHDU.from_columns(cols, name="COADD")]).writeto(path)
+    return wave, flux
+
+
+def test_lamost_dr8_table_layout(tmp_path):
+    path = tmp_path / "spec-dr8.fits"
+    wave, flux = _write_lamost_table(path)
+    s = read_spectrum(path)
+    _check_std_meta(s, "lamost")
+    assert s.meta["layout"] == "lamost_table"
+    np.testing.assert_allclose(s.wavelength, wave)
+    assert set(np.flatnonzero(s.ivar == 0)) == {5, 6, 7, 8}
+    assert s.meta["obj_id"] == "123456789" and s.meta["snr"] == 42.0 and s.meta["redshift"] == pytest.approx(3e-4)
+    assert read_lamost(path).meta["layout"] == "lamost_table"
+
+
+# --------------------------------------------------------------------------- APOGEE
+
+
+def test_apstar_dr17(shared_data):
+    f = shared_data / "apogee" / "apStar-dr17-2M17335483-2753043.fits"
+    s = read_spectrum(f)
+    _check_std_meta(s, "apogee")
+    assert s.meta["layout"] == "apstar"
+    assert s.wavelength.size == 8575
+    assert 15100 < s.wavelength[0] < 15102 and 16998 < s.wavelength[-1] < 17001
+    assert s.meta["obj_id"] == "2M17335483-2753043" and s.meta["snr"] > 100
+    assert s.meta["redshift"] == 0.0 and s.meta["rv"] == pytest.approx(15.6814, abs=1e-3)
+    mask = fits.getdata(f, 3)[0].astype(np.int64)
+    err = fits.getdata(f, 2)[0]
+    flux = fits.getdata(f, 1)[0]
+    assert np.all(s.ivar[(mask & surveys.APOGEE_PIXMASK_DEFAULT) != 0] == 0)
+    assert np.all(s.ivar[~np.isfinite(flux) | ~np.isfinite(err)] == 0)
+    assert np.all(s.ivar[err >= surveys.APOGEE_BAD_ERROR] == 0)
+    ok = (s.ivar > 0)
+    np.testing.assert_allclose(s.ivar[ok], 1 / err[ok] ** 2)
+    assert 0.8 < ok.mean() < 0.95
+    # turning the pixel mask off un-masks flagged pixels with finite errors
+    assert (read_apstar(f, pixmask_bits=0).ivar > 0).sum() > ok.sum()
+
+
+def test_apstar_rows_and_visits(shared_data):
+    f = shared_data / "apogee" / "apStar-dr17-2M17335483-2753043.fits"
+    nvis = fits.getheader(f)["NVISITS"]
+    visits = read_apstar_visits(f)
+    assert len(visits) == nvis == 3
+    assert all(v.meta["is_visit"] for v in visits) and [v.meta["visit"] for v in visits] == [1, 2, 3]
+    assert not read_apstar(f).meta["is_visit"]
+    r2 = read_apstar(f, row=2)
+    np.testing.assert_array_equal(r2.flux, visits[0].flux)
+    with pytest.raises(SpectrumFormatError, match="row 7"):
+        read_apstar(f, row=7)
+
+
+def test_apstar_dr13_single_and_starflag(shared_data):
+    f = shared_data / "apogee" / "apStar_dr13" / "apStar-r6-2M03290406+3117075.fits"
+    s = read_spectrum(f)
+    assert s.wavelength.size == 8575 and s.meta["obj_id"] == "2M03290406+3117075"
+    assert read_apstar_visits(f) == []
+    # STARFLAG 131584 has bits 9 and 17 set: rejected by Nandakumar+2022's list
+    assert s.meta["starflag"] == 131584 and s.meta["starflag_reject"] is True
+    err = fits.getdata(f, 2)
+    assert np.all(s.ivar[err >= 1e10] == 0)
+
+
+def test_aspcapstar_missing_values(shared_data):
+    for f in sorted((shared_data / "apogee" / "aspcapStar_dr13").glob("*.fits")):
+        s = read_aspcapstar(f)
+        assert read_spectrum(f).meta["layout"] == "aspcapstar"
+        _check_std_meta(s, "apogee")
+        assert s.wavelength.size == 8575 and s.meta["normalised"] is True
+        # ASPCAP parameters of these M dwarfs are -9999: missing -> NaN, never a number
+        assert math.isnan(s.meta["aspcap_teff"]) and math.isnan(s.meta["aspcap_logg"])
+        assert all(not (isinstance(v, float) and v <= -9998) for v in s.meta.values())
+        raw = fits.getdata(f, 1)
+        assert np.all(s.ivar[raw <= 0] == 0)
+        good = s.ivar > 0
+        assert 0.8 < good.mean() < 0.9
+        assert 0.85 < np.mean(s.flux[good]) < 1.05  # continuum-normalised
+
+
+def test_apvisit(shared_data):
+    f = shared_data / "apogee" / "apVisit-r13-5095-55844-128.fits"
+    s = read_apvisit(f)
+    assert read_spectrum(f).meta["layout"] == "apvisit"
+    _check_std_meta(s, "apogee")
+    assert s.wavelength.size == 3 * 4096
+    assert 15140 < s.wavelength[0] < 15145 and 16950 < s.wavelength[-1] < 16960
+    vrad = fits.getheader(f)["VRAD"]
+    assert s.meta["redshift"] == pytest.approx(vrad / surveys.C_KMS, rel=1e-3)
+    mask = fits.getdata(f, 3).ravel().astype(np.int64)
+    wave = fits.getdata(f, 4).ravel()
+    order = np.argsort(wave)
+    assert np.all(s.ivar[((mask[order]) & surveys.APOGEE_PIXMASK_DEFAULT) != 0] == 0)
+
+
+# --------------------------------------------------------------------------- GALAH
+
+
+def test_galah_ccds(shared_data):
+    files = sorted((shared_data / "galah" / "com").glob("*.fits"))
+    assert len(files) == 24
+    ranges = {1: (4700, 4910), 2: (5640, 5880), 3: (6470, 6745), 4: (7580, 7895)}
+    for f in files:
+        s = read_spectrum(f)
+        _check_std_meta(s, "galah")
+        ccd = s.meta["ccd"]
+        assert ccd == int(f.stem[-1]) and s.meta["obj_id"] == f.stem[:15]
+        assert s.wavelength.size == 4096
+        lo, hi = ranges[ccd]
+        assert lo < s.wavelength[0] < s.wavelength[-1] < hi
+        h = fits.getheader(f)
+        air0 = h["CRVAL1"]
+        assert 1.2 < s.wavelength[0] - air0 < 2.3  # air -> vacuum
+        rel = fits.getdata(f, "relative_error")
+        good = s.ivar > 0
+        np.testing.assert_allclose(s.ivar[good], 1 / (rel[good] * s.flux[good]) ** 2, rtol=1e-10)
+
+
+def test_galah_positions(shared_data):
+    s = read_galah_ccd(shared_data / "galah" / "com" / "2101150001010012.fits")
+    assert s.meta["ra"] == pytest.approx(87.74803230671) and s.meta["dec"] == pytest.approx(7.98963034608)
+    # the solar (Vesta) spectrum has RA = DEC = 0 everywhere: unknown, not a position
+    sun = read_galah_ccd(shared_data / "galah" / "com" / "2101150022012392.fits")
+    assert sun.meta["OBJ_NAME"] == "Vesta/Sun"
+    assert math.isnan(sun.meta["ra"]) and math.isnan(sun.meta["dec"])
+
+
+def test_galah_star_joins_four_ccds(shared_data, tmp_path):
+    com = shared_data / "galah" / "com"
+    s = read_galah_star("210115000101001", directory=com)
+    assert s.wavelength.size == 4 * 4096 and s.meta["ccds"] == [1, 2, 3, 4]
+    assert np.all(np.diff(s.wavelength) > 0)
+    assert s.meta["snr"] == pytest.approx(s.meta["snr_ccd2"])
+    same = read_galah_star(str(com / "2101150001010013.fits"))
+    np.testing.assert_array_equal(same.flux, s.flux)
+    via_glob = read_galah_star(str(com / "210115000101001?.fits"))
+    np.testing.assert_array_equal(via_glob.wavelength, s.wavelength)
+    for k in (1, 2, 3):
+        shutil.copy(com / f"210115000101001{k}.fits", tmp_path / f"210115000101001{k}.fits")
+    with pytest.raises(SpectrumFormatError, match="need all four"):
+        read_galah_star("210115000101001", directory=tmp_path)
+    assert read_galah_star("210115000101001", directory=tmp_path, require_all=False).meta["ccds"] == [1, 2, 3]
+
+
+# --------------------------------------------------------------------------- broken files
+
+
+def test_truncated_corrupt_and_non_fits_raise(shared_data, tmp_path):
+    lam = _lamost_files(shared_data)[0].read_bytes()
+    aps = (shared_data / "apogee" / "apStar-dr17-2M19485057+5005279.fits").read_bytes()
+    cases = {
+        "trunc_lamost.fits": lam[: len(lam) // 2],
+        "trunc_header.fits": lam[:1000],
+        "trunc_apstar.fits": aps[: len(aps) - 100000],
+        "corrupt.fits": lam[:200] + bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8)) + lam[5200:],
+        "text.fits": b"this is not a FITS file\n" * 10,
+        "empty.fits": b"",
+    }
+    for name, data in cases.items():
+        p = tmp_path / name
+        p.write_bytes(data)
+        with pytest.raises(SpectrumFormatError) as exc:
+            read_spectrum(p)
+        assert str(p) in str(exc.value), name
+    with pytest.raises(SpectrumFormatError, match="not found"):
+        read_spectrum(tmp_path / "missing.fits")
+    with pytest.raises(SpectrumFormatError, match="directory"):
+        read_spectrum(tmp_path)
+
+
+def test_unknown_layout_raises(tmp_path):
+    p = tmp_path / "image.fits"
+    fits.PrimaryHDU(np.zeros((10, 10), dtype=np.float32)).writeto(p)
+    with pytest.raises(SpectrumFormatError, match="unknown spectrum layout"):
+        read_spectrum(p)
+
+
+def test_spectrum_dataclass_checks_shapes():
+    s = Spectrum([1.0, 2.0], [1, 1], [1, 1], {})
+    assert s.wavelength.dtype == np.float64 and s.n_pixels == 2
+    with pytest.raises(SpectrumFormatError):
+        Spectrum([1.0, 2.0], [1.0], [1.0, 1.0])
