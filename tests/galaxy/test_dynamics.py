@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from astropy.table import Table
 
+from cannonade.catalogue.schemas import add_dynamics
 from cannonade.galaxy.dynamics import (
     DYNAMICS_COLUMNS,
     galactocentric,
@@ -245,3 +246,34 @@ def test_missing_column_is_named():
 
     with pytest.raises(ColumnError, match="radial_velocity"):
         orbits(Table(dict(ra=[1.0], dec=[1.0], distance=[1.0], pmra=[1.0], pmdec=[1.0])))
+
+
+def test_add_dynamics_gaia_match_distances_and_missing_star():
+    truth = ([8.5, 7.0, 9.0], [0.1, -0.05, 0.2], [0.3, -0.4, 1.0], [10.0, -20.0, 30.0], [225.0, 200.0, 180.0], [5.0, -10.0, 15.0])
+    obs = observables(*truth)
+    cat = Table(dict(designation=["a", "b", "c", "d"], ra=np.r_[obs["ra"], 5.0], dec=np.r_[obs["dec"], -5.0]))
+    cat["rv"] = np.r_[obs["radial_velocity"][:2], np.nan, 1.0]  # star c has only a Gaia RV
+    cat["rv_err"] = [3.0, 3.0, np.nan, 3.0]
+    d_pc = np.asarray(obs["distance"]) * 1000.0
+    gaia = Table(dict(
+        source_id=np.array([1, 2, 3, 4], dtype=np.int64),
+        ra=np.r_[obs["ra"], obs["ra"][0] + 0.5 / 3600],  # a faint neighbour of star a
+        dec=np.r_[obs["dec"], obs["dec"][0]],
+        pmra=np.r_[obs["pmra"], 0.0], pmra_error=[0.02] * 4,
+        pmdec=np.r_[obs["pmdec"], 0.0], pmdec_error=[0.02] * 4,
+        radial_velocity=[np.nan, np.nan, obs["radial_velocity"][2], 0.0], radial_velocity_error=[np.nan, np.nan, 1.0, 1.0],
+        phot_g_mean_mag=[12.0, 13.0, 14.0, 19.0],
+        r_est=np.r_[d_pc, 100.0], r_lo=np.r_[0.95 * d_pc, 90.0], r_hi=np.r_[1.1 * d_pc, 110.0],
+    ))
+    out = add_dynamics(cat, gaia, n_samples=10, seed=0)
+    assert len(out) == 4 and list(out["designation"]) == ["a", "b", "c", "d"]
+    assert list(out["source_id"].filled(-1)) == [1, 2, 3, -1]
+    assert list(out["gaia_n_matches"]) == [2, 1, 1, 0]
+    np.testing.assert_allclose(out["distance"][:3], np.asarray(obs["distance"]), rtol=1e-12)
+    for name, val in zip(("R", "phi", "z", "vR", "vT", "vz"), truth):
+        np.testing.assert_allclose(out[name][:3], val, atol=1e-6, err_msg=name)
+    assert np.all(np.isfinite(out["JR"][:3])) and np.all(out["e_JR"][:3] > 0)
+    assert out["radial_velocity_used"][2] == gaia["radial_velocity"][2]
+    for name in ("R", "JR", "Jz", "e_JR", "vT"):  # no Gaia match: row kept, NaN dynamics
+        assert np.isnan(out[name][3]), name
+    assert not out["unbound"].any()
