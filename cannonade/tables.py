@@ -40,6 +40,17 @@ def colnames(table):
     raise CatalogueError(f"expected a table (astropy Table, pandas DataFrame, dict), got {type(table).__name__}")
 
 
+def as_table(table):
+    """An astropy Table view of an astropy Table or pandas DataFrame (CatalogueError otherwise)."""
+    from astropy.table import Table
+
+    if is_pandas(table):
+        return Table.from_pandas(table)
+    if not isinstance(table, Table):
+        raise CatalogueError(f"expected an astropy Table or pandas DataFrame, got {type(table).__name__}")
+    return table
+
+
 def suggest(name, options):
     """' (did you mean 'x'?)' for the closest of ``options``, or ''."""
     import difflib

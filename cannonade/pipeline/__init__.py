@@ -784,7 +784,7 @@ class Run:
         if not (d["enabled"] and d["gaia"]):
             self.write_table(star, "per_star_dynamics.fits")
             return {"skipped": True}
-        from cannonade.catalogue.schemas import add_dynamics
+        from cannonade.galaxy.kinematics import add_dynamics
 
         gaia = self.table("gaia")
         out = add_dynamics(

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from astropy.table import Table
 
-from cannonade.catalogue.schemas import add_dynamics
+from cannonade.galaxy.kinematics import add_dynamics
 from cannonade.galaxy.dynamics import (
     DYNAMICS_COLUMNS,
     galactocentric,
