@@ -24,9 +24,11 @@ import numpy as np
 
 def mock_catalogue(n, seed=0):
     """n mock stars (90% disc, 10% halo) as heliocentric observables with errors."""
+    import astropy.coordinates as coord
+    import astropy.units as u
     from astropy.table import Table
 
-    from cannonade.galaxy.dynamics import K_PM, _icrs_to_galcen_affine
+    from cannonade.galaxy.dynamics import galactocentric_frame
 
     rng = np.random.default_rng(seed)
     halo = rng.random(n) < 0.1
@@ -39,20 +41,15 @@ def mock_catalogue(n, seed=0):
     x, y = -R * np.cos(phi), R * np.sin(phi)
     vx = -vR * np.cos(phi) + vT * np.sin(phi)
     vy = vR * np.sin(phi) + vT * np.cos(phi)
-    M, offset, vsun = _icrs_to_galcen_affine()
-    pos = M.T @ (np.stack([x, y, z]) - offset[:, None])  # inverse of the affine map (M orthogonal)
-    vel = M.T @ (np.stack([vx, vy, vz]) - vsun[:, None])
-    d = np.linalg.norm(pos, axis=0)
-    ra = np.arctan2(pos[1], pos[0]) % (2 * np.pi)
-    dec = np.arcsin(pos[2] / d)
-    rhat = pos / d
-    e_a = np.stack([-np.sin(ra), np.cos(ra), np.zeros(n)])
-    e_d = np.stack([-np.sin(dec) * np.cos(ra), -np.sin(dec) * np.sin(ra), np.cos(dec)])
+    kms = u.km / u.s
+    c = coord.SkyCoord(x=x * u.kpc, y=y * u.kpc, z=z * u.kpc, v_x=vx * kms, v_y=vy * kms, v_z=vz * kms,
+                       frame=galactocentric_frame()).transform_to(coord.ICRS())
+    d = c.distance.to_value(u.kpc)
     t = Table()
-    t["ra"], t["dec"], t["distance"] = np.degrees(ra), np.degrees(dec), d
-    t["pmra"] = np.sum(vel * e_a, axis=0) / (K_PM * d)
-    t["pmdec"] = np.sum(vel * e_d, axis=0) / (K_PM * d)
-    t["radial_velocity"] = np.sum(vel * rhat, axis=0)
+    t["ra"], t["dec"], t["distance"] = c.ra.deg, c.dec.deg, d
+    t["pmra"] = c.pm_ra_cosdec.to_value(u.mas / u.yr)
+    t["pmdec"] = c.pm_dec.to_value(u.mas / u.yr)
+    t["radial_velocity"] = c.radial_velocity.to_value(kms)
     t["distance_err"] = 0.1 * d
     t["radial_velocity_err"] = np.full(n, 5.0)
     t["pmra_error"] = np.full(n, 0.05)

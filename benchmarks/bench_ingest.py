@@ -121,7 +121,7 @@ def write_synthetic_lamost(directory, n, seed=0, progress_every=0):
 def _run_one(listfile, out, workers, chunk_size):
     """Ingest in this (fresh) process and print a JSON line with timing and peak memory."""
     os.environ.setdefault("CANNONADE_QUIET", "1")
-    from cannonade.spectra.store import ingest
+    from cannonade.spectra.ingest import ingest
 
     t0 = time.perf_counter()
     report = ingest([f"@{listfile}"], out, grid="lamost", normalise="gaussian", workers=workers, chunk_size=chunk_size)

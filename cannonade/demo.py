@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cannonade.util import atomic_path
+
 DEFAULT_N_STARS = 30000
 DEFAULT_REFERENCE_FRACTION = 0.10
 
@@ -34,8 +36,6 @@ def write_demo_config(out, mock_dir, run_dir):
     mock = Path(mock_dir).resolve().relative_to(Path(out).resolve())
     text = text.replace('"mock/', f'"{mock.as_posix()}/').replace('out = "run"', f'out = "{Path(run_dir).name}"')
     path = Path(out) / "run.toml"
-    from cannonade.util import atomic_path
-
     with atomic_path(path) as tmp:
         tmp.write_text(text)
     return path
@@ -50,19 +50,15 @@ def truth_comparison(run_dir, mock_dir, min_snr=30.0):
 
     Returns an astropy Table: model, label, n, cv_scatter, rms_true, ratio.
     """
-    import warnings
-
     from astropy.table import Table
 
-    from cannonade.catalogue.schemas import read_catalogue
+    from cannonade.catalogue import read_catalogue
 
     run_dir, mock_dir = Path(run_dir), Path(mock_dir)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        star = read_catalogue(run_dir / "catalogue" / "per_star.fits")
-        truth = Table.read(mock_dir / "truth" / "stars.fits")
-        obs = Table.read(mock_dir / "truth" / "observations.fits")
-        lam = Table.read(mock_dir / "lamost" / "catalogue.fits")
+    star = read_catalogue(run_dir / "catalogue" / "per_star.fits")
+    truth = Table.read(mock_dir / "truth" / "stars.fits")
+    obs = Table.read(mock_dir / "truth" / "observations.fits")
+    lam = Table.read(mock_dir / "lamost" / "catalogue.fits")
     cv = Table.read(run_dir / "cv" / "cv_summary.csv", format="ascii.csv")
     f2s = {str(f): s for f, s, sv in zip(obs["filename"], obs["star_id"], obs["survey"]) if str(sv) == "lamost"}
     des2s = {str(d): f2s[str(f)] for d, f in zip(lam["designation"], lam["filename"])}
@@ -112,11 +108,15 @@ def run_demo(out="cannonade_demo", n_stars=DEFAULT_N_STARS, reference_fraction=D
     return run, table
 
 
-def _quick_demo(seed=0):
-    """The Cannon core alone: train on mock LAMOST spectra, 12-fold CV, infer held-out stars."""
+def quick_demo(seed=0):
+    """The Cannon core alone: train on mock LAMOST spectra, 12-fold CV, infer held-out stars.
+
+    Returns (table of CV and test figures per label, a one-line summary, the fraction converged).
+    """
     from astropy.table import Table
 
-    from cannonade import CannonModel, cross_validate
+    from cannonade.cannon.crossval import cross_validate
+    from cannonade.cannon.model import CannonModel
     from cannonade.simulate import simulate_population, synthesize_normalised
 
     t0 = time.perf_counter()
@@ -137,30 +137,6 @@ def _quick_demo(seed=0):
     )
     for c in t.colnames[1:]:
         t[c].format = ".4g"
-    print(f"Cannon core on mock LAMOST spectra: {len(train)} training stars x {f_tr.shape[1]} pixels, "
-          f"{len(test)} test stars at S/N 50 ({time.perf_counter() - t0:.1f} s)")
-    t.pprint(max_lines=-1, max_width=-1)
-    print(f"converged: {res.converged.mean():.1%} of test stars")
-    return t
-
-
-def cli_demo(args):
-    if args.quick:
-        _quick_demo(seed=args.seed)
-        return 0
-    t0 = time.perf_counter()
-    # --n-target: stars in the mock (all get LAMOST spectra); --n-reference: how many are GALAH stars
-    n_stars = int(args.n_target) if args.n_target else DEFAULT_N_STARS
-    frac = min(0.9, float(args.n_reference) / n_stars) if args.n_reference else DEFAULT_REFERENCE_FRACTION
-    run, table = run_demo(args.out, n_stars=n_stars, reference_fraction=frac, seed=args.seed)
-    for c in ("cv_scatter", "rms_true", "ratio"):
-        table[c].format = ".4g"
-    print()
-    print("Labels of the target stars against the mock's truth (S/N >= 30, inside the training range):")
-    table.pprint(max_lines=-1, max_width=-1)
-    print()
-    print(f"demo finished in {time.perf_counter() - t0:.0f} s")
-    print(f"catalogue:  {run.path('catalogue')}  (per_star / per_observation, FITS + Parquet)")
-    print(f"CV summary: {run.path('cv', 'cv_summary.csv')}")
-    print(f"run log:    {run.path('run.log')}")
-    return 0
+    summary = (f"Cannon core on mock LAMOST spectra: {len(train)} training stars x {f_tr.shape[1]} pixels, "
+               f"{len(test)} test stars at S/N 50 ({time.perf_counter() - t0:.1f} s)")
+    return t, summary, float(res.converged.mean())

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cannonade.cannon.checks import as_label_array, check_rows, check_spectra
 from cannonade.exceptions import TrainingSetError
-from cannonade.cannon.model import _as_label_array, _check_shapes
 from cannonade.util import progress
 
 
@@ -118,12 +118,9 @@ def cross_validate(model, labels, flux, ivar, k=12, seed=0):
     -------
     CVResult
     """
-    lab = _as_label_array(labels, model.label_names)
-    flux, ivar = _check_shapes(flux, ivar)  # fit and infer clean bad pixels themselves, chunk by chunk
-    if lab.shape[0] != flux.shape[0]:
-        from cannonade.exceptions import ShapeError
-
-        raise ShapeError(f"labels have {lab.shape[0]} rows but flux has {flux.shape[0]} spectra")
+    lab = as_label_array(labels, model.label_names)
+    flux, ivar = check_spectra(flux, ivar)  # fit and infer clean bad pixels themselves, chunk by chunk
+    check_rows(lab, flux)
     fold = kfold_indices(lab.shape[0], k, seed)
     pred = np.full_like(lab, np.nan)
     err = np.full_like(lab, np.nan)

@@ -23,7 +23,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cannonade.cannon.checks import clean_spectra
 from cannonade.cannon.vectorizer import collapse_to_monomials, monomial_plan, pair_indices, symmetric_gather_index
+from cannonade.util import progress
 
 
 def scatter_weights(ivar, s2, out=None):
@@ -438,3 +440,84 @@ def l1_theta(X, y, ivar, s2, regularization, active=None, term_weights=None, n_i
     tiny = np.abs(theta) < 1e-8 * np.max(np.abs(theta), axis=1, keepdims=True)
     theta[tiny & mask] = 0.0
     return theta
+
+
+def auto_pixel_chunk(n_stars, elements=131072):
+    """Pixels per training batch so that an (n_stars, batch) float64 array is ~1 MB (cache-sized)."""
+    return int(np.clip(16 * round(elements / max(n_stars, 1) / 16), 16, 1024))
+
+
+def train_pixels(X, exponents, flux, ivar, active=None, method="reml", s2=None, init_s2=None, regularization=0.0,
+                 pixel_chunk=None, digest=None, show_progress=True):
+    """θ and s² of every pixel, trained batch by batch of pixels (Wheeler+2020 Eqs. 3 and 5).
+
+    The design's columns are equilibrated first (θ is unchanged, the K×K systems are well
+    conditioned); bad pixels are cleaned one batch at a time (no full-size copies).
+
+    Parameters
+    ----------
+    X : (N, K) float
+        Design matrix η(ℓ) of the scaled training labels, constant column first.
+    exponents : (K, L) int
+    flux, ivar : (N, P) float
+        Non-finite flux or ivar, and ivar ≤ 0, count as ivar = 0.
+    active : (P, K) bool, optional
+        Terms allowed at each pixel (censoring); the others get θ exactly 0.
+    method : {"reml", "ml"}
+        How s² is fitted (see :func:`fit_scatter`).
+    s2 : (P,) float, optional
+        Fixed scatter (θ only is solved).
+    init_s2 : (P,) float, optional
+        Starting point of the s² iteration.
+    regularization : float or (P,) float
+        L1 strength Λ (:func:`l1_theta` after s² is fitted without it).
+    pixel_chunk : int, optional
+        Pixels per batch (default :func:`auto_pixel_chunk`; no effect on the results).
+    digest : hashlib hash, optional
+        Updated with every cleaned batch's flux and ivar bytes (the training-set hash).
+    show_progress : bool
+
+    Returns
+    -------
+    theta : (P, K) float
+        0 at pixels that are not ``pixel_ok`` and at censored terms.
+    s2 : (P,) float
+        0 at pixels that are not ``pixel_ok``.
+    pixel_ok : (P,) bool
+        False where the training set cannot constrain the pixel (fewer valid stars than
+        active terms, or a singular system).
+    """
+    N, P = flux.shape
+    K = X.shape[1]
+    col = np.sqrt(np.mean(X * X, axis=0))
+    col[col == 0] = 1.0
+    Xs = X / col
+    plan = normal_plan(Xs, exponents)
+    reg = np.broadcast_to(np.asarray(regularization, dtype=float), (P,))
+    theta, s2_out, n_valid = np.zeros((P, K)), np.zeros(P), np.zeros(P, dtype=int)
+    pixel_chunk = pixel_chunk or auto_pixel_chunk(N)
+    chunks = range(0, P, pixel_chunk)
+    for p0 in progress(chunks, desc="train (pixel chunks)", total=len(chunks), disable=not show_progress or None):
+        sl = slice(p0, min(P, p0 + pixel_chunk))
+        act = None if active is None else active[sl]
+        f_c, i_c = clean_spectra(flux[:, sl], ivar[:, sl])
+        if digest is not None:
+            digest.update(np.ascontiguousarray(f_c).tobytes() + np.ascontiguousarray(i_c).tobytes())
+        n_valid[sl] = (i_c > 0).sum(axis=0)
+        if s2 is None:
+            init = None if init_s2 is None else np.asarray(init_s2, dtype=float)[sl]
+            s2_c, th = fit_scatter(Xs, f_c, i_c, act, method=method, plan=plan, init_s2=init)
+        else:
+            s2_c = s2[sl]
+            th = solve_theta(Xs, f_c, i_c, s2_c, act, plan=plan)[0]
+        if np.any(reg[sl] > 0):
+            th = l1_theta(Xs, f_c, i_c, s2_c, reg[sl], act, term_weights=1.0 / col, plan=plan)
+        theta[sl], s2_out[sl] = th, s2_c
+    theta = theta / col  # undo the column equilibration
+    if active is not None:
+        theta[~active] = 0.0
+    n_active = K if active is None else active.sum(axis=1)
+    pixel_ok = np.all(np.isfinite(theta), axis=1) & np.isfinite(s2_out) & (n_valid >= n_active)
+    theta[~pixel_ok] = 0.0
+    s2_out[~pixel_ok] = 0.0
+    return theta, s2_out, pixel_ok

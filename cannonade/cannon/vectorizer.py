@@ -93,6 +93,31 @@ def term_names(exponents, label_names):
     return names
 
 
+def active_terms(exponents, label_names, masks, n_pixels):
+    """Which terms may act at which pixel, given censoring masks (Nandakumar+2022 §3.1).
+
+    Parameters
+    ----------
+    exponents : (K, L) int
+    label_names : list of str
+    masks : dict {label_name: (P,) bool}
+        True where the label may act (see ``checks.check_censors``).
+    n_pixels : int
+
+    Returns
+    -------
+    (P, K) bool or None
+        False where a term contains a label censored at that pixel; None without masks.
+    """
+    if not masks:
+        return None
+    active = np.ones((n_pixels, exponents.shape[0]), dtype=bool)
+    for name, mask in masks.items():
+        uses = exponents[:, label_names.index(name)] > 0
+        active &= ~(uses[None, :] & ~mask[:, None])
+    return active
+
+
 def design_matrix(labels, exponents):
     """η(ℓ) for many label vectors (Wheeler+2020 Eq. 4).
 

@@ -1,1 +1,47 @@
-"""Catalogues: schemas (columns, units, descriptions) and their FITS / Parquet writers and readers."""
+"""Catalogues: schemas (columns, units, descriptions) and their FITS / Parquet writers and readers.
+
+* :mod:`~cannonade.catalogue.schemas`: the schemas as data (Wheeler+2020 Table 1,
+  Nandakumar+2022 Table A1), expanded for a label set by :func:`schema_for`;
+* :mod:`~cannonade.catalogue.writers`: :func:`write_catalogue`, :class:`CatalogueWriter`;
+* :mod:`~cannonade.catalogue.readers`: :func:`read_catalogue`;
+* :mod:`~cannonade.catalogue.formats`: the file formats and layout version they share.
+
+See ``docs/catalogue.md``.
+"""
+
+from cannonade.catalogue.formats import CATALOGUE_FORMATS, FORMAT_VERSION, catalogue_format
+from cannonade.catalogue.readers import read_catalogue
+from cannonade.catalogue.schemas import (
+    COMMON_EXTRAS,
+    NANDAKUMAR2022,
+    SCHEMAS,
+    WHEELER2020,
+    ColumnSpec,
+    LabelPattern,
+    Schema,
+    get_schema,
+    infer_label_names,
+    label_info,
+    schema_for,
+)
+from cannonade.catalogue.writers import CatalogueWriter, write_catalogue
+
+__all__ = [
+    "CATALOGUE_FORMATS",
+    "COMMON_EXTRAS",
+    "FORMAT_VERSION",
+    "NANDAKUMAR2022",
+    "SCHEMAS",
+    "WHEELER2020",
+    "CatalogueWriter",
+    "ColumnSpec",
+    "LabelPattern",
+    "Schema",
+    "catalogue_format",
+    "get_schema",
+    "infer_label_names",
+    "label_info",
+    "read_catalogue",
+    "schema_for",
+    "write_catalogue",
+]

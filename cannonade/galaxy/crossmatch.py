@@ -17,6 +17,7 @@ from typing import NamedTuple
 import numpy as np
 
 from cannonade.exceptions import ColumnError, ShapeError
+from cannonade.tables import as_table, is_pandas, require_columns
 
 log = logging.getLogger(__name__)
 
@@ -235,10 +236,6 @@ def id_match(ids1, ids2):
     return index
 
 
-def _column_names(table):
-    return list(table.columns) if type(table).__module__.startswith("pandas") else list(table.colnames)
-
-
 def gaia_match(table, gaia_table, radius_arcsec=1.0, rank="phot_g_mean_mag", prefer="min", ra="ra", dec="dec", prefix="gaia_"):
     """Join the best Gaia counterpart of each row of ``table`` onto it.
 
@@ -267,14 +264,13 @@ def gaia_match(table, gaia_table, radius_arcsec=1.0, rank="phot_g_mean_mag", pre
         none), ``gaia_n_matches`` (candidates within the radius, 0 where none) and
         ``gaia_duplicated`` (the Gaia source is also matched to another row).
     """
-    from astropy.table import MaskedColumn, Table
+    from astropy.table import MaskedColumn
 
-    was_pandas = type(table).__module__.startswith("pandas")
-    t = Table.from_pandas(table) if was_pandas else table.copy(copy_data=False)
-    g = Table.from_pandas(gaia_table) if type(gaia_table).__module__.startswith("pandas") else gaia_table
-    for name, cols, what in ((ra, t.colnames, "table"), (dec, t.colnames, "table"), (ra, g.colnames, "gaia_table"), (dec, g.colnames, "gaia_table")):
-        if name not in cols:
-            raise ColumnError(f"{what} lacks column {name!r}; it has {cols}")
+    was_pandas = is_pandas(table)
+    t = as_table(table) if was_pandas else as_table(table).copy(copy_data=False)
+    g = as_table(gaia_table)
+    require_columns(t, [ra, dec], what="table")
+    require_columns(g, [ra, dec], what="gaia_table")
     if rank is not None and rank not in g.colnames:
         raise ColumnError(f"gaia_table lacks rank column {rank!r}; it has {g.colnames} (pass rank=None for the nearest)")
     m = best_match(t[ra], t[dec], g[ra], g[dec], radius_arcsec, rank=None if rank is None else g[rank], prefer=prefer)

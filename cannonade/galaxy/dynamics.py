@@ -20,6 +20,9 @@ Frame and conventions (also in ``docs/catalogue.md``)
   vT = R dphi/dt, so **prograde disc stars have vT > 0 and Jphi = R vT > 0**
   (the Sun has vT = 232.24 km/s, Jphi = 1857.9 kpc km/s).
 * Actions in kpc km/s, with galpy's ro = 8 kpc, vo = 220 km/s.
+* One frame for the package: the mock surveys (:mod:`cannonade.simulate`) draw their
+  kinematic truth in :func:`galactocentric_frame` and rotate their discs with
+  :func:`circular_speed`, so truth checks of vT and Jphi are unbiased.
 
 Unbound orbits (E - Phi(inf) >= 0; MWPotential2014 has a finite Phi(inf)) get
 NaN actions and ``unbound = True``: galpy returns finite nonsense for them.
@@ -32,7 +35,8 @@ import logging
 
 import numpy as np
 
-from cannonade.exceptions import ColumnError, ShapeError
+from cannonade.exceptions import ShapeError
+from cannonade.tables import colnames, float_column, is_pandas, require_columns
 from cannonade.util import progress
 
 log = logging.getLogger(__name__)
@@ -169,52 +173,6 @@ def _galactocentric_arrays(ra, dec, distance, pmra, pmdec, radial_velocity):
     return dict(x=x, y=y, z=z, vx=vx, vy=vy, vz=vz, R=R, phi=phi, vR=vR, vT=vT)
 
 
-# ----------------------------------------------------------------------------------------
-# table helpers
-# ----------------------------------------------------------------------------------------
-def _is_pandas(table):
-    return type(table).__module__.startswith("pandas")
-
-
-def _colnames(table):
-    return list(table.columns) if _is_pandas(table) else list(table.colnames)
-
-
-def _float_column(table, name, unit=None, rows=slice(None)):
-    """Column ``name`` as a float64 array in ``unit`` (converted if it carries a unit);
-    masked / missing values become NaN."""
-    col = table[name]
-    if _is_pandas(table):
-        return np.asarray(col.iloc[rows].to_numpy(dtype=float, na_value=np.nan), dtype=float)
-    col = col[rows]
-    cunit = getattr(col, "unit", None)
-    if cunit is not None and unit is not None:
-        import astropy.units as u
-
-        arr = (np.asarray(np.ma.getdata(col), dtype=float) * u.Unit(cunit)).to_value(u.Unit(unit))
-    else:
-        arr = np.asarray(np.ma.getdata(col), dtype=float)
-    mask = np.ma.getmask(col)
-    if mask is not np.ma.nomask and np.any(mask):
-        arr = np.where(mask, np.nan, arr)
-    return np.array(arr, dtype=float)
-
-
-def _require(table, names):
-    have = _colnames(table)
-    missing = [n for n in names if n not in have]
-    if missing:
-        raise ColumnError(f"input table lacks column(s) {missing}; it has {have}")
-
-
-def _find(table, candidates):
-    have = set(_colnames(table))
-    for c in candidates:
-        if c in have:
-            return c
-    return None
-
-
 def galactocentric(table):
     """Galactocentric positions and velocities of the rows of ``table``.
 
@@ -222,7 +180,8 @@ def galactocentric(table):
     ----------
     table : astropy Table or pandas DataFrame
         Columns ra, dec [deg], distance [kpc], pmra, pmdec [mas/yr],
-        radial_velocity [km/s] (converted if they carry astropy units).
+        radial_velocity [km/s] (converted if they carry astropy units; masked cells
+        and survey sentinels <= -9998 are NaN).
 
     Returns
     -------
@@ -233,8 +192,8 @@ def galactocentric(table):
     """
     from astropy.table import Table
 
-    _require(table, _REQUIRED)
-    cols = [_float_column(table, n, u) for n, u in _REQUIRED.items()]
+    require_columns(table, list(_REQUIRED), what="input table")
+    cols = [float_column(table, n, u) for n, u in _REQUIRED.items()]
     out = _galactocentric_arrays(*cols)
     units = dict(x="kpc", y="kpc", z="kpc", vx="km / s", vy="km / s", vz="km / s", R="kpc", phi="rad", vR="km / s", vT="km / s")
     t = Table()
@@ -281,6 +240,23 @@ def energy(R, z, vR, vT, vz):
     Rn, zn = R / RO_KPC, z / RO_KPC
     phi_pot = evaluatePotentials(MWPotential2014, Rn, zn)
     return phi_pot + 0.5 * (vR**2 + vT**2 + vz**2) / VO_KMS**2
+
+
+def circular_speed(R):
+    """Circular speed of MWPotential2014 in the Galactic plane (galpy, ro = 8 kpc, vo = 220 km/s).
+
+    Parameters
+    ----------
+    R : float or (n,) float, kpc
+
+    Returns
+    -------
+    (n,) float, km/s -- 220 at R = 8 kpc
+    """
+    from galpy.potential import MWPotential2014, vcirc
+
+    R = np.atleast_1d(np.asarray(R, dtype=float))
+    return np.asarray(vcirc(MWPotential2014, R / RO_KPC), dtype=float) * VO_KMS
 
 
 def actions(R, z, vR, vT, vz, delta=DELTA):
@@ -423,17 +399,17 @@ def _sample_uniforms(rng, n, n_samples, k=4):
 
 def _read_inputs(table, rows):
     """Nominal values and error columns for ``rows`` as dict of float arrays."""
-    d = {name: _float_column(table, name, unit, rows) for name, unit in _REQUIRED.items()}
+    d = {name: float_column(table, name, unit, rows) for name, unit in _REQUIRED.items()}
+    have = set(colnames(table))
     for name, cands in _ERROR_NAMES.items():
-        col = _find(table, cands)
-        d[name + "_err"] = _float_column(table, col, _REQUIRED[name], rows) if col else None
-    have = set(_colnames(table))
+        col = next((c for c in cands if c in have), None)
+        d[name + "_err"] = float_column(table, col, _REQUIRED[name], rows) if col else None
     if "distance_lo" in have and "distance_hi" in have:
-        d["distance_lo"] = _float_column(table, "distance_lo", "kpc", rows)
-        d["distance_hi"] = _float_column(table, "distance_hi", "kpc", rows)
+        d["distance_lo"] = float_column(table, "distance_lo", "kpc", rows)
+        d["distance_hi"] = float_column(table, "distance_hi", "kpc", rows)
     else:
         d["distance_lo"] = d["distance_hi"] = None
-    d["pmra_pmdec_corr"] = _float_column(table, "pmra_pmdec_corr", None, rows) if "pmra_pmdec_corr" in have else None
+    d["pmra_pmdec_corr"] = float_column(table, "pmra_pmdec_corr", None, rows) if "pmra_pmdec_corr" in have else None
     return d
 
 
@@ -527,7 +503,9 @@ def orbits(table, n_samples=20, seed=0, chunk_size=50_000, delta=DELTA, show_pro
         sigma_hi = distance_hi - distance (so the draws' 16/50/84th percentiles are
         distance_lo/distance/distance_hi), instead of a Gaussian with distance_err.
         Distance draws are truncated at 0. A missing or NaN error means that
-        quantity is not resampled.
+        quantity is not resampled. Masked cells and survey sentinels (<= -9998, e.g.
+        a -9999 radial velocity) are missing values (NaN), read through
+        :func:`cannonade.tables.float_column`.
     n_samples : int
         Monte-Carlo resamples per star (Wheeler+2020: 20); 0 gives NaN e_ columns.
     seed : int
@@ -551,7 +529,7 @@ def orbits(table, n_samples=20, seed=0, chunk_size=50_000, delta=DELTA, show_pro
     only the RV missing, R, phi, z are still given). Existing columns with these
     names (e.g. a redshift called ``z``) are replaced, with a logged warning.
     """
-    _require(table, _REQUIRED)
+    require_columns(table, list(_REQUIRED), what="input table")
     n = len(table)
     if chunk_size < 1:
         raise ShapeError(f"chunk_size must be >= 1, got {chunk_size}")
@@ -584,7 +562,7 @@ def _attach(table, result):
     for k in DYNAMICS_COLUMNS:
         order.append(k)
     order += ["e_" + k for k in DYNAMICS_COLUMNS] + ["unbound", "f_unbound"]
-    if _is_pandas(table):
+    if is_pandas(table):
         out = table.copy(deep=False)
         clash = [k for k in order if k in out.columns]
         if clash:

@@ -51,20 +51,3 @@ __all__ = [
     "edsd_distance",
     "twomass_id",
 ]
-
-
-def cli_simulate(args):
-    """``cannonade simulate --preset P --n-stars N --seed S --out DIR`` (argparse Namespace)."""
-    import sys
-    import time
-
-    t0 = time.perf_counter()
-    manifest = simulate_survey(preset=args.preset, n_stars=args.n_stars, seed=args.seed, out=args.out)
-    c = manifest["counts"]
-    print(
-        f"cannonade simulate: {c['stars']} stars ({c['reference_stars']} GALAH reference, "
-        f"{c['corrupted']} with corrupted labels), {c['lamost_spectra']} LAMOST, {c['galah_spectra']} GALAH, "
-        f"{c['apogee_spectra']} APOGEE spectra -> {args.out} in {time.perf_counter() - t0:.1f} s",
-        file=sys.stdout,
-    )
-    return 0

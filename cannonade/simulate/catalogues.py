@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from cannonade.simulate.spectra import ABUNDANCE_ELEMENTS, default_vmic
+from cannonade.simulate.formation import default_vmic
+from cannonade.simulate.lines import ABUNDANCE_ELEMENTS
 
 __all__ = [
     "twomass_id",

@@ -9,8 +9,12 @@ APOGEE DR12 label catalogue (O, Mg, Si, Ca, Ti track [α/Fe]; Mn anti-correlates
 Y and Ba share an s-process factor). Stellar parameters lie on isochrone-like
 tracks: dwarfs, subgiants, red giants, red clump.
 
-Coordinates: astropy's ``Galactocentric`` frame with the Sun at
-``x = -8 kpc`` (R0 = 8 kpc as in Wheeler+2020), z_sun = 20.8 pc.
+Coordinates: the pipeline's own Galactocentric frame,
+:func:`cannonade.galaxy.dynamics.galactocentric_frame` (Wheeler+2020 §5.1: Sun at
+(x, y, z) = (-8, 0, 0.025) kpc moving with (U, V, W) = (11.1, 232.24, 7.25) km/s), so the
+truth and the pipeline's dynamics share one frame. The discs rotate with the circular
+speed of galpy's ``MWPotential2014`` (the potential the actions are computed in) less an
+asymmetric drift.
 """
 
 from __future__ import annotations
@@ -18,13 +22,18 @@ from __future__ import annotations
 import numpy as np
 from astropy.table import Table
 
-from cannonade.simulate.spectra import ABUNDANCE_ELEMENTS, default_vmic
+from cannonade.galaxy.dynamics import R0_KPC, Z_SUN_KPC, circular_speed, galactocentric_frame
+from cannonade.simulate.formation import default_vmic
+from cannonade.simulate.lines import ABUNDANCE_ELEMENTS
 
-__all__ = ["simulate_population", "XFE_RELATIONS", "R0_KPC", "STAGES"]
+__all__ = ["simulate_population", "XFE_RELATIONS", "R0_KPC", "STAGES", "ASYMMETRIC_DRIFT_KMS", "HALO_ROTATION_KMS"]
 
-R0_KPC = 8.0
-Z_SUN_KPC = 0.0208
-V_CIRC = 229.0
+# (sigma_R, sigma_phi, sigma_z) at R0 [km/s] of the thin disc, thick disc and halo
+_DISPERSIONS = np.array([(35.0, 25.0, 18.0), (60.0, 45.0, 40.0), (150.0, 100.0, 100.0)])
+#: mean rotation lag of the thin and thick discs behind MWPotential2014's circular speed [km/s]
+ASYMMETRIC_DRIFT_KMS = (10.0, 40.0)
+#: mean rotation of the halo [km/s]
+HALO_ROTATION_KMS = 20.0
 STAGES = np.array(["dwarf", "subgiant", "rgb", "rc"])
 POPULATIONS = ("thin", "thick", "halo")
 
@@ -134,18 +143,25 @@ def _positions(rng, comp, dscale):
 
 
 def _velocities(rng, comp, x, y):
-    """Galactocentric Cartesian velocities (km/s) from each component's velocity ellipsoid."""
+    """Galactocentric Cartesian velocities (km/s) from each component's velocity ellipsoid.
+
+    The discs' mean rotation at radius R is MWPotential2014's circular speed
+    (:func:`cannonade.galaxy.dynamics.circular_speed`) less :data:`ASYMMETRIC_DRIFT_KMS`;
+    the halo rotates at :data:`HALO_ROTATION_KMS`. Disc dispersions fall off outward.
+    """
     n = len(comp)
     R = np.hypot(x, y)
     phi = np.arctan2(y, x)
-    # (sigma_R, sigma_phi, sigma_z, asymmetric drift) at R0; disc dispersions fall off outward
-    pars = np.array([(35.0, 25.0, 18.0, 10.0), (60.0, 45.0, 40.0, 40.0), (150.0, 100.0, 100.0, V_CIRC - 20.0)])
-    p = pars[comp]
-    fall = np.where(comp < 2, np.exp(-(R - R0_KPC) / 5.2), 1.0)
+    p = _DISPERSIONS[comp]
+    disc = comp < 2
+    mean_rot = np.full(n, HALO_ROTATION_KMS)
+    if disc.any():
+        mean_rot[disc] = circular_speed(R[disc]) - np.asarray(ASYMMETRIC_DRIFT_KMS)[comp[disc]]
+    fall = np.where(disc, np.exp(-(R - R0_KPC) / 5.2), 1.0)
     vR = rng.normal(0, 1, n) * p[:, 0] * fall
-    vrot = V_CIRC - p[:, 3] + rng.normal(0, 1, n) * p[:, 1] * fall
+    vrot = mean_rot + rng.normal(0, 1, n) * p[:, 1] * fall
     vz = rng.normal(0, 1, n) * p[:, 2] * fall
-    # the disc rotates towards +y at the Sun (x = -R0) in astropy's Galactocentric frame
+    # the disc rotates towards +y at the Sun (x = -R0) in the right-handed Galactocentric frame
     vx = vR * np.cos(phi) + vrot * np.sin(phi)
     vy = vR * np.sin(phi) - vrot * np.cos(phi)
     return vx, vy, vz
@@ -230,15 +246,10 @@ def simulate_population(n, seed=0, rng=None, id_offset=0, population_fractions=(
 
     comp = rng.choice(3, size=n_prim, p=np.asarray(population_fractions) / np.sum(population_fractions))
     stage = _stage(rng, n_prim, stage_probs)
-    # clusters: membership sizes, one thin-disc centre each
-    sizes = []
-    while sum(sizes) < n_cl:
-        sizes.append(int(min(rng.integers(cluster_size[0], cluster_size[1] + 1), n_cl - sum(sizes))))
-    n_clu = len(sizes)
-    cl_of = np.repeat(np.arange(n_clu), sizes).astype(int)
+    cl_of, n_clu = _cluster_membership(rng, n_cl, cluster_size)
     cl_stage = _stage(rng, n_cl, probs=(0.6, 0.1, 0.15, 0.15))
 
-    # positions: field primaries and cluster centres
+    # positions: field primaries and cluster centres (thin disc)
     logg_guess = np.where(stage == 2, rng.uniform(0.8, 3.5, n_prim), 2.5)
     x, y, z = _positions(rng, comp, _distance_scale(stage, logg_guess))
     cx, cy, cz = _positions(rng, np.zeros(n_clu, int), np.full(n_clu, 0.8))
@@ -250,37 +261,11 @@ def simulate_population(n, seed=0, rng=None, id_offset=0, population_fractions=(
 
     # --- assemble: field (incl. primaries) | secondaries | cluster members
     prim_idx = np.arange(n_field, n_prim)  # the last n_pairs field stars are binary primaries
-    tab = {}
-    tab["comp"] = np.concatenate([comp, comp[prim_idx], np.zeros(n_cl, int)])
-    tab["stage"] = np.concatenate([stage, np.zeros(n_pairs, int), cl_stage])
-    tab["fe_h"] = np.concatenate([feh, feh[prim_idx], cfeh[cl_of]])
-    tab["alpha"] = np.concatenate([alpha, alpha[prim_idx], calpha[cl_of]])
-    for el in ABUNDANCE_ELEMENTS:
-        tab[el] = np.concatenate([xfe[el], xfe[el][prim_idx], cxfe[el][cl_of]])
-    teff, logg = _track(rng, tab["stage"], tab["fe_h"])
-    # secondaries: cooler main-sequence companions
     sec = slice(n_prim, n_prim + n_pairs)
-    pt = teff[prim_idx]
-    teff[sec] = np.where(stage[prim_idx] == 0, np.clip(pt - rng.uniform(150, 1200, n_pairs), 3800, None),
-                         rng.uniform(4300, 5800, n_pairs))
-    xx = np.clip((teff[sec] - 4300.0) / 2400.0, 0, 1)
-    logg[sec] = 4.65 - 0.45 * xx**1.5 + rng.normal(0, 0.05, n_pairs)
-
-    # positions/velocities of secondaries (wide: 500-20000 AU, >= 2 arcsec) and cluster members
-    dist_p = np.sqrt((x[prim_idx] + R0_KPC) ** 2 + y[prim_idx] ** 2 + (z[prim_idx] - Z_SUN_KPC) ** 2)
-    sep_au = np.maximum(10 ** rng.uniform(2.7, 4.3, n_pairs), 2.0 * dist_p * 1000.0 * 1.5)
-    u = rng.normal(size=(n_pairs, 3))
-    u /= np.linalg.norm(u, axis=1, keepdims=True)
-    off = u * (sep_au * 4.848e-9)[:, None]  # AU -> kpc
-    dv = rng.normal(0, 0.3, (n_pairs, 3))  # orbital motion: a few hundred m/s
-    m_off = rng.normal(0, 0.003, (n_cl, 3))  # 3 pc cluster radius
-    m_dv = rng.normal(0, 0.7, (n_cl, 3))
-    X = np.concatenate([x, x[prim_idx] + off[:, 0], cx[cl_of] + m_off[:, 0]])
-    Y = np.concatenate([y, y[prim_idx] + off[:, 1], cy[cl_of] + m_off[:, 1]])
-    Z = np.concatenate([z, z[prim_idx] + off[:, 2], cz[cl_of] + m_off[:, 2]])
-    VX = np.concatenate([vx, vx[prim_idx] + dv[:, 0], cvx[cl_of] + m_dv[:, 0]])
-    VY = np.concatenate([vy, vy[prim_idx] + dv[:, 1], cvy[cl_of] + m_dv[:, 1]])
-    VZ = np.concatenate([vz, vz[prim_idx] + dv[:, 2], cvz[cl_of] + m_dv[:, 2]])
+    tab = _member_labels(comp, stage, cl_stage, prim_idx, cl_of, (feh, alpha, xfe), (cfeh, calpha, cxfe))
+    teff, logg = _track(rng, tab["stage"], tab["fe_h"])
+    _secondary_parameters(rng, teff, logg, stage[prim_idx] == 0, prim_idx, sec)
+    phase = _member_phase_space(rng, (x, y, z, vx, vy, vz), (cx, cy, cz, cvx, cvy, cvz), prim_idx, cl_of)
     vmic, vbroad = _broadening(rng, teff, logg)
 
     out = Table()
@@ -303,17 +288,75 @@ def simulate_population(n, seed=0, rng=None, id_offset=0, population_fractions=(
         out[f"{el.lower()}_fe"] = tab[el]
     # GALAH's alpha_fe: mean of Mg, Si, Ca, Ti
     out["alpha_fe"] = 0.25 * (tab["Mg"] + tab["Si"] + tab["Ca"] + tab["Ti"])
-    out["x"], out["y"], out["z"] = X, Y, Z
-    out["vx"], out["vy"], out["vz"] = VX, VY, VZ
+    for name, values in zip(("x", "y", "z", "vx", "vy", "vz"), phase):
+        out[name] = values
     _add_observables(out, tab["stage"])
     return out
 
 
-def _galactocentric_frame():
-    import astropy.units as u
-    from astropy.coordinates import Galactocentric
+def _cluster_membership(rng, n_cl, cluster_size):
+    """Cluster index of each of ``n_cl`` members, (n_cl,) int, and the number of clusters."""
+    sizes = []
+    while sum(sizes) < n_cl:
+        sizes.append(int(min(rng.integers(cluster_size[0], cluster_size[1] + 1), n_cl - sum(sizes))))
+    return np.repeat(np.arange(len(sizes)), sizes).astype(int), len(sizes)
 
-    return Galactocentric(galcen_distance=R0_KPC * u.kpc, z_sun=Z_SUN_KPC * 1000 * u.pc)
+
+def _member_labels(comp, stage, cl_stage, prim_idx, cl_of, field, clusters):
+    """Component, stage and chemistry of field stars | binary secondaries | cluster members.
+
+    ``field`` and ``clusters`` are ([Fe/H], [α/Fe], {X: [X/Fe]}) of the field stars and
+    of the cluster centres; secondaries copy their primary, members their cluster.
+    Returns dict of (n,) arrays: comp, stage, fe_h, alpha and one per element of
+    :data:`ABUNDANCE_ELEMENTS`.
+    """
+    feh, alpha, xfe = field
+    cfeh, calpha, cxfe = clusters
+    n_pairs, n_cl = len(prim_idx), len(cl_of)
+    tab = {}
+    tab["comp"] = np.concatenate([comp, comp[prim_idx], np.zeros(n_cl, int)])
+    tab["stage"] = np.concatenate([stage, np.zeros(n_pairs, int), cl_stage])
+    tab["fe_h"] = np.concatenate([feh, feh[prim_idx], cfeh[cl_of]])
+    tab["alpha"] = np.concatenate([alpha, alpha[prim_idx], calpha[cl_of]])
+    for el in ABUNDANCE_ELEMENTS:
+        tab[el] = np.concatenate([xfe[el], xfe[el][prim_idx], cxfe[el][cl_of]])
+    return tab
+
+
+def _secondary_parameters(rng, teff, logg, primary_dwarf, prim_idx, sec):
+    """Binary secondaries (rows ``sec`` of teff, logg, changed in place): cooler main-sequence companions."""
+    n_pairs = len(prim_idx)
+    pt = teff[prim_idx]
+    teff[sec] = np.where(primary_dwarf, np.clip(pt - rng.uniform(150, 1200, n_pairs), 3800, None),
+                         rng.uniform(4300, 5800, n_pairs))
+    xx = np.clip((teff[sec] - 4300.0) / 2400.0, 0, 1)
+    logg[sec] = 4.65 - 0.45 * xx**1.5 + rng.normal(0, 0.05, n_pairs)
+
+
+def _member_phase_space(rng, field, centres, prim_idx, cl_of):
+    """Galactocentric x, y, z [kpc], vx, vy, vz [km/s] of field | secondaries | cluster members.
+
+    Secondaries of wide binaries sit 500-20000 AU (and >= 3 arcsec) from their primary
+    and move at a few hundred m/s relative to it; cluster members lie within ~3 pc of
+    their cluster's centre with a 0.7 km/s dispersion. ``field`` and ``centres`` are
+    (x, y, z, vx, vy, vz) tuples of (n_prim,) and (n_clusters,) arrays.
+    Returns a tuple of six (n,) arrays.
+    """
+    x, y, z = field[:3]
+    n_pairs, n_cl = len(prim_idx), len(cl_of)
+    dist_p = np.sqrt((x[prim_idx] + R0_KPC) ** 2 + y[prim_idx] ** 2 + (z[prim_idx] - Z_SUN_KPC) ** 2)
+    sep_au = np.maximum(10 ** rng.uniform(2.7, 4.3, n_pairs), 2.0 * dist_p * 1000.0 * 1.5)
+    u = rng.normal(size=(n_pairs, 3))
+    u /= np.linalg.norm(u, axis=1, keepdims=True)
+    off = u * (sep_au * 4.848e-9)[:, None]  # AU -> kpc
+    dv = rng.normal(0, 0.3, (n_pairs, 3))  # orbital motion: a few hundred m/s
+    m_off = rng.normal(0, 0.003, (n_cl, 3))  # 3 pc cluster radius
+    m_dv = rng.normal(0, 0.7, (n_cl, 3))
+    out = []
+    for k in range(6):
+        pair_d, member_d = (off[:, k], m_off[:, k]) if k < 3 else (dv[:, k - 3], m_dv[:, k - 3])
+        out.append(np.concatenate([field[k], field[k][prim_idx] + pair_d, centres[k][cl_of] + member_d]))
+    return tuple(out)
 
 
 def _add_observables(t, stage):
@@ -325,7 +368,7 @@ def _add_observables(t, stage):
                                   differentials=CartesianDifferential(np.asarray(t["vx"]) * u.km / u.s,
                                                                       np.asarray(t["vy"]) * u.km / u.s,
                                                                       np.asarray(t["vz"]) * u.km / u.s))
-    c = SkyCoord(_galactocentric_frame().realize_frame(rep)).transform_to(ICRS())
+    c = SkyCoord(galactocentric_frame().realize_frame(rep)).transform_to(ICRS())
     t["ra"] = c.ra.deg
     t["dec"] = c.dec.deg
     t["distance"] = c.distance.to_value(u.kpc)

@@ -4,7 +4,7 @@ Spectrum files are written by hand (80-character cards, big-endian data,
 2880-byte blocks; FITS standard 4.0) rather than through astropy, because a
 survey of millions of spectra must be written at hundreds of files per second
 and byte-for-byte reproducibly (no time stamps, no checksums of the moment).
-Astropy reads every file back (see ``tests/test_simulate.py``).
+Astropy reads every file back (see ``tests/simulate/test_simulate.py``).
 
 Catalogues are streamed: :class:`FitsTableWriter` spools rows to a temporary
 file chunk by chunk and writes the header (which needs the final row count)

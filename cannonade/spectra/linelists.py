@@ -8,7 +8,7 @@ a user can pass their own CSV with the same three columns.
 
 The strong-line and molecular-band lists below are standard laboratory
 wavelengths (air, Å) used by the mock-survey line-formation model
-(:mod:`cannonade.simulate.spectra`) and by plots.
+(:mod:`cannonade.simulate.lines`, :mod:`cannonade.simulate.render`) and by plots.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from cannonade.exceptions import ColumnError, LineListError
+from cannonade.spectra.surveys import C_KMS
 
 __all__ = [
     "LineListError",
@@ -104,7 +105,7 @@ def window_mask(wavelength, windows, rv=0.0, vacuum=False):
     w = np.asarray(windows, float)
     if vacuum:
         w = air_to_vacuum(w)
-    w = w * (1.0 + rv / 299792.458)
+    w = w * (1.0 + rv / C_KMS)
     wl = np.asarray(wavelength, float)
     m = np.zeros(wl.shape, bool)
     for lo, hi in w:  # n_windows is small (tens)
@@ -113,22 +114,50 @@ def window_mask(wavelength, windows, rv=0.0, vacuum=False):
 
 
 def air_to_vacuum(wavelength):
-    """Air -> vacuum wavelength (Å), the IAU standard (Morton 2000, via Ciddor 1996).
+    """Air -> vacuum wavelength (Å): the IAU standard (Morton 2000, after Ciddor 1996).
+
+    The vacuum wavelength is ``lambda_air * n`` with the refractive index of
+    Piskunov's exact inverse of Morton's formula, as VALD and SDSS use::
+
+        s = 1e4 / lambda_air     (inverse micron)
+        n = 1 + 8.336624212083e-5 + 2.408926869968e-2 / (130.1065924522 - s^2)
+              + 1.599740894897e-4 / (38.92568793293 - s^2)
+
+    It inverts :func:`vacuum_to_air` to ~1e-8 Å (evaluating Morton's vacuum
+    formula at the *air* wavenumber instead would be off by 1e-5-1e-4 Å).
+    Examples: 5000 Å air -> 5001.395 Å, 8000 Å -> 8002.200 Å vacuum.
 
     Parameters
     ----------
-    wavelength : float or ndarray
+    wavelength : float or (n,) float
         Air wavelengths in Å (valid above 2000 Å).
+
+    Returns
+    -------
+    float64 ndarray of the input's shape
     """
-    wl = np.asarray(wavelength, float)
+    wl = np.asarray(wavelength, dtype=np.float64)
     s2 = (1e4 / wl) ** 2
-    n = 1.0 + 0.0000834254 + 0.02406147 / (130.0 - s2) + 0.00015998 / (38.9 - s2)
+    n = 1.0 + 8.336624212083e-5 + 2.408926869968e-2 / (130.1065924522 - s2) + 1.599740894897e-4 / (38.92568793293 - s2)
     return wl * n
 
 
 def vacuum_to_air(wavelength):
-    """Vacuum -> air wavelength (Å) (Morton 2000), inverse of :func:`air_to_vacuum`."""
-    wl = np.asarray(wavelength, float)
+    """Vacuum -> air wavelength (Å): the IAU standard (Morton 2000, eq. 8), inverse of :func:`air_to_vacuum`.
+
+    ``lambda_air = lambda_vac / n`` with ``s = 1e4 / lambda_vac`` and
+    ``n = 1 + 8.34254e-5 + 2.406147e-2 / (130 - s^2) + 1.5998e-4 / (38.9 - s^2)``.
+
+    Parameters
+    ----------
+    wavelength : float or (n,) float
+        Vacuum wavelengths in Å (valid above 2000 Å).
+
+    Returns
+    -------
+    float64 ndarray of the input's shape
+    """
+    wl = np.asarray(wavelength, dtype=np.float64)
     s2 = (1e4 / wl) ** 2
     n = 1.0 + 0.0000834254 + 0.02406147 / (130.0 - s2) + 0.00015998 / (38.9 - s2)
     return wl / n

@@ -31,6 +31,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from cannonade.exceptions import ConfigError, ShapeError
+from cannonade.spectra.surveys import log_lambda_grid  # re-exported: one definition, in surveys
 
 __all__ = [
     "doppler_shift",
@@ -50,13 +51,6 @@ __all__ = [
 
 #: entries of the resampling map below this fraction of an output pixel are round-off
 _OVERLAP_TOL = 1e-6
-
-
-def log_lambda_grid(wmin, wmax, npix):
-    """Pixel centres evenly spaced in log10 wavelength (see :func:`cannonade.spectra.surveys.log_lambda_grid`)."""
-    from cannonade.spectra.surveys import log_lambda_grid as _grid
-
-    return _grid(wmin, wmax, npix)
 
 
 def doppler_shift(wavelength, z):

@@ -100,3 +100,18 @@ def test_gaia_match_pandas_and_missing_rank(tables):
         gaia_match(cat, gaia[["source_id", "ra", "dec"]])
     nearest = gaia_match(cat, gaia[["source_id", "ra", "dec"]], rank=None)
     assert nearest["source_id"][0] == 100
+
+
+def test_gaia_match_names_a_misspelt_column():
+    cat = Table(dict(ra=[10.0], Dec=[5.0]))
+    gaia = Table(dict(ra=[10.0], dec=[5.0], phot_g_mean_mag=[12.0]))
+    with pytest.raises(ColumnError, match="did you mean 'Dec'"):
+        gaia_match(cat, gaia)
+
+
+def test_gaia_match_rejects_a_non_table():
+    from cannonade.exceptions import CannonadeError
+
+    gaia = Table(dict(ra=[10.0], dec=[5.0], phot_g_mean_mag=[12.0]))
+    with pytest.raises(CannonadeError, match="astropy Table or pandas DataFrame"):
+        gaia_match({"ra": [10.0], "dec": [5.0]}, gaia)

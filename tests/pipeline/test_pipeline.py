@@ -5,21 +5,18 @@ reference stars), the models have fewer labels and the cross-validation 4 folds,
 module runs in about a minute on 2 cores.
 """
 
-import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from cannonade import ConfigError
-from cannonade.config import evaluate_cut, load_config
-from cannonade.pipeline import STAGES, Run, combine_visits, is_giant, label_element, run_pipeline, weighted_mean_label
+from cannonade.catalogue import read_catalogue
+from cannonade.execution import StopRequested
+from cannonade.pipeline import STAGES, Run, run_pipeline
 
 pytestmark = pytest.mark.slow
 
@@ -103,12 +100,8 @@ def test_every_stage_runs_and_writes_the_catalogue(finished):
     d, run = finished
     for stage in STAGES:
         assert run.done(stage), stage
-    from cannonade.catalogue.schemas import read_catalogue
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        star = read_catalogue(run.path("catalogue", "per_star.parquet"))
-        obs = read_catalogue(run.path("catalogue", "per_observation.fits"))
+    star = read_catalogue(run.path("catalogue", "per_star.parquet"))
+    obs = read_catalogue(run.path("catalogue", "per_observation.fits"))
     for col in ("designation", "giantmodel", "teff", "logg", "fe_h", "chi2", "snrz", "ra", "dec", "R", "Jz", "source_id", "chi2_mg_fe", "chi2_mean_alpha_fe"):
         assert col in star.colnames, col
     assert len(obs) > len(star) > 1000  # repeat visits were combined
@@ -116,6 +109,39 @@ def test_every_stage_runs_and_writes_the_catalogue(finished):
     assert (run.path("run.log")).read_text().count("[cuts]") >= 4
     info = run.stage_info("cuts")
     assert info["n_kept"] < info["n_in"]
+
+
+def test_rv_errors_reach_the_dynamics_monte_carlo(finished):
+    """combine carries rv_err, so the dynamics resamples the RV (Wheeler+2020 §5.1)."""
+    _, run = finished
+    star = read_catalogue(run.path("catalogue", "per_star.fits"))
+    has_rv = np.isfinite(np.asarray(star["rv"], float))
+    assert has_rv.sum() > 100
+    rv_err = np.asarray(star["rv_err"], float)[has_rv]
+    assert np.all(np.isfinite(rv_err)) and np.all(rv_err > 0)
+    used_err = np.asarray(star["radial_velocity_used_err"], float)[has_rv]
+    assert np.isfinite(used_err).mean() > 0.99
+
+
+def test_visits_are_combined_within_one_model(finished):
+    """A star's visits inferred with different models are not averaged: per_star takes the best visit's model."""
+    _, run = finished
+    obs = run.read_run_table("per_observation.fits")
+    star = run.read_run_table("per_star.fits")
+    by_star = {}
+    for des, model, snr, teff in zip(obs["designation"], obs["model_class"], obs["snrz"], obs["teff"]):
+        by_star.setdefault(str(des), []).append((float(np.nan_to_num(snr, nan=-1)), str(model), float(teff)))
+    checked = 0
+    for row in star:
+        visits = by_star[str(row["designation"])]
+        best_model = max(visits)[1]
+        assert str(row["model_class"]) == best_model
+        same = [v for v in visits if v[1] == best_model]
+        assert row["n_obs"] == len(same) and row["n_obs_other_model"] == len(visits) - len(same)
+        if len(same) == 1 and np.isfinite(row["teff"]):
+            assert row["teff"] == pytest.approx(same[0][2])
+            checked += 1
+    assert checked > 100
 
 
 def test_cross_validation_is_reported(finished):
@@ -163,37 +189,18 @@ def test_rerun_skips_finished_stages(finished):
     assert "already done" in run.path("run.log").read_text()
 
 
-def test_killed_inference_resumes_to_the_same_catalogue(finished, tmp_path):
-    """Kill `cannonade run` during inference (SIGKILL), rerun: the catalogue is identical."""
-    d, run = finished
-    work = tmp_path / "resume"
+def _copy_before(run, work, stage):
+    """A copy of a finished run with ``stage`` and every later stage forgotten."""
     work.mkdir()
-    (work / "mock").symlink_to(d / "mock")
+    (work / "mock").symlink_to(run.out.parent / "mock")
     shutil.copytree(run.out, work / "run", ignore=shutil.ignore_patterns("infer", "catalogue", "*.log"))
-    for stage in STAGES[STAGES.index("infer"):]:
-        (work / "run" / "stages" / f"{stage}.json").unlink()
-    cfg = write_config(work)
-    parts = work / "run" / "infer" / "parts"
-    env = dict(os.environ, CANNONADE_QUIET="1")
-    proc = subprocess.Popen([sys.executable, "-m", "cannonade.cli", "run", str(cfg)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    t0 = time.time()
-    while time.time() - t0 < 300 and not list(parts.glob("part_*.npz")):
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    n_at_kill = len(list(parts.glob("part_*.npz")))
-    n_chunks = run.stage_info("infer")["n_chunks"]
-    assert 1 <= n_at_kill < n_chunks, (n_at_kill, n_chunks)
-    assert not (work / "run" / "stages" / "infer.json").exists()
-    resumed = run_pipeline(cfg)
-    assert resumed.stage_info("infer")["resumed_chunks"] == n_at_kill
-    from cannonade.catalogue.schemas import read_catalogue
+    for s in STAGES[STAGES.index(stage):]:
+        (work / "run" / "stages" / f"{s}.json").unlink()
+    return write_config(work)
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        a = read_catalogue(run.path("catalogue", "per_star.fits"))
-        b = read_catalogue(resumed.path("catalogue", "per_star.fits"))
+
+def _assert_same_catalogue(a_path, b_path):
+    a, b = read_catalogue(a_path), read_catalogue(b_path)
     assert a.colnames == b.colnames and len(a) == len(b)
     for c in a.colnames:
         x, y = np.asarray(a[c]), np.asarray(b[c])
@@ -201,6 +208,49 @@ def test_killed_inference_resumes_to_the_same_catalogue(finished, tmp_path):
             np.testing.assert_array_equal(x, y, err_msg=c)
         else:
             assert np.all(x == y), c
+
+
+def test_stopped_inference_resumes_to_the_same_catalogue(finished, tmp_path):
+    """The runner's deterministic hook stops inference after 2 chunks; the rerun redoes only the rest."""
+    d, run = finished
+    cfg = _copy_before(run, tmp_path / "stop", "infer")
+    with pytest.raises(StopRequested):
+        run_pipeline(cfg, stop_after_chunks=2)
+    parts = tmp_path / "stop" / "run" / "infer" / "chunks"
+    assert len(list(parts.glob("part_*.npz"))) == 2
+    assert not (tmp_path / "stop" / "run" / "stages" / "infer.json").exists()
+    redone = []
+    resumed = run_pipeline(cfg, chunk_hook=lambda k, result: redone.append(k))
+    n_chunks = run.stage_info("infer")["n_chunks"]
+    assert resumed.stage_info("infer")["resumed_chunks"] == 2
+    assert sorted(redone) == list(range(2, n_chunks))  # finished chunks are not redone
+    _assert_same_catalogue(run.path("catalogue", "per_star.fits"), resumed.path("catalogue", "per_star.fits"))
+
+
+KILL_AFTER_TWO_CHUNKS = """
+import os, signal, sys
+from cannonade.pipeline import run_pipeline
+done = []
+def hook(k, result):
+    done.append(k)
+    if len(done) == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+run_pipeline(sys.argv[1], chunk_hook=hook)
+"""
+
+
+def test_killed_inference_resumes_to_the_same_catalogue(finished, tmp_path):
+    """SIGKILL `cannonade run` right after its 2nd inference chunk (no timing, no polling); rerun: identical."""
+    d, run = finished
+    cfg = _copy_before(run, tmp_path / "kill", "infer")
+    proc = subprocess.run([sys.executable, "-c", KILL_AFTER_TWO_CHUNKS, str(cfg)], capture_output=True,
+                          env={**__import__("os").environ, "CANNONADE_QUIET": "1"})
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    parts = tmp_path / "kill" / "run" / "infer" / "chunks"
+    assert len(list(parts.glob("part_*.npz"))) == 2 and not list(parts.glob(".*tmp*"))
+    resumed = run_pipeline(cfg)
+    assert resumed.stage_info("infer")["resumed_chunks"] == 2
+    _assert_same_catalogue(run.path("catalogue", "per_star.fits"), resumed.path("catalogue", "per_star.fits"))
 
 
 def test_config_typo_fails_before_any_work(mock, tmp_path):
@@ -224,59 +274,6 @@ def test_unknown_column_fails_before_any_work(mock, tmp_path):
     with pytest.raises(ConfigError, match="mgfe"):
         Run(cfg)
     assert not (tmp_path / "run").exists()
-
-
-def test_config_validation_messages(tmp_path):
-    p = tmp_path / "c.toml"
-    p.write_text('[target]\nspectra = "s"\ncatalogue = "c.fits"\n[reference]\ncatalogue = "r.fits"\n[training]\norder = "two"\n')
-    with pytest.raises(ConfigError, match="training.order must be int"):
-        load_config(p)
-    p.write_text('[target]\nspectra = "s"\n[reference]\ncatalogue = "r.fits"\n')
-    with pytest.raises(ConfigError, match="missing required key target.catalogue"):
-        load_config(p)
-    p.write_text('[target]\nspectra = "s"\ncatalogue = "c.fits"\n[reference]\ncatalogue = "r.fits"\n[cuts]\ntarget = ["__import__(\'os\')"]\n')
-    with pytest.raises(ConfigError, match="cuts.target"):
-        load_config(p)
-    p.write_text("not = [toml")
-    with pytest.raises(ConfigError, match="not valid TOML"):
-        load_config(p)
-
-
-def test_wheeler_equation_1():
-    # cool stars: the boundary is log g = 4.18; hot stars: −6e-4 Teff + 7.3 (5500 K -> 4.0)
-    assert is_giant([4800, 4800, 5500, 5500, 6500], [4.1, 4.3, 3.9, 4.1, 3.5]).tolist() == [True, False, True, False, False]
-    assert not is_giant([np.nan], [2.0])[0]
-
-
-def test_cut_expressions():
-    from astropy.table import Table
-
-    t = Table(dict(snr_c1_iraf=[10.0, 40, np.nan, 50], chi2_sp=[1.0, 2, 3, 5], flag_sp=[0, 0, 0, 1]))
-    al = {"snr_c1": "snr_c1_iraf", "chi2_cannon": "chi2_sp"}
-    assert evaluate_cut("snr_c1 >= 30", t, al).tolist() == [False, True, False, True]
-    assert evaluate_cut("(chi2_cannon < 4) & (flag_sp == 0)", t, al).tolist() == [True, True, True, False]
-    assert evaluate_cut("abs(chi2_sp - 2) <= 1 and not flag_sp", t).tolist() == [True, True, True, False]
-
-
-def test_repeat_visit_combination_is_snr_weighted():
-    ids = np.array(["a", "b", "a", "a"])
-    snr = np.array([10.0, 50.0, 30.0, np.nan])
-    values = np.array([[1.0], [5.0], [2.0], [100.0]])
-    uniq, inv, mean, n = combine_visits(ids, snr, values)
-    assert uniq.tolist() == ["a", "b"] and n.tolist() == [3, 1]
-    np.testing.assert_allclose(mean[:, 0], [(10 * 1 + 30 * 2) / 40, 5.0])  # NaN S/N gets no weight
-
-
-def test_error_weighted_mean_label():
-    v = np.array([[0.1, 0.3, np.nan], [np.nan, np.nan, np.nan]])
-    e = np.array([[0.1, 0.2, 0.1], [0.1, 0.1, 0.1]])
-    m, err = weighted_mean_label(v, e)
-    np.testing.assert_allclose(m[0], (0.1 / 0.01 + 0.3 / 0.04) / (1 / 0.01 + 1 / 0.04))
-    assert np.isnan(m[1]) and np.isfinite(err[0])
-
-
-def test_label_elements():
-    assert [label_element(n) for n in ("fe_h", "mg_fe", "teff", "mean_alpha_fe")] == ["Fe", "Mg", None, "Mean_alpha"]
 
 
 def test_single_model_without_cleaning_or_dynamics(mock, tmp_path):

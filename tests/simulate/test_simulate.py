@@ -1,7 +1,6 @@
 """Mock surveys: determinism, file formats, catalogue joins, truths, physics and realism."""
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -378,16 +377,6 @@ def test_synthesize_noise_and_normalised_variants():
     # reproducible
     again = synthesize(lab, "lamost", snr=[30.0, 100.0], seed=1)
     assert np.array_equal(syn.flux, again.flux)
-
-
-def test_synthesis_speed():
-    t = simulate_population(300, seed=2)
-    synthesize(t[:10], "lamost", snr=50, seed=0)  # warm caches (line list, curve of growth)
-    t0 = time.perf_counter()
-    synthesize(t, "lamost", snr=50, seed=0)
-    dt = time.perf_counter() - t0
-    # target ~200+ LAMOST stars/s including files on one core; generous bound on a shared machine
-    assert 300 / dt > 100, f"{300 / dt:.0f} spectra/s"
 
 
 def test_cli_simulate(tmp_path, capsys):

@@ -82,3 +82,40 @@ def test_strong_and_balmer_lists_sane():
     for label, el, wl, ion, chi, ew, log_a in STRONG_LINES:
         assert 3700 < wl < 9000 and ion in (0, 1) and ew > 0 and log_a < 0, label
     assert [b[0] for b in BALMER_LINES][:2] == ["H alpha", "H beta"]
+
+
+def _morton_vacuum_index(vacuum):
+    """Refractive index of standard air, IAU / Morton (2000) eq. 8, in terms of the *vacuum* wavenumber."""
+    s2 = (1e4 / vacuum) ** 2
+    return 1.0 + 8.34254e-5 + 2.406147e-2 / (130.0 - s2) + 1.5998e-4 / (38.9 - s2)
+
+
+def _ciddor_sdss(air):
+    """SDSS idlutils ``airtovac`` (Ciddor 1996), iterated to convergence."""
+    vac = np.array(air, dtype=float)
+    for _ in range(10):
+        s2 = (1e4 / vac) ** 2
+        vac = air * (1.0 + 5.792105e-2 / (238.0185 - s2) + 1.67917e-3 / (57.362 - s2))
+    return vac
+
+
+def test_air_to_vacuum_is_the_iau_standard():
+    """Fails for Morton's vacuum formula evaluated at the air wavenumber (off by 1e-5-1e-4 A)."""
+    air = np.array([2500.0, 3933.66, 5000.0, 6562.80, 8000.0, 15000.0, 16500.0])
+    # the exact inverse of lambda_air = lambda_vac / n(lambda_vac), by fixed-point iteration
+    vac = air.copy()
+    for _ in range(20):
+        vac = air * _morton_vacuum_index(vac)
+    np.testing.assert_allclose(air_to_vacuum(air), vac, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(vacuum_to_air(air_to_vacuum(air)), air, rtol=0, atol=1e-6)
+    # the values quoted everywhere, and SDSS's own Ciddor (1996) conversion to 1e-8 (3 m/s)
+    np.testing.assert_allclose(air_to_vacuum([5000.0, 8000.0]), [5001.39, 8002.20], atol=0.005)
+    np.testing.assert_allclose(air_to_vacuum(air), _ciddor_sdss(air), rtol=1e-8, atol=0)
+    assert air_to_vacuum(5000.0).shape == () and air_to_vacuum(np.zeros((2, 3)) + 6000).shape == (2, 3)
+
+
+def test_one_air_to_vacuum_in_the_package():
+    from cannonade.spectra import readers
+    from cannonade.spectra.readers import galah, lamost
+
+    assert readers.air_to_vacuum is air_to_vacuum is lamost.air_to_vacuum is galah.air_to_vacuum

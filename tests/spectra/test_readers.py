@@ -332,3 +332,57 @@ def test_spectrum_dataclass_checks_shapes():
     assert s.wavelength.dtype == np.float64 and s.n_pixels == 2
     with pytest.raises(SpectrumFormatError):
         Spectrum([1.0, 2.0], [1.0], [1.0, 1.0])
+
+
+# --------------------------------------------------------------------------- registry
+
+
+def test_registry_of_survey_loaders(tmp_path):
+    from cannonade.spectra import readers
+    from cannonade.spectra.readers import apogee, galah, lamost
+
+    assert [ld.name for ld in readers.registered_readers()] == ["lamost", "galah", "apogee"]
+    for mod in (lamost, galah, apogee):
+        assert callable(mod.identify) and callable(mod.load) and mod.LOADER.identify is mod.identify
+    path = tmp_path / "spec-dr8.fits"
+    _write_lamost_table(path)
+    with fits.open(path) as hdul:
+        assert readers.detect_layout(hdul) == lamost.identify(hdul) == "lamost_table"
+        assert galah.identify(hdul) == apogee.identify(hdul) == ""
+    # read_lamost refuses another survey's file, naming it
+    toy = tmp_path / "toy.fits"
+    h = fits.Header()
+    h["TOYSURV"] = "yes"
+    fits.PrimaryHDU(np.linspace(1, 2, 50), h).writeto(toy)
+    with pytest.raises(SpectrumFormatError, match=r"toy\.fits: not a LAMOST spectrum"):
+        read_lamost(toy)
+    with pytest.raises(SpectrumFormatError, match="unknown spectrum layout"):
+        read_spectrum(toy)
+
+
+def test_register_a_new_survey(tmp_path):
+    from cannonade.spectra import readers
+    from cannonade.spectra.readers.fits import Loader, header_of, std_meta
+
+    def identify(hdul):
+        return "toy_1d" if hdul[0].header.get("TOYSURV") else ""
+
+    def load(hdul, path, layout, scale=1.0):
+        flux = np.asarray(hdul[0].data, dtype=float) * scale
+        meta = std_meta("toy", layout, path, "star1", 1.0, 2.0, 50.0, 0.0, 0.0, header_of(hdul, 0, path))
+        return Spectrum(np.linspace(5000, 5100, flux.size), flux, np.ones(flux.size), meta)
+
+    toy = tmp_path / "toy.fits"
+    h = fits.Header()
+    h["TOYSURV"] = "yes"
+    fits.PrimaryHDU(np.linspace(1, 2, 50), h).writeto(toy)
+    readers.register_reader(Loader("toy", identify, load, "a toy survey"))
+    try:
+        s = read_spectrum(toy, scale=2.0)
+        assert s.meta["survey"] == "toy" and s.meta["TOYSURV"] == "yes" and s.flux[-1] == 4.0
+        assert [ld.name for ld in readers.registered_readers()][-1] == "toy"
+    finally:
+        readers.unregister_reader("toy")
+    assert "toy" not in [ld.name for ld in readers.registered_readers()]
+    with pytest.raises(KeyError):
+        readers.unregister_reader("toy")

@@ -1,0 +1,404 @@
+"""Catalogue writers: FITS and Parquet, atomic, with units and descriptions.
+
+:func:`write_catalogue` writes an astropy Table (or pandas DataFrame) in the format the
+file suffix names. Columns are written in schema order, then any extra columns in the
+table's order (kept silently); schema columns the table lacks are simply absent, so the
+catalogue grows with the pipeline. A per-star and a per-observation catalogue are two
+calls with the same schema. :class:`CatalogueWriter` streams a large catalogue chunk by
+chunk (Parquet row groups, flat memory).
+
+File layout (read back by :func:`cannonade.catalogue.readers.read_catalogue`):
+
+* FITS: one ``BinTableHDU`` named ``CATALOGUE``; units in ``TUNITn`` (FITS syntax),
+  descriptions in ``TCOMMn``, schema in ``CNDSCHEM``, layout version in ``CNDFMTV``,
+  the JSON-serialisable table meta in ``CNDMETA``. A float column whose unit the FITS
+  standard cannot express (``dex``) has no ``TUNITn``: its unit is in ``CNDUNITS``
+  (JSON ``{column: unit}``) and in astropy's serialized-column block (``COMMENT``
+  cards, which also repeat the descriptions), so a plain ``astropy.table.Table.read``
+  restores units and descriptions without a ``UnitsWarning``.
+* Parquet: each field's metadata has ``unit`` and ``description``; the file metadata
+  key ``cannonade`` holds JSON ``{schema, reference, format_version, columns, meta}``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from cannonade.catalogue.formats import FORMAT_VERSION, catalogue_format, fits_unit, parse_unit, unit_string
+from cannonade.catalogue.schemas import get_schema, infer_label_names
+from cannonade.exceptions import CatalogueError
+from cannonade.tables import as_table
+from cannonade.util import atomic_path
+
+__all__ = ["CatalogueWriter", "write_catalogue"]
+
+log = logging.getLogger(__name__)
+
+# astropy's warning when a unit has no FITS form; the serialized-column block keeps it.
+_NO_FITS_UNIT = r"The unit '.*' could not be saved in native FITS format"
+
+
+# ----------------------------------------------------------------------------------------
+# conforming a table to its schema
+# ----------------------------------------------------------------------------------------
+def _kind_ok(dtype, spec_dtype):
+    k = dtype.kind
+    return {
+        "float64": k in "fiu",
+        "int64": k in "iu",
+        "bool": k == "b",
+        "str": k in "USO",
+    }.get(spec_dtype, True)
+
+
+def _conform(col, spec, path):
+    """Cast a column to its schema kind where that is lossless; else CatalogueError."""
+    from astropy.table import MaskedColumn
+
+    data = np.ma.getdata(col)
+    if _kind_ok(data.dtype, spec.dtype):
+        if spec.dtype == "float64" and data.dtype.kind in "iu":
+            return np.where(np.ma.getmaskarray(col), np.nan, data.astype(np.float64))
+        if spec.dtype == "str" and data.dtype.kind == "O":
+            return col.astype(str)
+        return col
+    if spec.dtype == "bool" and data.dtype.kind in "iu" and np.all(np.isin(data, (0, 1))):
+        return MaskedColumn(data.astype(bool), mask=np.ma.getmaskarray(col)) if hasattr(col, "mask") else data.astype(bool)
+    if spec.dtype == "int64" and data.dtype.kind == "b":
+        return data.astype(np.int64)
+    raise CatalogueError(
+        f"column {spec.name!r} of {path} has dtype {data.dtype}, but schema {spec.dtype!r} wants {spec.dtype} ({spec.description})"
+    )
+
+
+def _prepare(table, schema, label_names, path):
+    """Reorder, conform dtypes and fill units/descriptions. Returns (Table, Schema)."""
+    import astropy.units as u
+    from astropy.table import Table
+
+    t = as_table(table)
+    s = get_schema(schema)
+    if label_names is None:
+        label_names = infer_label_names(t.colnames, s)
+    specs = {c.name: c for c in s.columns(label_names)}
+    names = [n for n in specs if n in t.colnames] + [n for n in t.colnames if n not in specs]
+    out = Table(meta=dict(t.meta))
+    for name in names:
+        col = t[name]
+        unit, desc = getattr(col, "unit", None), getattr(col.info, "description", None)
+        if isinstance(unit, u.UnrecognizedUnit):  # e.g. 'dex' from a plain FITS read of an older file
+            unit = parse_unit(unit.name)
+        spec = specs.get(name)
+        if spec is not None:
+            col = _conform(col, spec, path)
+        out[name] = col
+        c = out[name]
+        c.unit = unit if unit is not None else (u.Unit(spec.unit) if spec is not None and spec.unit is not None else None)
+        c.description = desc if desc else (spec.description if spec is not None else None)
+    return out, s
+
+
+def _meta_json(meta):
+    """The JSON-serialisable part of a table's meta."""
+    keep = {}
+    for k, v in dict(meta).items():
+        try:
+            json.dumps(v)
+        except (TypeError, ValueError):
+            continue
+        keep[str(k)] = v
+    return keep
+
+
+# ----------------------------------------------------------------------------------------
+# FITS
+# ----------------------------------------------------------------------------------------
+def _quantity_unit(col):
+    """True where ``col``'s unit has no FITS form (e.g. dex) and astropy can carry it instead.
+
+    Float columns with a unit astropy knows only: astropy restores a unit as a Quantity,
+    which would turn integers into floats.
+    """
+    import astropy.units as u
+
+    unit = col.unit
+    if unit is None or fits_unit(unit) is not None or isinstance(unit, u.UnrecognizedUnit):
+        return False
+    if np.ma.getdata(col).dtype.kind != "f":
+        return False
+    try:
+        return u.Unit(unit.to_string()) == unit
+    except ValueError:
+        return False
+
+
+def _astropy_column_cards(t, quantities):
+    """astropy's serialized-column COMMENT cards for ``t``: descriptions, and the units of
+    the columns in ``quantities`` (which FITS cannot express), as astropy writes them.
+
+    The cards come from writing an empty copy of those columns with astropy's own FITS
+    writer, so they follow whatever serialization the installed astropy reads back.
+    """
+    import astropy.units as u
+    from astropy.io import fits
+    from astropy.table import QTable
+    from astropy.utils.exceptions import AstropyUserWarning
+
+    empty = QTable()
+    for n in t.colnames:
+        col = t[n]
+        if n not in quantities and not col.info.description:
+            continue
+        data = np.asarray(np.ma.getdata(col))[:0]  # floats carry missing values as NaN
+        if n in quantities:
+            data = u.Quantity(data, col.unit, dtype=data.dtype, subok=True)  # subok: Dex for dex(cm / s2)
+        empty[n] = data
+        empty[n].info.description = col.info.description or None
+    if not empty.colnames:
+        return []
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_NO_FITS_UNIT, category=AstropyUserWarning)
+        empty.write(buf, format="fits")
+    buf.seek(0)
+    with fits.open(buf) as hdul:
+        return [card for card in hdul[1].header.cards if card.keyword == "COMMENT"]
+
+
+def _set_json_card(header, key, obj, comment):
+    """``header[key]`` = JSON of ``obj``; the comment only where it fits beside the value
+    (a long value continues over CONTINUE cards, which have no room for it)."""
+    text = json.dumps(obj)
+    header[key] = (text, comment) if len(text) + len(comment) <= 60 else text
+
+
+def _write_fits(t, tmp, schema):
+    from astropy.io import fits
+
+    quantities = [n for n in t.colnames if _quantity_unit(t[n])]
+    bare = t.copy(copy_data=False)
+    for n in bare.colnames:
+        bare[n].unit = None  # written by hand below
+    bare.meta = {}
+    hdu = fits.table_to_hdu(bare)
+    hdu.name = "CATALOGUE"
+    h = hdu.header
+    for i, n in enumerate(t.colnames, start=1):
+        unit = t[n].unit
+        if unit is not None and n not in quantities:
+            # FITS syntax; else astropy's generic string (read back by read_catalogue)
+            h[f"TUNIT{i}"] = fits_unit(unit) or unit.to_string()
+        if t[n].description:
+            h[f"TCOMM{i}"] = t[n].description
+    h["CNDSCHEM"] = (schema.name, "Cannonade catalogue schema")
+    h["CNDREF"] = (schema.reference[:60], "schema reference")
+    h["CNDFMTV"] = (FORMAT_VERSION, "Cannonade catalogue format version")
+    _set_json_card(h, "CNDMETA", _meta_json(t.meta), "table meta (JSON)")
+    if quantities:
+        _set_json_card(h, "CNDUNITS", {n: t[n].unit.to_string() for n in quantities}, "units FITS cannot express (JSON)")
+    for card in _astropy_column_cards(t, quantities):
+        h.append(card)
+    fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(tmp)
+
+
+# ----------------------------------------------------------------------------------------
+# Parquet
+# ----------------------------------------------------------------------------------------
+def _arrow_array(col):
+    import pyarrow as pa
+
+    data = np.ma.getdata(col)
+    mask = np.ma.getmaskarray(col)
+    if data.ndim > 2:
+        raise CatalogueError(f"column {col.info.name!r} has {data.ndim} dimensions; Parquet catalogues take at most 2")
+    if data.ndim == 2:
+        flat = pa.array(np.ascontiguousarray(data).ravel())
+        return pa.FixedSizeListArray.from_arrays(flat, data.shape[1])
+    if data.dtype.kind == "f":
+        return pa.array(np.where(mask, np.nan, data))
+    if data.dtype.kind == "O":
+        data = data.astype(str)
+    if data.dtype.kind == "S":  # FITS text comes back as bytes: Parquet holds it as text, not binary
+        data = np.char.decode(data, "utf-8")
+    if data.dtype.byteorder == ">":
+        data = data.astype(data.dtype.newbyteorder("="))
+    return pa.array(data, mask=mask if mask.any() else None)
+
+
+def _arrow_table(t, schema):
+    import pyarrow as pa
+
+    arrays, fields = [], []
+    for n in t.colnames:
+        arr = _arrow_array(t[n])
+        md = {}
+        if t[n].unit is not None:
+            md[b"unit"] = t[n].unit.to_string().encode()
+        if t[n].description:
+            md[b"description"] = str(t[n].description).encode()
+        arrays.append(arr)
+        fields.append(pa.field(n, arr.type, metadata=md or None))
+    file_md = {
+        "schema": schema.name,
+        "reference": schema.reference,
+        "format_version": FORMAT_VERSION,
+        "columns": {n: {"unit": unit_string(t[n].unit), "description": t[n].description} for n in t.colnames},
+        "meta": _meta_json(t.meta),
+    }
+    sch = pa.schema(fields, metadata={b"cannonade": json.dumps(file_md).encode()})
+    return pa.Table.from_arrays(arrays, schema=sch)
+
+
+# ----------------------------------------------------------------------------------------
+# the public writers
+# ----------------------------------------------------------------------------------------
+def write_catalogue(table, path, schema="wheeler2020", fmt=None, label_names=None):
+    """Write a catalogue as FITS or Parquet, atomically, with units and descriptions.
+
+    Parameters
+    ----------
+    table : astropy Table or pandas DataFrame
+        Per-star or per-observation rows. Schema columns are cast to the schema's
+        kind where lossless (int -> float, 0/1 int -> bool, object -> str); units and
+        descriptions are filled from the schema where the column has none (a unit or
+        description a column already carries is kept). Extra columns are kept, after
+        the schema's.
+    path : str or Path
+        ``.fits`` (units in TUNITn, descriptions in TCOMMn, schema name in CNDSCHEM,
+        plus astropy's serialized-column block) or ``.parquet`` (units/descriptions in
+        each field's metadata and, as JSON, in the file metadata key ``cannonade``).
+    schema : str or Schema
+        ``'wheeler2020'`` or ``'nandakumar2022'``.
+    fmt : {'fits', 'parquet'} or None
+        Overrides the suffix.
+    label_names : sequence of str or None
+        The label set (expands the per-label patterns); inferred from the columns if None.
+
+    Returns
+    -------
+    Path
+        The written file. A failing write leaves any previous file intact.
+
+    Raises
+    ------
+    CatalogueError
+        Unknown format or suffix (CSV included), unknown schema, or a schema column whose
+        dtype cannot be cast losslessly (names the column and the file).
+    """
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    fmt = catalogue_format(path, fmt)
+    t, s = _prepare(table, schema, label_names, path)
+    with atomic_path(path) as tmp:
+        if fmt == "fits":
+            _write_fits(t, tmp, s)
+        else:
+            pq.write_table(_arrow_table(t, s), tmp)
+    log.info("wrote %d rows x %d columns to %s", len(t), len(t.colnames), path)
+    return path
+
+
+class CatalogueWriter:
+    """Stream a large catalogue to disk chunk by chunk (flat memory for Parquet).
+
+    Parquet: each :meth:`write` appends row groups; the first chunk fixes the column
+    set and types, later chunks are cast to it. FITS: chunks are collected and
+    written on close (memory grows with the catalogue; prefer Parquet at scale).
+    The file appears atomically when the ``with`` block exits without error.
+
+    Parameters
+    ----------
+    path : str or Path
+    schema : str or Schema
+    fmt : {'fits', 'parquet'} or None
+        Overrides the suffix.
+    label_names : sequence of str or None
+        Inferred from the first chunk's columns if None.
+
+    Examples
+    --------
+    >>> with CatalogueWriter("stars.parquet", label_names=labels) as w:  # doctest: +SKIP
+    ...     for chunk in chunks:
+    ...         w.write(chunk)
+    """
+
+    def __init__(self, path, schema="wheeler2020", fmt=None, label_names=None):
+        self.path = Path(path)
+        self.fmt = catalogue_format(self.path, fmt)
+        self.schema = get_schema(schema)
+        self.label_names = None if label_names is None else list(label_names)
+        self.n_rows = 0
+        self._ctx = None
+        self._tmp = None
+        self._writer = None
+        self._arrow_schema = None
+        self._chunks = []
+
+    def __enter__(self):
+        self._ctx = atomic_path(self.path)
+        self._tmp = self._ctx.__enter__()
+        return self
+
+    def write(self, table):
+        """Append the rows of ``table`` (astropy Table or DataFrame).
+
+        Raises
+        ------
+        CatalogueError
+            Used outside the ``with`` block, or (Parquet) a chunk whose columns differ
+            from the first chunk's.
+        """
+        import pyarrow.parquet as pq
+
+        if self._ctx is None:
+            raise CatalogueError(f"CatalogueWriter for {self.path} used outside its 'with' block")
+        t, s = _prepare(table, self.schema, self.label_names, self.path)
+        if self.label_names is None:
+            self.label_names = infer_label_names(t.colnames, s)
+        if self.fmt == "fits":
+            self._chunks.append(t)
+        else:
+            at = _arrow_table(t, s)
+            if self._writer is None:
+                self._arrow_schema = at.schema
+                self._writer = pq.ParquetWriter(self._tmp, at.schema)
+            else:
+                if at.schema.names != self._arrow_schema.names:
+                    raise CatalogueError(
+                        f"chunk written to {self.path} has columns {at.schema.names}, the first chunk had {self._arrow_schema.names}"
+                    )
+                at = at.cast(self._arrow_schema)
+            self._writer.write_table(at)
+        self.n_rows += len(t)
+
+    def __exit__(self, exc_type, exc, tb):
+        try:
+            if exc_type is None:
+                self._finish()
+        finally:
+            if self._writer is not None:
+                self._writer.close()
+            ctx, self._ctx = self._ctx, None
+        return ctx.__exit__(exc_type, exc, tb)
+
+    def _finish(self):
+        """Write what only the end can: the FITS file, or an empty Parquet file."""
+        from astropy.table import Table, vstack
+
+        if self.fmt == "fits":
+            if self._chunks:
+                t = vstack(self._chunks, metadata_conflicts="silent")
+            else:
+                t = _prepare(Table(), self.schema, [], self.path)[0]
+            _write_fits(t, self._tmp, self.schema)
+        elif self._writer is None:
+            import pyarrow.parquet as pq
+
+            pq.write_table(_arrow_table(Table(), self.schema), self._tmp)

@@ -1,0 +1,162 @@
+"""The run configuration as frozen dataclasses: one class per TOML section.
+
+Each field's type is what the loader checks (``Literal`` choices, ``Path`` resolved against the
+config file's folder, tuples from TOML lists) and its ``metadata['doc']`` is its documentation.
+The documented example is ``cannonade/data/example_lamost_galah.toml``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+# Wheeler+2020 §2.2 label sets (defaults). "mean_alpha_fe" and "mean_s_fe" are derived labels.
+DWARF_LABELS = ("teff", "logg", "vmic", "fe_h", "o_fe", "eu_fe", "mean_alpha_fe", "sc_fe", "mean_s_fe")
+GIANT_LABELS = ("teff", "logg", "vmic", "fe_h", "o_fe", "eu_fe", "mg_fe", "al_fe", "mn_fe", "ba_fe")
+
+
+def doc(text, required=False, **extra):
+    """Field metadata: documentation, and whether the key must be given."""
+    return {"doc": text, "required": required, **extra}
+
+
+@dataclass(frozen=True)
+class RunSection:
+    out: Path = field(default=Path("run"), metadata=doc("run directory (relative to the config file)"))
+    seed: int = field(default=0, metadata=doc("seed for cross-validation folds and Monte-Carlo resamples"))
+    chunk_size: int = field(default=2000, metadata=doc("spectra per inference chunk (resume granularity)", minimum=1))
+    workers: int = field(default=2, metadata=doc("processes for ingest and reading reference spectra", minimum=1))
+
+
+@dataclass(frozen=True)
+class TargetSection:
+    spectra: Path = field(default=None, metadata=doc("directory of target spectra, or a list file (one path a line; '@' prefix optional)", required=True))
+    catalogue: Path = field(default=None, metadata=doc("target survey catalogue (FITS/CSV/Parquet)", required=True))
+    survey: str = field(default="lamost", metadata=doc("survey whose spectra get labels"))
+    id_column: str = field(default="obsid", metadata=doc("unique id of one observation"))
+    star_column: str = field(default="designation", metadata=doc("id shared by repeat observations of one star"))
+    file_column: str = field(default="filename", metadata=doc("spectrum file name of each observation"))
+    redshift_column: str = field(default="z", metadata=doc("redshift used for the rest-frame correction ('' to use the file's)"))
+    snr_column: str = field(default="snrz", metadata=doc("S/N used for cuts and to weight repeat visits"))
+    teff_column: str = field(default="teff", metadata=doc("target-pipeline Teff for the dwarf/giant split"))
+    logg_column: str = field(default="logg", metadata=doc("target-pipeline log g for the dwarf/giant split"))
+    ra_column: str = field(default="ra", metadata=doc("right ascension [deg]"))
+    dec_column: str = field(default="dec", metadata=doc("declination [deg]"))
+    grid: str = field(default="lamost", metadata=doc("common wavelength grid: lamost | apogee | galah | WMIN:WMAX:NPIX"))
+    normalise: Literal["gaussian", "chebyshev"] = field(default="gaussian", metadata=doc("continuum normalisation"))
+
+
+@dataclass(frozen=True)
+class ReferenceSection:
+    catalogue: Path = field(default=None, metadata=doc("reference survey catalogue", required=True))
+    survey: str = field(default="galah", metadata=doc("survey providing the training labels"))
+    spectra: Path | None = field(default=None, metadata=doc("reference survey spectra (for windowed-chi2 cleaning); '' to skip cleaning"))
+    id_column: str = field(default="sobject_id", metadata=doc("reference star id (names its spectrum files)"))
+    ra_column: str = field(default="ra", metadata=doc("right ascension [deg]"))
+    dec_column: str = field(default="dec", metadata=doc("declination [deg]"))
+    error_prefix: str = field(default="e_", metadata=doc("label error columns are <error_prefix><label>"))
+    columns: dict[str, str] = field(default_factory=dict, metadata=doc("aliases: name used in cuts/labels -> this catalogue's column"))
+
+
+@dataclass(frozen=True)
+class CrossmatchSection:
+    method: Literal["sky", "id"] = field(default="sky", metadata=doc("sky (radius on the sky) or id (a target column holds the reference id)"))
+    radius_arcsec: float = field(default=1.0, metadata=doc("sky-match radius [arcsec]", positive=True))
+    target_id_column: str = field(default="", metadata=doc("for method = id: target column holding the reference id"))
+
+
+@dataclass(frozen=True)
+class CutsSection:
+    target: tuple[str, ...] = field(default=("snrz >= 30",), metadata=doc("expressions over target-catalogue columns (Wheeler+2020 §2.1)"))
+    reference: tuple[str, ...] = field(
+        default=("snr_c1 >= 30", "chi2_cannon < 4", "flag_cannon == 0"),
+        metadata=doc("expressions over reference-catalogue columns (names may be aliases)"),
+    )
+
+
+@dataclass(frozen=True)
+class CleanSection:
+    enabled: bool = field(default=True, metadata=doc("windowed-chi2 cleaning of the reference set (Wheeler+2020 §2.1)"))
+    percentile: float = field(default=85.0, metadata=doc("drop stars above this percentile for any element, in (0, 100]"))
+    windows: Path | None = field(default=None, metadata=doc("CSV of element line windows ('' = shipped Wheeler+2020 Table 2)"))
+    labels: tuple[str, ...] = field(default=("teff", "logg", "vmic", "fe_h"), metadata=doc("stellar labels of the reference-spectra model"))
+    order: int = field(default=2, metadata=doc("polynomial order in the stellar labels", minimum=1))
+
+
+@dataclass(frozen=True)
+class SplitSection:
+    method: Literal["wheeler2020", "none"] = field(default="wheeler2020", metadata=doc("wheeler2020 (Eq. 1: dwarf and giant models) | none (one model)"))
+
+
+@dataclass(frozen=True)
+class DerivedLabel:
+    mean_of: tuple[str, ...] = field(default=None, metadata=doc("component labels", required=True))
+    weights: Literal["error", "equal"] = field(default="error", metadata=doc("inverse-variance or equal weights"))
+
+
+@dataclass(frozen=True)
+class LabelsSection:
+    derived: dict[str, DerivedLabel] = field(
+        default_factory=lambda: {
+            "mean_alpha_fe": DerivedLabel(("mg_fe", "si_fe", "ca_fe", "ti_fe")),
+            "mean_s_fe": DerivedLabel(("ba_fe", "y_fe")),
+        },
+        metadata=doc("derived labels: name -> {mean_of = [...], weights = 'error' | 'equal'}"),
+    )
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    labels: tuple[str, ...] = field(default=None, metadata=doc("labels of this model", required=True))
+
+
+@dataclass(frozen=True)
+class TrainingSection:
+    order: int = field(default=2, metadata=doc("polynomial order", minimum=1))
+    scale: Literal["standard", "percentile"] = field(default="standard", metadata=doc("label scaling (percentile: Nandakumar+2022 Eq. 2)"))
+    scatter: Literal["reml", "ml"] = field(default="reml", metadata=doc("reml | ml (Wheeler+2020 Eq. 5 as written)"))
+    regularization: float = field(default=0.0, metadata=doc("L1 strength", minimum=0))
+    cv_folds: int = field(default=12, metadata=doc("cross-validation folds", minimum=2))
+    min_stars: int = field(default=50, metadata=doc("refuse to train a model on fewer stars", minimum=1))
+
+
+@dataclass(frozen=True)
+class DynamicsSection:
+    enabled: bool = field(default=True, metadata=doc("Gaia cross-match, Galactocentric coordinates and actions"))
+    gaia: Path | None = field(default=None, metadata=doc("Gaia catalogue ('' disables the stage)"))
+    radius_arcsec: float = field(default=1.0, metadata=doc("Gaia match radius [arcsec]", positive=True))
+    n_samples: int = field(default=20, metadata=doc("Monte-Carlo resamples (Wheeler+2020 §5.1)", minimum=1))
+    rv_column: str = field(default="rv", metadata=doc("target-catalogue RV used when Gaia has none (its error: <rv_column>_err)"))
+
+
+@dataclass(frozen=True)
+class CatalogueSection:
+    formats: tuple[Literal["fits", "parquet"], ...] = field(default=("fits", "parquet"), metadata=doc("fits and/or parquet"))
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A validated run configuration (see :func:`cannonade.config.load_config`)."""
+
+    target: TargetSection = field(metadata=doc("the survey whose spectra get labels", required=True))
+    reference: ReferenceSection = field(metadata=doc("the survey providing training labels", required=True))
+    run: RunSection = field(default_factory=RunSection, metadata=doc("run directory and execution"))
+    crossmatch: CrossmatchSection = field(default_factory=CrossmatchSection, metadata=doc("reference x target match"))
+    cuts: CutsSection = field(default_factory=CutsSection, metadata=doc("quality cuts"))
+    clean: CleanSection = field(default_factory=CleanSection, metadata=doc("windowed-chi2 cleaning"))
+    split: SplitSection = field(default_factory=SplitSection, metadata=doc("dwarf/giant split"))
+    labels: LabelsSection = field(default_factory=LabelsSection, metadata=doc("derived labels"))
+    models: dict[str, ModelSpec] = field(
+        default_factory=lambda: {"dwarf": ModelSpec(DWARF_LABELS), "giant": ModelSpec(GIANT_LABELS)},
+        metadata=doc("labels of each model: [models.NAME] labels = [...]"),
+    )
+    training: TrainingSection = field(default_factory=TrainingSection, metadata=doc("Cannon training and CV"))
+    dynamics: DynamicsSection = field(default_factory=DynamicsSection, metadata=doc("Gaia match and orbits"))
+    catalogue: CatalogueSection = field(default_factory=CatalogueSection, metadata=doc("output formats"))
+    source: Path | None = field(default=None, metadata=doc("the file this config was read from", internal=True))
+
+    @property
+    def model_labels(self):
+        """dict model name -> tuple of label names."""
+        return {name: spec.labels for name, spec in self.models.items()}

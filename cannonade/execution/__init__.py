@@ -1,0 +1,38 @@
+"""Execution: one chunked, resumable, atomic map over chunks, on pluggable backends.
+
+Every long job of the package (``cannonade ingest``, the pipeline's ``infer``
+stage) is the same shape: cut the work into chunks, let each chunk write its own
+part file atomically, skip the finished parts on a rerun, and assemble the parts
+when all exist. :class:`ChunkedMap` is that shape, once::
+
+    from cannonade.execution import ChunkedMap, StopRequested, get_backend
+
+    cm = ChunkedMap(parts_dir, fingerprint, n_chunks, suffix=".npz")
+    cm.run(func, args=lambda k: (...,), backend="process", workers=4,
+           desc="infer", unit="spec", weight=lambda k: rows_in(k))
+    for part in cm.parts():
+        ...                                  # assemble, in chunk order
+    cm.cleanup()
+
+``func(k, part_path, *args(k))`` writes chunk ``k``'s part through
+:func:`cannonade.util.atomic_path`, so a kill never leaves half a part. Where the
+chunks run is a backend (:mod:`cannonade.execution.backends`): ``'serial'`` (this
+process) or ``'process'`` (a process pool created per run); a Dask backend is
+one more class in that module, registered in ``BACKENDS``.
+
+Layering: this package imports only the base modules (``cannonade.exceptions``,
+``cannonade.util``); it knows nothing about spectra, models or catalogues.
+"""
+
+from cannonade.execution.backends import BACKENDS, ProcessBackend, SerialBackend, get_backend, mp_context
+from cannonade.execution.chunked import ChunkedMap, StopRequested
+
+__all__ = [
+    "ChunkedMap",
+    "StopRequested",
+    "get_backend",
+    "SerialBackend",
+    "ProcessBackend",
+    "BACKENDS",
+    "mp_context",
+]

@@ -1,0 +1,1 @@
+"""One module per pipeline stage. Each has ``NAME`` and ``execute(run) -> dict`` (the stage's counts)."""

@@ -1,0 +1,158 @@
+"""The GALAH mock: per-CCD iraf-6.0-layout spectrum files and DR3-like catalogue rows."""
+
+from __future__ import annotations
+
+import datetime as _dt
+
+import numpy as np
+
+from cannonade.simulate import catalogues as cat
+from cannonade.simulate.instruments import get_instrument
+from cannonade.simulate.layout import BATCH, ORIGIN, band_snr, mjd_to_iso, snr_from_mag, subset
+from cannonade.simulate.observing import observe
+from cannonade.simulate.render import normalised_model
+from cannonade.simulate.writers import card, write_fits_images
+
+__all__ = ["write_galah_chunk"]
+
+
+def _galah_sobject(r):
+    """15-digit GALAH sobject_id yymmddrrrr01ppp for the r-th reference observation."""
+    date = _dt.date(2014, 1, 1) + _dt.timedelta(days=int(r // 4000))
+    run = (r // 400) % 10 + 1
+    pivot = r % 400 + 1
+    return int(f"{date:%y%m%d}{run:04d}01{pivot:03d}"), (date - _dt.date(1858, 11, 17)).days
+
+
+def write_galah_chunk(out, stars, s_all, idx, rng, counter, writers, corrupt_fraction):
+    """Observe reference stars ``idx`` of a chunk with GALAH; write 4 CCD files each and catalogue rows.
+
+    Parameters
+    ----------
+    out : Path
+        Survey root (files go to ``out/galah/spectra``).
+    stars : Table, n rows of truth
+    s_all : dict of (n, ...) arrays
+        :func:`~cannonade.simulate.formation.stellar_arrays` of ``stars``.
+    idx : (m,) int
+        Chunk rows of the reference stars.
+    rng : numpy Generator
+        The chunk's GALAH stream.
+    counter : int
+        GALAH observations written so far (defines the sobject_ids).
+    writers : dict of FitsTableWriter
+        Rows go to ``writers["galah"]`` and ``writers["obs"]`` (one per CCD file).
+    corrupt_fraction : float
+        See :func:`cannonade.simulate.catalogues.corrupt_labels`.
+
+    Returns
+    -------
+    counter : int
+        ``counter + m``.
+    corruption : (m,) int
+        Index into :data:`~cannonade.simulate.catalogues.CORRUPTION_KINDS` per reference star.
+    """
+    inst = get_instrument("galah")
+    wl = inst.wavelength
+    segs = inst.segment_wavelengths()
+    n = len(idx)
+    if n == 0:
+        return counter, np.zeros(0, int)
+    sub = stars[idx]
+    g = np.asarray(sub["g_mag"])
+    snr1 = snr_from_mag(g, rng, 12.5, 40.0, lo=5.0, hi=400.0)
+    rv = np.asarray(sub["rv"]) + rng.normal(0, 0.5, n)
+    e_rv = 0.1 + 5.0 / snr1
+    rv_meas = rv + rng.normal(0, 1, n) * e_rv
+    tm = cat.twomass_id(sub["ra"], sub["dec"])
+    snr_c = np.zeros((n, 4))
+    files = []
+    for b0 in range(0, n, BATCH):
+        sl = slice(b0, min(n, b0 + BATCH))
+        s = subset(s_all, idx[sl])
+        _, norm = normalised_model(s, "galah", rv[sl])
+        scale = 10.0 ** (-0.4 * (g[sl] - 12.0)) * 3000.0
+        syn = observe(wl, norm, s["teff"], "galah", snr1[sl], rng, flux_scale=scale)
+        true_flux = syn.continuum * syn.model
+        for c, w in enumerate(segs):
+            snr_c[sl, c] = band_snr(wl, true_flux, syn.ivar, w[0], w[-1] + 1e-6)
+        for j in range(syn.flux.shape[0]):
+            k = b0 + j
+            sobject, mjd = _galah_sobject(counter + k)
+            i0 = 0
+            for c, w in enumerate(segs):
+                i1 = i0 + len(w)
+                flux = syn.flux[j, i0:i1]
+                iv = syn.ivar[j, i0:i1]
+                sig = np.where(iv > 0, 1.0 / np.sqrt(np.where(iv > 0, iv, 1.0)), np.nan)
+                rel = np.where(iv > 0, sig / np.where(flux != 0, flux, np.nan), np.nan)
+                normd = flux / syn.continuum[j, i0:i1]
+                crval, cdelt = inst.segments[c][1], inst.segments[c][2]
+                cards = _galah_cards(sobject, c + 1, crval, cdelt, sub[k], tm[k], snr_c[k, c], rv_meas[k], e_rv[k], mjd)
+                ext_cards = [card("CRVAL1", crval), card("CDELT1", cdelt), card("CRPIX1", 1.0), card("CTYPE1", "LINEAR"),
+                             card("CD1_1", cdelt)]
+                fwhm = (w / inst.resolution).astype(np.float32)
+                hdus = [(flux.astype(np.float64), cards, None),
+                        (normd.astype(np.float64), ext_cards, "normalized"),
+                        (rel.astype(np.float64), ext_cards, "relative_error"),
+                        (np.zeros(len(w), np.float32), ext_cards, "sky"),
+                        (np.ones(len(w), np.float32), ext_cards, "teluric"),
+                        (np.zeros(len(w), np.float32), ext_cards, "scattered"),
+                        (np.zeros(len(w), np.float32), ext_cards, "cross_talk"),
+                        (fwhm, ext_cards, "resolution_profile")]
+                fname = f"{sobject}{c + 1}.fits"
+                write_fits_images(out / "galah" / "spectra" / fname, hdus)
+                files.append((fname, sobject, int(sub["star_id"][k]), c + 1, snr_c[k, c], rv[k]))
+                i0 = i1
+    labels, corruption = cat.galah_labels(sub, snr_c[:, 1], rng, corrupt_fraction)
+    rows = {"sobject_id": [_galah_sobject(counter + k)[0] for k in range(n)], "star_id": tm,
+            "ra": np.asarray(sub["ra"]), "dec": np.asarray(sub["dec"]), "rv_galah": rv_meas, "e_rv_galah": e_rv}
+    for c in range(4):
+        rows[f"snr_c{c + 1}_iraf"] = snr_c[:, c]
+    rows.update(labels)
+    writers["galah"].append(rows)
+    obs = {"survey": ["galah"] * len(files), "filename": [f[0] for f in files], "obsid": [-1] * len(files),
+           "sobject_id": [f[1] for f in files], "apogee_id": [""] * len(files), "star_id": [f[2] for f in files],
+           "visit": [1] * len(files), "ccd": [f[3] for f in files], "snr": [f[4] for f in files], "rv": [f[5] for f in files]}
+    writers["obs"].append(obs)
+    return counter + n, corruption
+
+
+def _galah_cards(sobject, ccd, crval, cdelt, star, tm, snr, rv, e_rv, mjd):
+    ra, dec = float(star["ra"]), float(star["dec"])
+    return [
+        card("ORIGIN", "IRAF reduction pipeline", "FITS file originator"),
+        card("DATE", mjd_to_iso(mjd + 30), "Date FITS file was generated"),
+        card("COMMENT", f"Mock spectrum written by {ORIGIN}"),
+        card("INSTRUME", "HERMES-2dF", "Instrument in use"),
+        card("TELESCOP", "Anglo-Australian Telescope", "Telescope Name"),
+        card("UTMJD", float(mjd) + 0.5, "Mean MJD in UT"),
+        card("WCSDIM", 1),
+        card("CTYPE1", "LINEAR"),
+        card("CDELT1", cdelt),
+        card("CRVAL1", crval),
+        card("CRPIX1", 1.0),
+        card("CD1_1", cdelt),
+        card("CUNIT1", "angstroms"),
+        card("2MASS_ID", tm, "2MASS id (if exists)"),
+        card("OBJ_NAME", f"mock_{int(star['star_id'])}", "Object name from the .fld file"),
+        card("SNR", round(float(snr), 4), "Average SNR of the final spectrum per pixel"),
+        card("RES", round(crval * 1.08 / 28000.0, 6), "Average resolution (FWHM in Angstroms)"),
+        card("RA_OBS", round(ra, 8), "RA of object in degrees"),
+        card("DEC_OBS", round(dec, 8), "dec of object in degrees"),
+        card("RA_ICRS", round(ra, 8), "RA of object in degrees in ICRS"),
+        card("DEC_ICRS", round(dec, 8), "DEC of object in degrees in ICRS"),
+        card("PIPE_VER", "6.0", "IRAF reduction pipeline version"),
+        card("RV", round(float(rv), 5), "Radial velocity (this CCD) in km/s"),
+        card("E_RV", round(float(e_rv), 5), "Radial velocity uncertainty (this CCD) in km/s"),
+        card("RV_OK", 1, "Did RV pipeline converge? 1=yes, 0=no"),
+        card("RVCOM", round(float(rv), 5), "Combined radial velocity in km/s"),
+        card("E_RVCOM", round(float(e_rv), 5), "Radial velocity uncertainty in km/s"),
+        card("RVCOM_OK", 1, "Did RV pipeline converge? 1=yes, 0=no"),
+        card("LSF", "exp(-0.693147|2x/fwhm|^2)", "Line spread function"),
+        card("B", 2.0, "Boxiness parameter for LSF"),
+        card("BUNIT", "counts"),
+        card("CCD", ccd, "HERMES CCD (1 blue, 2 green, 3 red, 4 IR)"),
+        card("SOBJECT", str(sobject), "GALAH sobject_id"),
+    ]
+

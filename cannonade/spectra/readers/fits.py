@@ -1,0 +1,456 @@
+"""Low-level FITS helpers shared by the survey readers.
+
+Reading a spectrum file goes: :func:`read_bytes` (exists, gunzip, FITS signature)
+-> :func:`parse_header_bytes` (a direct parser of the header cards, ~20x faster
+than astropy's; used for the primary header and every HDU of an opened file) ->
+either a survey's raw-bytes fast path (:func:`primary_image`) or :func:`open_fits`
+(astropy, fully in memory, with explicit truncation checks). :func:`load_file`
+runs those steps for a list of :class:`Loader` s (a survey's ``identify`` +
+``load`` pair); :mod:`cannonade.spectra.readers` keeps the registry of them.
+
+Header values follow one convention (:func:`clean_header`, :func:`to_float`):
+float sentinels <= -9998, NaN/inf and integer -9999 become NaN. Every failure
+raises :class:`~cannonade.exceptions.SpectrumFormatError` naming the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from cannonade.exceptions import SpectrumFormatError
+from cannonade.spectra import surveys
+
+__all__ = [
+    "Loader",
+    "load_file",
+    "read_bytes",
+    "open_fits",
+    "parse_header_bytes",
+    "header_of",
+    "header_dict",
+    "clean_header",
+    "to_float",
+    "BITPIX",
+    "primary_image",
+    "is_image",
+    "header_axis",
+    "log_linear_wavelength",
+    "ivar_from_error",
+    "clean_ivar",
+    "std_meta",
+    "as_format_error",
+    "with_hdul",
+]
+
+
+# ---------------------------------------------------------------------------
+# header values
+
+
+def to_float(value):
+    """A header value as float; None/strings/sentinels (<= -9998) -> NaN."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return math.nan
+    if not math.isfinite(x) or x <= surveys.MISSING_SENTINEL:
+        return math.nan
+    return x
+
+
+def header_dict(header):
+    """The header's keys as a plain dict (no COMMENT/HISTORY); float sentinels -> NaN."""
+    from astropy.utils.exceptions import AstropyWarning
+
+    out = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", AstropyWarning)  # astropy warns while fixing non-standard cards
+        cards = list(header.cards)
+        raw = {}
+        for card in cards:
+            if card.keyword in raw:
+                continue
+            try:
+                raw[card.keyword] = card.value
+            except Exception:  # unparsable card (e.g. 'NAN' as a number): keep its raw text
+                text = card.image[10:].split("/")[0].strip().strip("'").strip()
+                try:
+                    raw[card.keyword] = float(text)
+                except ValueError:
+                    raw[card.keyword] = text
+    for card in cards:
+        key = card.keyword
+        if not key or key in ("COMMENT", "HISTORY", "CONTINUE") or key in out:
+            continue
+        value = raw.get(key)
+        if isinstance(value, float) and (not math.isfinite(value) or value <= surveys.MISSING_SENTINEL):
+            value = math.nan
+        elif isinstance(value, int) and not isinstance(value, bool) and value == -9999:
+            value = math.nan
+        elif isinstance(value, str):
+            value = value.strip()
+        elif value is None or type(value).__name__ == "Undefined":
+            value = None
+        out[key] = value
+    return out
+
+
+def _parse_value(text):
+    """The value of one FITS card from the text after '= ' (fast, no astropy)."""
+    t = text.lstrip()
+    if t.startswith("'"):
+        out, i = [], 1
+        while i < len(t):
+            j = t.find("'", i)
+            if j < 0:
+                out.append(t[i:])
+                break
+            out.append(t[i:j])
+            if t[j + 1 : j + 2] == "'":  # '' is an escaped quote
+                out.append("'")
+                i = j + 2
+            else:
+                break
+        return "".join(out).rstrip()
+    v = t.split("/", 1)[0].strip()
+    if v == "T":
+        return True
+    if v == "F":
+        return False
+    if v == "":
+        return None
+    try:
+        return int(v)
+    except ValueError:
+        pass
+    try:
+        return float(v.replace("D", "E"))
+    except ValueError:
+        return v
+
+
+def parse_header_bytes(raw, start, path):
+    """Parse the FITS header starting at byte ``start``; return (dict, data offset).
+
+    About 20x faster than astropy's Card parsing, which dominates the cost of
+    reading a small spectrum. Keeps the first occurrence of a keyword; skips
+    COMMENT/HISTORY/blank and CONTINUE cards.
+    """
+    out = {}
+    pos = start
+    n = len(raw)
+    while True:
+        if pos + 2880 > n:
+            raise SpectrumFormatError(f"{path}: truncated FITS header (no END card before byte {n})")
+        block = raw[pos : pos + 2880].decode("ascii", "replace")
+        pos += 2880
+        for k in range(0, 2880, 80):
+            card = block[k : k + 80]
+            key = card[:8].rstrip()
+            if key == "END":
+                return out, pos
+            if not key or card[8:10] != "= " or key in out or key in ("COMMENT", "HISTORY"):
+                continue
+            out[key] = _parse_value(card[10:])
+
+
+def clean_header(h):
+    """A parsed header dict with float sentinels (<= -9998, NaN, inf) and int -9999 -> NaN."""
+    out = {}
+    for key, value in h.items():
+        if isinstance(value, float) and (not math.isfinite(value) or value <= surveys.MISSING_SENTINEL):
+            value = math.nan
+        elif isinstance(value, int) and not isinstance(value, bool) and value == -9999:
+            value = math.nan
+        out[key] = value
+    return out
+
+
+def ivar_from_error(flux, error, bad=None, bad_error=np.inf):
+    """ivar = 1/error^2, 0 where error or flux is non-finite, <= 0, a sentinel or flagged."""
+    flux = np.asarray(flux, dtype=np.float64)
+    error = np.asarray(error, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        ivar = 1.0 / (error * error)
+    good = (
+        np.isfinite(flux)
+        & np.isfinite(error)
+        & (error > 0)
+        & (error < bad_error)
+        & (flux > surveys.MISSING_SENTINEL)
+        & np.isfinite(ivar)
+    )
+    if bad is not None:
+        good &= ~bad
+    return np.where(good, ivar, 0.0)
+
+
+def clean_ivar(flux, ivar, bad=None):
+    """Zero the ivar of NaN/inf/sentinel/negative pixels (and of ``bad``)."""
+    flux = np.asarray(flux, dtype=np.float64)
+    ivar = np.asarray(ivar, dtype=np.float64)
+    good = np.isfinite(flux) & np.isfinite(ivar) & (ivar > 0) & (flux > surveys.MISSING_SENTINEL)
+    if bad is not None:
+        good &= ~bad
+    return np.where(good, ivar, 0.0)
+
+
+def header_axis(header, npix, path, what="wavelength solution"):
+    """CRVAL1 + CDELT1 * (i + 1 - CRPIX1) for i in range(npix): a FITS header's linear axis."""
+    try:
+        crval = float(header["CRVAL1"])
+        cdelt = float(header.get("CDELT1", header.get("CD1_1")))
+        crpix = float(header.get("CRPIX1", 1.0))
+    except (KeyError, TypeError, ValueError):
+        raise SpectrumFormatError(f"{path}: no {what} (CRVAL1/CDELT1) in the header") from None
+    return crval + cdelt * (np.arange(npix) + 1.0 - crpix)
+
+
+def log_linear_wavelength(header, npix, path):
+    """10**(CRVAL1 + CDELT1 * (i + 1 - CRPIX1)) from a LOG-LINEAR header."""
+    return 10.0 ** header_axis(header, npix, path, "log-linear wavelength solution")
+
+
+def std_meta(survey, layout, path, obj_id, ra, dec, snr, redshift, rv, header=None):
+    if header is None:
+        meta = {}
+    elif isinstance(header, dict):
+        meta = clean_header(header)
+    else:
+        meta = header_dict(header)
+    meta.update(
+        survey=survey,
+        layout=layout,
+        obj_id=str(obj_id).strip() if obj_id is not None else "",
+        ra=to_float(ra),
+        dec=to_float(dec),
+        snr=to_float(snr),
+        redshift=to_float(redshift) if redshift is not None else math.nan,
+        rv=to_float(rv) if rv is not None else math.nan,
+        source_file=str(path),
+    )
+    return meta
+
+
+# ---------------------------------------------------------------------------
+# opening files safely
+
+
+_FITS_MAGIC = b"SIMPLE  ="
+
+
+def read_bytes(path):
+    """The whole file (spectra are small), after checking it exists and is FITS."""
+    path = str(path)
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise SpectrumFormatError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise SpectrumFormatError(f"{path}: is a directory, not a spectrum file") from None
+    except OSError as exc:
+        raise SpectrumFormatError(f"{path}: cannot read ({exc})") from None
+    if raw[:2] == b"\x1f\x8b":  # gzip-compressed FITS (.fits.gz)
+        import gzip
+
+        try:
+            raw = gzip.decompress(raw)
+        except Exception as exc:
+            raise SpectrumFormatError(f"{path}: corrupt gzip file ({exc})") from None
+    if raw[: len(_FITS_MAGIC)] != _FITS_MAGIC:
+        raise SpectrumFormatError(f"{path}: not a FITS file (no 'SIMPLE  =' signature)")
+    return raw
+
+
+def open_fits(path, raw=None):
+    """Open a FITS file fully in memory, raising SpectrumFormatError on any problem.
+
+    Checks the FITS signature, that every HDU's data lies inside the file (astropy
+    reads lazily and only warns on truncation), and forces every data array to be read.
+    """
+    from astropy.io import fits
+    from astropy.utils.exceptions import AstropyWarning
+
+    path = str(path)
+    raw = read_bytes(path) if raw is None else raw
+    size = len(raw)
+    try:
+        with warnings.catch_warnings():
+            # astropy only warns on truncation / non-standard cards; checked explicitly below
+            warnings.simplefilter("ignore", AstropyWarning)
+            hdul = fits.open(io.BytesIO(raw), memmap=False, lazy_load_hdus=False)
+            for k, hdu in enumerate(hdul):
+                info = hdu.fileinfo()
+                need = info["datLoc"] + hdu.size if info is not None else 0
+                if need > size:
+                    raise SpectrumFormatError(f"{path}: truncated FITS file ({size} bytes, HDU {k} needs {need})")
+                _ = hdu.data  # force the read now: corrupt data fails here, not later
+    except SpectrumFormatError:
+        raise
+    except Exception as exc:  # astropy raises OSError, ValueError, TypeError, VerifyError...
+        raise SpectrumFormatError(f"{path}: corrupt FITS file ({type(exc).__name__}: {exc})") from None
+    if len(hdul) == 0:
+        raise SpectrumFormatError(f"{path}: empty FITS file")
+    hdul._cannonade_raw = raw
+    return hdul
+
+
+def header_of(hdul, i, path):
+    """Header ``i`` of an HDUList as a plain dict (fast parse of the raw bytes when available)."""
+    cache = hdul.__dict__.setdefault("_cannonade_headers", {})
+    if i not in cache:
+        raw = getattr(hdul, "_cannonade_raw", None)
+        info = hdul[i].fileinfo() if raw is not None else None
+        if info is not None:
+            cache[i] = parse_header_bytes(raw, info["hdrLoc"], path)[0]
+        else:
+            cache[i] = header_dict(hdul[i].header)
+    return cache[i]
+
+
+BITPIX = {8: ">u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: ">f4", -64: ">f8"}
+
+
+def primary_image(raw, h, start, path):
+    """The primary image straight from the bytes (no astropy): (NAXIS2, NAXIS1) float64."""
+    n1, n2 = int(h["NAXIS1"]), int(h["NAXIS2"])
+    dtype = np.dtype(BITPIX[h["BITPIX"]])
+    nbytes = n1 * n2 * dtype.itemsize
+    if start + nbytes > len(raw):
+        raise SpectrumFormatError(f"{path}: truncated FITS file ({len(raw)} bytes, primary image needs {start + nbytes})")
+    data = np.frombuffer(raw, dtype=dtype, count=n1 * n2, offset=start).reshape(n2, n1).astype(np.float64)
+    bscale, bzero = h.get("BSCALE", 1), h.get("BZERO", 0)
+    if bscale not in (1, None) or bzero not in (0, None):
+        data = data * float(bscale) + float(bzero)
+    return data
+
+
+def is_image(hdu):
+    """True for an image HDU with data."""
+    return hdu.is_image and hdu.data is not None
+
+
+@contextlib.contextmanager
+def as_format_error(path):
+    """Any failure while decoding a file becomes a SpectrumFormatError naming it (a wrong
+    keyword argument stays a TypeError: that is the caller's bug, not the file's)."""
+    try:
+        yield
+    except SpectrumFormatError:
+        raise
+    except TypeError as exc:
+        if "unexpected keyword" in str(exc):
+            raise
+        raise SpectrumFormatError(f"{path}: unreadable ({type(exc).__name__}: {exc})") from None
+    except Exception as exc:
+        raise SpectrumFormatError(f"{path}: unreadable ({type(exc).__name__}: {exc})") from None
+
+
+def with_hdul(reader):
+    """Let a per-layout reader take a path or an opened HDUList."""
+
+    def wrapper(path_or_hdul, path=None, **kwargs):
+        if isinstance(path_or_hdul, (str, os.PathLike)):
+            path = str(path_or_hdul)
+            hdul = open_fits(path)
+            try:
+                with as_format_error(path):
+                    return reader(hdul, path, **kwargs)
+            finally:
+                hdul.close()
+        return reader(path_or_hdul, path if path is not None else "<HDUList>", **kwargs)
+
+    wrapper.__name__ = wrapper.__qualname__ = reader.__name__.lstrip("_")
+    wrapper.__module__ = reader.__module__
+    wrapper.__doc__ = reader.__doc__
+    wrapper.__wrapped__ = reader
+    return wrapper
+
+
+# ---------------------------------------------------------------------------
+# loaders: a survey's identify + load pair
+
+
+@dataclass(frozen=True)
+class Loader:
+    """How one survey's files are recognised and read.
+
+    Attributes
+    ----------
+    name : str
+        Registry key (``'lamost'``, ``'galah'``, ``'apogee'``).
+    identify : callable
+        ``identify(hdul) -> str``: the layout name (e.g. ``'apstar'``) if this
+        survey's reader understands the opened file, else ``''``. Must not raise
+        for other surveys' files.
+    load : callable
+        ``load(hdul, path, layout, **kwargs) -> Spectrum``.
+    description : str
+        Human-readable list of the layouts (used in "unknown layout" messages).
+    identify_header : callable, optional
+        ``identify_header(header_dict) -> str``: a fast path deciding from the
+        parsed primary header alone, before astropy opens the file.
+    load_raw : callable, optional
+        ``load_raw(raw, header_dict, data_start, path, layout, **kwargs) -> Spectrum``
+        reading straight from the bytes; required with ``identify_header``.
+    """
+
+    name: str
+    identify: Callable
+    load: Callable
+    description: str = ""
+    identify_header: Optional[Callable] = None
+    load_raw: Optional[Callable] = None
+
+
+def load_file(path, loaders, unknown="unknown spectrum layout", **kwargs):
+    """Read ``path`` with the first of ``loaders`` that recognises it.
+
+    Parameters
+    ----------
+    path : str or Path
+    loaders : sequence of Loader
+        Tried in order: first every ``identify_header`` on the primary header
+        (no astropy), then every ``identify`` on the opened file.
+    unknown : str
+        Reason given when no loader recognises the file.
+    **kwargs
+        Passed to the loader's ``load`` / ``load_raw``.
+
+    Returns
+    -------
+    Spectrum
+
+    Raises
+    ------
+    SpectrumFormatError
+        Missing, truncated, corrupt, non-FITS or unrecognised file (names it).
+    """
+    path = str(path)
+    raw = read_bytes(path)
+    h0, data_start = parse_header_bytes(raw, 0, path)
+    for loader in loaders:
+        if loader.identify_header is not None:
+            layout = loader.identify_header(h0)
+            if layout:
+                with as_format_error(path):
+                    return loader.load_raw(raw, h0, data_start, path, layout, **kwargs)
+    hdul = open_fits(path, raw)
+    try:
+        with as_format_error(path):
+            for loader in loaders:
+                layout = loader.identify(hdul)
+                if layout:
+                    return loader.load(hdul, path, layout, **kwargs)
+            raise SpectrumFormatError(f"{path}: {unknown}")
+    finally:
+        hdul.close()

@@ -1,0 +1,203 @@
+"""LAMOST LRS spectra: the DR1-DR7 image layout and the DR8+ table layout.
+
+* ``lamost_image``: primary 2-D image, rows flux, ivar, a third row (a normalised
+  flux in DR1, the wavelength in other releases; never used when the header has
+  ``COEFF0``/``COEFF1``), andmask, ormask; wavelength ``10**(COEFF0 + COEFF1 i)``.
+  Read straight from the bytes (:func:`identify_header` + :func:`load_raw`): this is
+  the commonest layout (millions of files) and astropy would dominate its cost.
+* ``lamost_table``: a binary table with ``FLUX``, ``IVAR``, ``WAVELENGTH`` (+
+  ``ANDMASK``, ``ORMASK``) columns, one row.
+
+``meta['redshift']`` is the header's ``Z``; ``meta['rv']`` its ``RV`` (or ``c Z``);
+``meta['snr']`` is ``SN_G``. Air wavelengths (``VACUUM = F``) become vacuum.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+
+import numpy as np
+
+from cannonade.exceptions import SpectrumFormatError
+from cannonade.spectra import surveys
+from cannonade.spectra.linelists import air_to_vacuum
+from cannonade.spectra.readers.fits import (
+    BITPIX,
+    Loader,
+    clean_ivar,
+    header_of,
+    load_file,
+    primary_image,
+    std_meta,
+    to_float,
+)
+from cannonade.spectra.readers.spectrum import Spectrum
+
+__all__ = ["identify", "identify_header", "load", "load_raw", "read_lamost", "LOADER"]
+
+_TABLE_COLUMNS = {"FLUX", "IVAR", "WAVELENGTH"}
+_TABLE_HEADER_SKIP = ("TTYPE", "TFORM", "TDIM", "NAXIS", "TUNIT", "XTENSION", "PCOUNT", "GCOUNT", "TFIELDS")
+
+
+# ---------------------------------------------------------------------------
+# identify + load
+
+
+def identify_header(h):
+    """``'lamost_image'`` if the parsed primary header is a LAMOST DR1-DR7 image, else ``''``."""
+    ok = (
+        h.get("NAXIS") == 2
+        and isinstance(h.get("NAXIS2"), int)
+        and h["NAXIS2"] >= 3
+        and "COEFF0" in h
+        and "COEFF1" in h
+        and h.get("BITPIX") in BITPIX
+    )
+    return "lamost_image" if ok else ""
+
+
+def load_raw(raw, h, data_start, path, layout="lamost_image", **kwargs):
+    """Read a LAMOST image straight from the file bytes (see :func:`identify_header`)."""
+    return _lamost_image(primary_image(raw, h, data_start, path), h, path, **kwargs)
+
+
+def _table_hdu(hdul):
+    for hdu in hdul[1:]:
+        if not hdu.is_image and _TABLE_COLUMNS <= {c.upper() for c in hdu.columns.names}:
+            return hdu
+    return None
+
+
+def identify(hdul):
+    """The LAMOST layout of an opened file: ``'lamost_image'``, ``'lamost_table'`` or ``''``."""
+    h0 = hdul[0].header
+    d0 = hdul[0].data
+    # DR1-DR7: primary image (n_rows >= 3, n_pix) with COEFF0/COEFF1
+    if d0 is not None and d0.ndim == 2 and d0.shape[0] >= 3 and ("COEFF0" in h0 or "LAMOST" in str(h0.get("TELESCOP", ""))):
+        return "lamost_image"
+    # DR8+: a binary table with FLUX, IVAR, WAVELENGTH columns
+    if _table_hdu(hdul) is not None:
+        return "lamost_table"
+    return ""
+
+
+def load(hdul, path, layout, **kwargs):
+    """Read an opened LAMOST file of the given ``layout`` (``and_bits=``, ``or_bits=`` as :func:`read_lamost`)."""
+    if layout == "lamost_image":
+        return _read_lamost_image(hdul, path, **kwargs)
+    if layout == "lamost_table":
+        return _read_lamost_table(hdul, path, **kwargs)
+    raise SpectrumFormatError(f"{path}: not a LAMOST spectrum (layout {layout or 'unknown'})")
+
+
+LOADER = Loader("lamost", identify, load, "LAMOST (DR1-DR7 image, DR8+ table)", identify_header, load_raw)
+
+
+# ---------------------------------------------------------------------------
+# the two layouts
+
+
+def _lamost_meta(header, path, layout):
+    z = to_float(header.get("Z"))
+    rv = to_float(header.get("RV", header.get("HELIO_RV_OBJ")))
+    if not math.isfinite(rv) and math.isfinite(z):
+        rv = z * surveys.C_KMS  # LAMOST's catalogue rv is c*z
+    snr = header.get("SN_G", header.get("SNRG", header.get("SNR")))
+    obj = header.get("OBSID")
+    if obj is None or str(obj).strip() == "":
+        obj = str(header.get("DESIG", header.get("DESIGNATION", header.get("OBJNAME", "")))).strip()
+        obj = re.sub(r"^LAMOST\s+", "", obj)  # 'LAMOST J0637..' -> catalogue designation 'J0637..'
+    meta = std_meta("lamost", layout, path, obj, header.get("RA"), header.get("DEC"), snr, z, rv, header)
+    meta["redshift_err"] = to_float(header.get("Z_ERR"))
+    return meta
+
+
+def _lamost_bad(andmask, ormask, and_bits, or_bits):
+    bad = np.zeros(np.shape(andmask), dtype=bool)
+    if andmask is not None and and_bits:
+        bad |= (np.asarray(andmask).astype(np.int64) & int(and_bits)) != 0
+    if ormask is not None and or_bits:
+        bad |= (np.asarray(ormask).astype(np.int64) & int(or_bits)) != 0
+    return bad
+
+
+def _read_lamost_image(hdul, path, and_bits=surveys.LAMOST_AND_BITS_DEFAULT, or_bits=surveys.LAMOST_OR_BITS_DEFAULT):
+    return _lamost_image(np.asarray(hdul[0].data, dtype=np.float64), header_of(hdul, 0, path), path, and_bits, or_bits)
+
+
+def _lamost_image(data, h, path, and_bits=surveys.LAMOST_AND_BITS_DEFAULT, or_bits=surveys.LAMOST_OR_BITS_DEFAULT):
+    """LAMOST DR1-DR7 image rows (flux, ivar, [3rd row], andmask, ormask) + header dict -> Spectrum."""
+    if data.ndim != 2:
+        raise SpectrumFormatError(f"{path}: LAMOST image must be 2-D (rows x pixels), got shape {data.shape}")
+    nrow, npix = data.shape
+    if nrow < 2:
+        raise SpectrumFormatError(f"{path}: LAMOST image has {nrow} rows, need flux and ivar")
+    if "COEFF0" in h and "COEFF1" in h:
+        # Wavelength from the header, never from row 3 (it is a normalised flux in DR1)
+        wave = 10.0 ** (float(h["COEFF0"]) + float(h["COEFF1"]) * np.arange(npix))
+    elif nrow >= 3 and np.all(np.diff(data[2]) > 0) and 3000 < data[2, 0] < 10000:
+        wave = data[2].copy()  # layouts whose row 3 *is* the wavelength and no COEFF0
+    else:
+        raise SpectrumFormatError(f"{path}: LAMOST image without COEFF0/COEFF1 and no wavelength row")
+    if not bool(h.get("VACUUM", True)):
+        wave = air_to_vacuum(wave)
+    andmask = data[3] if nrow >= 4 else None
+    ormask = data[4] if nrow >= 5 else None
+    bad = _lamost_bad(andmask, ormask, and_bits, or_bits) if andmask is not None else None
+    ivar = clean_ivar(data[0], data[1], bad)
+    return Spectrum(wave, data[0], ivar, _lamost_meta(h, path, "lamost_image"))
+
+
+def _read_lamost_table(hdul, path, and_bits=surveys.LAMOST_AND_BITS_DEFAULT, or_bits=surveys.LAMOST_OR_BITS_DEFAULT):
+    table = _table_hdu(hdul)
+    if table is None:
+        raise SpectrumFormatError(f"{path}: no LAMOST table HDU with FLUX, IVAR, WAVELENGTH columns")
+    data = table.data
+    if data is None or len(data) < 1:
+        raise SpectrumFormatError(f"{path}: LAMOST table HDU {table.name!r} has no rows")
+    cols = {c.upper(): c for c in table.columns.names}
+
+    def col(name):
+        return np.asarray(data[cols[name]][0], dtype=np.float64).ravel() if name in cols else None
+
+    wave, flux, ivar = col("WAVELENGTH"), col("FLUX"), col("IVAR")
+    if not (wave.shape == flux.shape == ivar.shape):
+        raise SpectrumFormatError(f"{path}: WAVELENGTH, FLUX, IVAR lengths differ ({wave.size}, {flux.size}, {ivar.size})")
+    header = dict(header_of(hdul, 0, path))
+    for key, value in header_of(hdul, hdul.index(table), path).items():
+        if key not in header and not key.startswith(_TABLE_HEADER_SKIP):
+            header[key] = value
+    if not bool(header.get("VACUUM", True)):
+        wave = air_to_vacuum(wave)
+    bad = _lamost_bad(col("ANDMASK") if "ANDMASK" in cols else np.zeros(flux.shape), col("ORMASK"), and_bits, or_bits)
+    ivar = clean_ivar(flux, ivar, bad)
+    order = np.argsort(wave, kind="stable")
+    return Spectrum(wave[order], flux[order], ivar[order], _lamost_meta(header, path, "lamost_table"))
+
+
+def read_lamost(path, **kwargs):
+    """Read a LAMOST LRS spectrum (DR1-DR7 image or DR8+ table layout).
+
+    Parameters
+    ----------
+    path : str, Path or astropy HDUList
+    and_bits, or_bits : int
+        ANDMASK / ORMASK bits that make a pixel bad (defaults in
+        :mod:`cannonade.spectra.surveys`: any ANDMASK bit; ORMASK BADCCD|NODATA). 0 disables.
+
+    Returns
+    -------
+    Spectrum
+        ``meta['redshift']`` is the header's Z; ``meta['rv'] = c z``; ``meta['snr']`` is SN_G.
+
+    Raises
+    ------
+    SpectrumFormatError
+        Unreadable file, or not a LAMOST spectrum (names the file).
+    """
+    if isinstance(path, (str, os.PathLike)):
+        return load_file(path, [LOADER], "not a LAMOST spectrum (neither the DR1-DR7 image nor the DR8+ table layout)", **kwargs)
+    layout = identify(path)
+    return load(path, "<HDUList>", layout, **kwargs)
