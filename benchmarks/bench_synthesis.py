@@ -7,6 +7,7 @@ files, catalogues). Target: ~200+ LAMOST stars/s including files on one core
 (``docs/simulate.md``). Timings are wall clock on a possibly shared machine: upper bounds.
 
     python benchmarks/bench_synthesis.py --n 300 --instruments lamost galah apogee --survey 500
+    python benchmarks/bench_synthesis.py --survey 500 --no-realism     # the survey without the Realism effects
 """
 
 from __future__ import annotations
@@ -32,14 +33,17 @@ def bench_synthesis(n, instrument, repeats=3):
     return n / best
 
 
-def bench_survey(n_stars):
-    """Stars per second of ``simulate_survey('lamost-galah')`` (files included) and the spectra written."""
+def bench_survey(n_stars, realism=True):
+    """Stars per second of ``simulate_survey('lamost-galah')`` (files included) and the spectra written.
+
+    ``realism``: per-visit calibration and sky residuals, GALAH systematics (the default) or not.
+    """
     from cannonade.simulate import simulate_survey
 
     with tempfile.TemporaryDirectory(prefix="bench_synthesis_") as tmp:
         t0 = time.perf_counter()
         c0 = os.times()
-        manifest = simulate_survey("lamost-galah", n_stars=n_stars, seed=0, out=tmp, show_progress=False)
+        manifest = simulate_survey("lamost-galah", n_stars=n_stars, seed=0, out=tmp, show_progress=False, realism=realism)
         dt = time.perf_counter() - t0
         c1 = os.times()
     cpu = (c1.user + c1.system) - (c0.user + c0.system)
@@ -52,14 +56,16 @@ def main(argv=None):
     p.add_argument("--instruments", nargs="+", default=["lamost", "galah", "apogee"])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--survey", type=int, default=500, help="stars of the end-to-end survey run (0: skip)")
+    p.add_argument("--no-realism", action="store_true", help="survey run without the Realism effects")
     args = p.parse_args(argv)
     print(f"cpu count {os.cpu_count()} (wall-clock timings on a shared machine are upper bounds)")
     for inst in args.instruments:
         rate = bench_synthesis(args.n, inst, args.repeats)
         print(f"synthesize {inst:<7s} n={args.n}: {rate:8.0f} spectra/s (best of {args.repeats})")
     if args.survey:
-        wall, cpu, counts = bench_survey(args.survey)
-        print(f"simulate_survey lamost-galah n={args.survey}: {wall:6.0f} stars/s wall, {cpu:6.0f} stars/s of CPU time "
+        wall, cpu, counts = bench_survey(args.survey, realism=not args.no_realism)
+        tag = " (no realism)" if args.no_realism else ""
+        print(f"simulate_survey lamost-galah n={args.survey}{tag}: {wall:6.0f} stars/s wall, {cpu:6.0f} stars/s of CPU time "
               f"({counts['lamost_spectra']} LAMOST + {counts['galah_spectra']} GALAH files)")
     return 0
 

@@ -3,6 +3,10 @@
 The public core::
 
     from cannonade import CannonModel, cross_validate
+
+    m = CannonModel(label_names, order=2).fit(labels, flux, ivar)
+    m.calibrate(cross_validate(m, labels, flux, ivar))   # calibrated errors and flags (docs/calibration.md)
+    r = m.infer(flux, ivar)                              # r.errors, r.flags (cannonade.flags)
 """
 
 from cannonade._version import __version__
@@ -24,12 +28,19 @@ from cannonade.exceptions import (  # noqa: E402
 )
 from cannonade.cannon.model import CannonModel, InferenceResult  # noqa: E402
 from cannonade.cannon.crossval import CVResult, cross_validate  # noqa: E402
+from cannonade.cannon.calibration import Calibration, CalibrationError, UncalibratedWarning  # noqa: E402
+from cannonade.flags import Flag, FlagError  # noqa: E402
 
 __all__ = [
     "CannonModel",
     "InferenceResult",
     "cross_validate",
     "CVResult",
+    "Calibration",
+    "CalibrationError",
+    "UncalibratedWarning",
+    "Flag",
+    "FlagError",
     "CannonadeError",
     "CatalogueError",
     "ColumnError",

@@ -46,7 +46,7 @@ def cmd_simulate(args):
     from cannonade.simulate import simulate_survey
 
     t0 = time.perf_counter()
-    manifest = simulate_survey(preset=args.preset, n_stars=args.n_stars, seed=args.seed, out=args.out)
+    manifest = simulate_survey(preset=args.preset, n_stars=args.n_stars, seed=args.seed, out=args.out, realism=not args.no_realism)
     c = manifest["counts"]
     print(
         f"cannonade simulate: {c['stars']} stars ({c['reference_stars']} GALAH reference, "
@@ -102,6 +102,8 @@ def build_parser():
     p.add_argument("--n-stars", type=int, default=500, help="stars in the mock")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--no-realism", action="store_true",
+                   help="switch off per-visit calibration/sky residuals and reference-label systematics (docs/simulate.md)")
     p.set_defaults(handler=cmd_simulate)
 
     p = sub.add_parser("ingest", help="read survey spectra into a chunked HDF5 store on a common grid", formatter_class=fmt)

@@ -91,7 +91,10 @@ def run_demo(out="cannonade_demo", n_stars=DEFAULT_N_STARS, reference_fraction=D
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     mock = out / "mock"
-    params = {"preset": "lamost-galah", "n_stars": int(n_stars), "seed": int(seed), "reference_fraction": float(reference_fraction)}
+    # "realism": the mock's default observing and reference-label effects (docs/simulate.md); a mock
+    # written before they existed is not reused
+    params = {"preset": "lamost-galah", "n_stars": int(n_stars), "seed": int(seed), "reference_fraction": float(reference_fraction),
+              "realism": "default-1"}
     stamp = out / "mock.json"
     if not (stamp.is_file() and json.loads(stamp.read_text()) == params and (mock / "manifest.json").is_file()):
         print(f"simulating {n_stars} stars ({reference_fraction:.0%} GALAH reference stars) into {mock} ...", flush=True)

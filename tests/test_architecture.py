@@ -2,7 +2,7 @@
 
 Layers (lower never imports higher; siblings of one layer never import each other):
 
-0. base: ``exceptions``, ``_version``, ``util``, ``tables``
+0. base: ``exceptions``, ``_version``, ``util``, ``tables``, ``flags``
 1. ``execution`` (chunked, resumable maps; backends)
 2. ``spectra``, ``cannon``, ``galaxy``, ``catalogue``, ``config`` (siblings)
 3. ``pipeline``, ``simulate`` (siblings)
@@ -20,7 +20,7 @@ import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "cannonade"
 LAYERS = {
-    "exceptions": 0, "_version": 0, "util": 0, "tables": 0,
+    "exceptions": 0, "_version": 0, "util": 0, "tables": 0, "flags": 0,
     "execution": 1,
     "spectra": 2, "cannon": 2, "galaxy": 2, "catalogue": 2, "config": 2,
     "pipeline": 3, "simulate": 3,

@@ -28,8 +28,19 @@ class CVResult:
     fold : (N,) int
     converged : (N,) bool
     errors : (N, L) float
-        Formal 1σ errors of the predictions.
+        Formal 1σ errors of the predictions (also ``raw_errors``).
     label_names : list of str
+    chi2 : (N,) float, optional
+        χ² of each held-out star at its prediction; ``dof`` (N,) int its valid pixels − L.
+    snr : (N,) float, optional
+        Median S/N per pixel of each held-out spectrum (``quality.spectrum_snr``).
+    singular : (N,) bool, optional
+        The prediction's covariance was singular.
+    missing_fraction : (N,) float, optional
+        Fraction of the model's pixels without data.
+
+    The optional arrays are what ``CannonModel.calibrate`` needs (χ²/dof and error models
+    versus S/N); ``cross_validate`` always fills them.
     """
 
     predicted: np.ndarray
@@ -38,6 +49,23 @@ class CVResult:
     converged: np.ndarray
     errors: np.ndarray
     label_names: list
+    chi2: np.ndarray | None = None
+    dof: np.ndarray | None = None
+    snr: np.ndarray | None = None
+    singular: np.ndarray | None = None
+    missing_fraction: np.ndarray | None = None
+
+    @property
+    def raw_errors(self):
+        """(N, L) formal 1σ errors of the predictions (the same array as ``errors``)."""
+        return self.errors
+
+    @property
+    def reduced_chi2(self):
+        """(N,) χ²/dof of each prediction (NaN without ``chi2``)."""
+        if self.chi2 is None:
+            return np.full(self.truth.shape[0], np.nan)
+        return self.chi2 / np.maximum(self.dof, 1)
 
     @property
     def residuals(self):
@@ -84,6 +112,9 @@ class CVResult:
             t[n] = self.truth[:, i]
             t[f"cv_{n}"] = self.predicted[:, i]
             t[f"e_cv_{n}"] = self.errors[:, i]
+        for key in ("chi2", "dof", "snr", "singular", "missing_fraction"):
+            if getattr(self, key) is not None:
+                t[key] = getattr(self, key)
         return t
 
 
@@ -122,9 +153,12 @@ def cross_validate(model, labels, flux, ivar, k=12, seed=0):
     flux, ivar = check_spectra(flux, ivar)  # fit and infer clean bad pixels themselves, chunk by chunk
     check_rows(lab, flux)
     fold = kfold_indices(lab.shape[0], k, seed)
+    N = lab.shape[0]
     pred = np.full_like(lab, np.nan)
     err = np.full_like(lab, np.nan)
-    conv = np.zeros(lab.shape[0], dtype=bool)
+    conv = np.zeros(N, dtype=bool)
+    per_star = dict(chi2=np.full(N, np.nan), dof=np.zeros(N, dtype=int), snr=np.full(N, np.nan),
+                    singular=np.ones(N, dtype=bool), missing_fraction=np.full(N, np.nan))
     # a fitted model's s² (same pixels) warm-starts each fold's own s² search
     init = model.s2_ if getattr(model, "is_fitted", False) and model.s2_.shape == (flux.shape[1],) else None
     quiet = model.clone()
@@ -133,5 +167,8 @@ def cross_validate(model, labels, flux, ivar, k=12, seed=0):
         test = fold == f
         m = quiet.clone().fit(lab[~test], flux[~test], ivar[~test], init_s2=init)
         r = m.infer(flux[test], ivar[test])
-        pred[test], err[test], conv[test] = r.labels, r.errors, r.converged
-    return CVResult(predicted=pred, truth=lab, fold=fold, converged=conv, errors=err, label_names=list(model.label_names))
+        pred[test], err[test], conv[test] = r.labels, r.raw_errors, r.converged
+        for key, values in per_star.items():
+            values[test] = getattr(r, key)
+    return CVResult(predicted=pred, truth=lab, fold=fold, converged=conv, errors=err, label_names=list(model.label_names),
+                    **per_star)

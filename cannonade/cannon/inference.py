@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cannonade.cannon.levenberg import levenberg_marquardt
+from cannonade.cannon.quality import median_snr
 from cannonade.cannon.training import scatter_weights
 from cannonade.cannon.vectorizer import design_jacobian, design_matrix, pair_indices, unpack_symmetric
 from cannonade.util import progress
@@ -77,7 +78,8 @@ class ReducedProblem:
     """Sufficient statistics of a chunk of stars' χ² (see module docstring).
 
     M : (B, K, K) float64 (from a float32 product), M32 : the same in float32,
-    b : (B, K), c : (B,), n_pixels : (B,) valid pixels per star.
+    b : (B, K), c : (B,), n_pixels : (B,) valid pixels per star, snr : (B,) median
+    flux·sqrt(ivar) over them (:func:`quality.median_snr`).
     """
 
     M: np.ndarray
@@ -85,6 +87,7 @@ class ReducedProblem:
     c: np.ndarray
     n_pixels: np.ndarray
     M32: np.ndarray | None = None
+    snr: np.ndarray | None = None
 
 
 
@@ -98,12 +101,14 @@ def theta_products(theta):
     return np.ascontiguousarray((t[:, i] * t[:, j]).astype(np.float32))
 
 
-def _prepare_block(flux, ivar, s2, theta0, w, f):
+def _prepare_block(flux, ivar, s2, theta0, w, f, snr=None):
     """Weights and constant-subtracted flux of a block of stars, written into w, f (b, P).
 
-    Non-finite or non-positive ivar and non-finite flux give w = 0 and f = 0.
+    Non-finite or non-positive ivar and non-finite flux give w = 0 and f = 0. With ``snr``
+    (b,), each star's :func:`quality.median_snr` is written there while the block is in cache.
     Returns the number of valid pixels per star (b,).
     """
+    P = flux.shape[1]
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         if np.isfinite(ivar.sum()) and ivar.min() >= 0:
             # the usual case: ivar finite and ≥ 0, so w = 0 exactly where ivar = 0
@@ -113,11 +118,17 @@ def _prepare_block(flux, ivar, s2, theta0, w, f):
             if bad.any():  # NaN/inf flux counts as ivar = 0
                 w[bad] = 0.0
                 f[bad] = 0.0
-            return np.count_nonzero(w, axis=1)
+            n_valid = np.count_nonzero(w, axis=1)
+            if snr is not None:
+                snr[:] = median_snr(flux, ivar, w == 0.0, P - n_valid)
+            return n_valid
         good = (ivar > 0) & (ivar < np.inf) & np.isfinite(flux)
         np.copyto(w, np.where(good, scatter_weights(ivar, s2), 0.0))
         np.copyto(f, np.where(good, flux - theta0, 0.0))
-        return good.sum(axis=1)
+        n_valid = good.sum(axis=1)
+        if snr is not None:
+            snr[:] = median_snr(flux, ivar, ~good, P - n_valid)
+        return n_valid
 
 
 def reduce_chi2(theta, s2, flux, ivar, theta_pairs=None, block_elements=1 << 17, gemm_rows=512):
@@ -158,6 +169,7 @@ def reduce_chi2(theta, s2, flux, ivar, theta_pairs=None, block_elements=1 << 17,
     Mflat = np.empty((B, theta_pairs.shape[1]), dtype=np.float32)
     b, c = np.zeros((B, K)), np.empty(B)
     n_pixels = np.empty(B, dtype=np.int64)
+    snr = np.empty(B)
 
     w, f = np.empty((sub, P)), np.empty((sub, P))
     for g0 in range(0, B, rows):
@@ -165,7 +177,7 @@ def reduce_chi2(theta, s2, flux, ivar, theta_pairs=None, block_elements=1 << 17,
         for i in range(g0, g1, sub):
             j = min(g1, i + sub)
             ww, ff = w[: j - i], f[: j - i]
-            n_pixels[i:j] = _prepare_block(flux[i:j], ivar[i:j], s2, theta0, ww, ff)
+            n_pixels[i:j] = _prepare_block(flux[i:j], ivar[i:j], s2, theta0, ww, ff, snr[i:j])
             w32[i - g0 : j - g0] = ww
             np.multiply(ww, ff, out=wf[i - g0 : j - g0])
             c[i:j] = np.einsum("bp,bp->b", wf[i - g0 : j - g0], ff)
@@ -173,7 +185,7 @@ def reduce_chi2(theta, s2, flux, ivar, theta_pairs=None, block_elements=1 << 17,
         b[g0:g1, 1:] = wf[: g1 - g0] @ theta1
     M32 = np.zeros((B, K, K), dtype=np.float32)
     M32[:, 1:, 1:] = unpack_symmetric(Mflat, K - 1)
-    return ReducedProblem(M=M32.astype(np.float64), b=b, c=c, n_pixels=n_pixels, M32=M32)
+    return ReducedProblem(M=M32.astype(np.float64), b=b, c=c, n_pixels=n_pixels, M32=M32, snr=snr)
 
 
 def chi2_at(problem, eta):
@@ -305,13 +317,16 @@ def infer_chunk(theta, s2, exponents, flux, ivar, theta_pairs=None, max_iter=100
     ``N_THREADS`` threads: the cores, at most 4).
 
     Returns dict with labels (B, L), cov (B, L, L), chi2 (B,) from the pixels,
-    dof (B,), converged (B,), singular (B,), start (B,) index into START_NAMES, n_iter (B,).
+    dof (B,), converged (B,), singular (B,), start (B,) index into START_NAMES, n_iter (B,),
+    snr (B,) (:func:`quality.spectrum_snr` over these pixels).
     """
-    problem = reduce_chi2(theta, s2, flux, ivar, theta_pairs)
     if threads is None:
         with WorkerThreads() as own:
-            return solve_reduced(problem, exponents, max_iter, threads=own)
-    return solve_reduced(problem, exponents, max_iter, threads=threads)
+            return infer_chunk(theta, s2, exponents, flux, ivar, theta_pairs, max_iter, threads=own)
+    problem = reduce_chi2(theta, s2, flux, ivar, theta_pairs)
+    out = solve_reduced(problem, exponents, max_iter, threads=threads)
+    out["snr"] = problem.snr  # the calibration's S/N, computed block by block by the reduction
+    return out
 
 
 def solve_reduced(problem, exponents, max_iter=100, threads=None):
@@ -358,7 +373,7 @@ def auto_star_chunk(n_terms, nbytes=6e6):
     return int(np.clip(2 ** round(np.log2(max(n, 1.0))), 64, 4096))
 
 
-RESULT_KEYS = ("labels", "cov", "chi2", "dof", "converged", "singular", "start", "n_iter")
+RESULT_KEYS = ("labels", "cov", "chi2", "dof", "converged", "singular", "start", "n_iter", "snr")
 
 
 def infer_spectra(theta, s2, exponents, flux, ivar, pixels=None, theta_pairs=None, star_chunk=None, max_iter=100,
@@ -389,7 +404,8 @@ def infer_spectra(theta, s2, exponents, flux, ivar, pixels=None, theta_pairs=Non
     -------
     dict
         labels (M, L), cov (M, L, L) (scaled units), chi2 (M,), dof (M,) int, converged (M,)
-        bool, singular (M,) bool, start (M,) int, n_iter (M,) int.
+        bool, singular (M,) bool, start (M,) int, n_iter (M,) int, snr (M,) float (median
+        ``flux·sqrt(ivar)`` over the valid pixels among ``pixels``).
     """
     M, L = flux.shape[0], exponents.shape[1]
     if theta_pairs is None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from cannonade.cannon.calibration import FormalErrorsNotice, assess, fit_calibration
 from cannonade.cannon.checks import (
     as_label_array,
     check_censors,
@@ -28,6 +29,7 @@ from cannonade.cannon.persistence import MODEL_FORMAT, MODEL_FORMAT_VERSION, loa
 from cannonade.cannon.training import train_pixels
 from cannonade.cannon.vectorizer import LabelScaler, active_terms, design_matrix, term_exponents, term_names, with_constant
 from cannonade.exceptions import NotFittedError, ShapeError
+from cannonade.flags import compose
 
 __all__ = ["CannonModel", "InferenceResult", "MODEL_FORMAT", "MODEL_FORMAT_VERSION"]
 
@@ -59,6 +61,26 @@ class InferenceResult:
         there, never a number; ``converged`` may still be True (χ² reached its minimum, but
         along the unconstrained direction the labels stay where the start put them).
         Constructed without it, it is taken as "``cov`` not finite".
+    snr : (M,) float
+        Median of flux·sqrt(ivar) over the valid model pixels: the S/N of the calibration.
+    missing_fraction : (M,) float
+        Fraction of the model's pixels without data.
+    calibrated_errors : (M, L) float or None
+        The calibrated 1σ errors (``errors``); None when the model is not calibrated.
+    extrapolated : (M, L) bool
+        Label beyond its Wheeler+2020 §4 KDE bounds; ``kiel_extrap`` (M,): Teff or log g is.
+    train_distance : (M,) float
+        Nandakumar+2022 Eq. 5: mean squared distance to the 10 nearest training stars in
+        CV-RMS units (NaN uncalibrated); ``far_from_training`` (M,) bool: above the threshold.
+    high_chi2 : (M,) bool
+        χ²/dof above the calibration's threshold for the star's S/N.
+    flags : (M,) int64
+        Bitmask of :class:`cannonade.flags.Flag`; recommended cut ``flags == 0``.
+    formal_notice : callable, optional
+        Called when ``errors`` falls back to the formal errors (the model's warn-once).
+
+    The calibration-dependent fields are False/NaN for an uncalibrated model (and for a
+    result constructed without them).
     """
 
     labels: np.ndarray
@@ -72,34 +94,77 @@ class InferenceResult:
     n_iter: np.ndarray | None = None
     start_names: tuple = START_NAMES
     singular: np.ndarray | None = None
+    snr: np.ndarray | None = None
+    missing_fraction: np.ndarray | None = None
+    calibrated_errors: np.ndarray | None = None
+    extrapolated: np.ndarray | None = None
+    kiel_extrap: np.ndarray | None = None
+    train_distance: np.ndarray | None = None
+    far_from_training: np.ndarray | None = None
+    high_chi2: np.ndarray | None = None
+    flags: np.ndarray | None = None
+    formal_notice: object = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
         if self.singular is None:
             self.singular = ~np.all(np.isfinite(self.cov), axis=(1, 2))
+        M, L = self.labels.shape
+        for key, value in (("snr", np.nan), ("missing_fraction", np.nan), ("train_distance", np.nan),
+                           ("kiel_extrap", False), ("far_from_training", False), ("high_chi2", False)):
+            if getattr(self, key) is None:
+                setattr(self, key, np.full(M, value))
+        if self.extrapolated is None:
+            self.extrapolated = np.zeros((M, L), dtype=bool)
+        if self.flags is None:
+            self.flags = compose(no_data=~np.all(np.isfinite(self.labels), axis=1), not_converged=~self.converged,
+                                 singular=self.singular, outside_training=self.outside_training.any(axis=1),
+                                 uncalibrated=np.full(M, self.calibrated_errors is None))
+
+    @property
+    def raw_errors(self):
+        """(M, L) formal 1σ uncertainties, sqrt of the covariance diagonal (NaN where ``singular``)."""
+        return np.sqrt(np.diagonal(self.cov, axis1=1, axis2=2))
+
+    @property
+    def calibrated(self):
+        """True when ``errors`` are calibrated (the model had a calibration)."""
+        return self.calibrated_errors is not None
 
     @property
     def errors(self):
-        """(M, L) 1σ label uncertainties, sqrt of the covariance diagonal (NaN where ``singular``)."""
-        return np.sqrt(np.diagonal(self.cov, axis1=1, axis2=2))
+        """(M, L) calibrated 1σ label uncertainties (NaN where ``singular``).
+
+        From an uncalibrated model the formal ``raw_errors``, with an
+        ``UncalibratedWarning`` the first time per model.
+        """
+        if self.calibrated_errors is not None:
+            return self.calibrated_errors
+        if self.formal_notice is not None:
+            self.formal_notice()
+        return self.raw_errors
 
     @property
     def reduced_chi2(self):
         return self.chi2 / np.maximum(self.dof, 1)
 
     def to_table(self, prefix=""):
-        """An astropy Table: one column per label, ``e_<label>``, chi2, dof, converged, flags."""
+        """An astropy Table: per label the value, ``e_`` (calibrated), ``raw_e_`` and ``_extrap``;
+        chi2, dof, snr, converged, singular, outside_training, train_distance,
+        far_from_training, kiel_extrap, flags."""
         from astropy.table import Table
 
         t = Table()
-        err = self.errors
+        err, raw = self.errors, self.raw_errors
         for i, name in enumerate(self.label_names):
             t[prefix + name] = self.labels[:, i]
             t[f"e_{prefix}{name}"] = err[:, i]
-        t["chi2"] = self.chi2
-        t["dof"] = self.dof
-        t["converged"] = self.converged
-        t["singular"] = self.singular
+            t[f"raw_e_{prefix}{name}"] = raw[:, i]
+            t[f"{prefix}{name}_extrap"] = self.extrapolated[:, i]
+        for key in ("chi2", "dof", "snr", "converged", "singular"):
+            t[key] = getattr(self, key)
         t["outside_training"] = self.outside_training.any(axis=1)
+        for key in ("train_distance", "far_from_training", "kiel_extrap", "flags"):
+            t[key] = getattr(self, key)
         return t
 
 
@@ -165,7 +230,8 @@ class CannonModel:
         self.exponents = with_constant(terms) if terms is not None else term_exponents(len(self.label_names), order)
         if self.exponents.shape[1] != len(self.label_names):
             raise ShapeError(f"terms use {self.exponents.shape[1]} labels but {len(self.label_names)} label names were given")
-        self.calibration_ = {}
+        self.calibration_ = None  # a Calibration after calibrate() (docs/calibration.md)
+        self._formal_notice = FormalErrorsNotice()  # warns once per model when errors are formal
 
     # ------------------------------------------------------------------ properties
     @property
@@ -304,18 +370,35 @@ class CannonModel:
                             star_chunk=self.star_chunk, max_iter=max_iter, show_progress=self.show_progress)
         labels = self.scaler_.inverse(res["labels"])
         sc = self.scaler_.scale_
+        cov = res["cov"] * sc[None, :, None] * sc[None, None, :]  # back to physical units
+        outside = (labels < self.label_min_) | (labels > self.label_max_)
+        q = assess(self.calibration_, labels, np.sqrt(np.diagonal(cov, axis1=1, axis2=2)), res["chi2"], res["dof"],
+                   res["converged"], res["singular"], res["snr"], outside, int(ok.sum()))
         return InferenceResult(
-            labels=labels,
-            cov=res["cov"] * sc[None, :, None] * sc[None, None, :],  # back to physical units
-            chi2=res["chi2"],
-            dof=res["dof"],
-            converged=res["converged"],
-            start=res["start"],
-            outside_training=(labels < self.label_min_) | (labels > self.label_max_),
-            label_names=list(self.label_names),
-            n_iter=res["n_iter"],
-            singular=res["singular"],
+            labels=labels, cov=cov, chi2=res["chi2"], dof=res["dof"], converged=res["converged"], start=res["start"],
+            outside_training=outside, label_names=list(self.label_names), n_iter=res["n_iter"],
+            singular=res["singular"], snr=res["snr"], calibrated_errors=q.pop("errors"), **q,
+            formal_notice=self._formal_notice,
         )
+
+    # ------------------------------------------------------------------ calibration
+    def calibrate(self, cv, label_errors=None, repeats=None, error_model="floor", **options):
+        """Calibrate errors and flags from this model's cross-validation; kept by :meth:`save`.
+
+        ``cv``: ``cross_validate`` of the training set; ``label_errors`` (N, L): the reference
+        labels' 1σ errors, rows as ``cv``; ``repeats``: (flux (R, P), ivar (R, P), star_id (R,))
+        repeat visits of any stars; ``error_model``: "floor" sqrt((aσ)² + b²) or "nandakumar"
+        max(fσ, precision(S/N)) (needs repeats); ``options``: ``distance_labels``,
+        ``distance_threshold``, ``n_neighbours``, ``low_snr``, ``max_missing_fraction``, ``clip``,
+        ``kde_level``, ``chi2_percentile`` — all documented in
+        :func:`cannonade.cannon.calibration.fit_calibration` and docs/calibration.md.
+        Returns self, with ``calibration_`` a :class:`~cannonade.cannon.calibration.Calibration`.
+        """
+        self._require_fitted("calibrate")
+        self.calibration_ = fit_calibration(cv, self.label_names, label_errors=label_errors, repeats=repeats,
+                                            infer=self.infer, error_model=error_model,
+                                            training=(self.n_train_, self.label_min_, self.label_max_), **options)
+        return self
 
     # ------------------------------------------------------------------ files
     def save(self, path, overwrite=True):

@@ -13,8 +13,15 @@ Format ``cannonade-model``, version 1. Arrays:
 ``regularization``  (P,) float           L1 strength Λ per pixel
 ``wavelength``      (P,) float           optional
 ``censor_masks``    (n_censored, P) bool optional, rows in the order of ``censored_labels``
+``calibration_*``   see ``Calibration``  optional: the per-star error calibration's arrays
 ``metadata``        0-d str              JSON, see :func:`model_metadata`
 ==================  ===================  ==============================================
+
+The calibration (``CannonModel.calibrate``) lives inside format version 1, which reserved the
+``calibration`` block of the metadata for it: its scalars there (with their own ``version``),
+its arrays as ``calibration_<name>`` (``Calibration.to_arrays``). A model without one writes
+``calibration: {}`` and no such arrays, byte for byte as before, and loads uncalibrated; so do
+files written before the calibration existed. A reader older than the calibration ignores it.
 
 Files are written atomically and read with ``allow_pickle=False``; :func:`load_model`
 checks the format name, the version and every shape, and names what is wrong.
@@ -29,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from cannonade._version import __version__
+from cannonade.cannon.calibration import Calibration
 from cannonade.cannon.checks import check_censors
 from cannonade.cannon.vectorizer import LabelScaler, active_terms
 from cannonade.exceptions import ModelFileError, NotFittedError
@@ -63,7 +71,7 @@ def model_metadata(model):
         n_train=int(model.n_train_),
         training_hash=model.training_hash_,
         censored_labels=sorted(model.censors) if model.censors else [],
-        calibration=model.calibration_,
+        calibration=model.calibration_.metadata() if model.calibration_ is not None else {},
     )
 
 
@@ -85,6 +93,8 @@ def model_arrays(model):
         arrays["wavelength"] = model.wavelength
     if model.censors:
         arrays["censor_masks"] = np.array([np.asarray(model.censors[n], bool) for n in sorted(model.censors)])
+    if model.calibration_ is not None:
+        arrays.update(model.calibration_.to_arrays())
     return arrays
 
 
@@ -212,5 +222,6 @@ def load_model(path, model_class):
     model.wavelength = data.get("wavelength")
     model.n_train_ = meta["n_train"]
     model.training_hash_ = meta["training_hash"]
-    model.calibration_ = meta.get("calibration", {})
+    block = meta.get("calibration") or {}
+    model.calibration_ = Calibration.from_file(data, block, names, path) if block else None
     return model

@@ -178,7 +178,7 @@ def _set_json_card(header, key, obj, comment):
     header[key] = (text, comment) if len(text) + len(comment) <= 60 else text
 
 
-def _write_fits(t, tmp, schema):
+def _write_fits(t, tmp, schema, header_cards=()):
     from astropy.io import fits
 
     quantities = [n for n in t.colnames if _quantity_unit(t[n])]
@@ -204,6 +204,8 @@ def _write_fits(t, tmp, schema):
         _set_json_card(h, "CNDUNITS", {n: t[n].unit.to_string() for n in quantities}, "units FITS cannot express (JSON)")
     for card in _astropy_column_cards(t, quantities):
         h.append(card)
+    for key, value, comment in header_cards:
+        h[key] = (value, comment)
     fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(tmp)
 
 
@@ -258,7 +260,7 @@ def _arrow_table(t, schema):
 # ----------------------------------------------------------------------------------------
 # the public writers
 # ----------------------------------------------------------------------------------------
-def write_catalogue(table, path, schema="wheeler2020", fmt=None, label_names=None):
+def write_catalogue(table, path, schema="wheeler2020", fmt=None, label_names=None, header_cards=()):
     """Write a catalogue as FITS or Parquet, atomically, with units and descriptions.
 
     Parameters
@@ -279,6 +281,9 @@ def write_catalogue(table, path, schema="wheeler2020", fmt=None, label_names=Non
         Overrides the suffix.
     label_names : sequence of str or None
         The label set (expands the per-label patterns); inferred from the columns if None.
+    header_cards : sequence of (keyword, value, comment)
+        Extra FITS header cards (e.g. the flag bits, :func:`cannonade.flags.fits_header_cards`);
+        FITS only (put what Parquet readers need into ``table.meta``).
 
     Returns
     -------
@@ -298,7 +303,7 @@ def write_catalogue(table, path, schema="wheeler2020", fmt=None, label_names=Non
     t, s = _prepare(table, schema, label_names, path)
     with atomic_path(path) as tmp:
         if fmt == "fits":
-            _write_fits(t, tmp, s)
+            _write_fits(t, tmp, s, header_cards)
         else:
             pq.write_table(_arrow_table(t, s), tmp)
     log.info("wrote %d rows x %d columns to %s", len(t), len(t.colnames), path)

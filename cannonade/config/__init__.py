@@ -11,6 +11,7 @@ from cannonade.config.loader import as_toml_dict, config_from_dict, load_config
 from cannonade.config.sections import (
     DWARF_LABELS,
     GIANT_LABELS,
+    CalibrationSection,
     CatalogueSection,
     CleanSection,
     CrossmatchSection,
@@ -30,6 +31,6 @@ from cannonade.config.sections import (
 __all__ = [
     "load_config", "config_from_dict", "as_toml_dict", "RunConfig", "RunSection", "TargetSection",
     "ReferenceSection", "CrossmatchSection", "CutsSection", "CleanSection", "SplitSection", "DerivedLabel",
-    "LabelsSection", "ModelSpec", "TrainingSection", "DynamicsSection", "CatalogueSection",
+    "LabelsSection", "ModelSpec", "TrainingSection", "CalibrationSection", "DynamicsSection", "CatalogueSection",
     "DWARF_LABELS", "GIANT_LABELS", "evaluate_cut", "expression_names", "resolve_column", "FUNCTIONS",
 ]

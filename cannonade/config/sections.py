@@ -122,6 +122,18 @@ class TrainingSection:
 
 
 @dataclass(frozen=True)
+class CalibrationSection:
+    enabled: bool = field(default=True, metadata=doc("calibrate each model's errors and flags from its CV and the target's repeat visits"))
+    error_model: Literal["floor", "nandakumar"] = field(
+        default="floor", metadata=doc("floor: sqrt((a σ)² + b²); nandakumar: max(f σ, precision(S/N)) (Nandakumar+2022 §3.7)"))
+    repeat_stars: int = field(default=2000, metadata=doc("at most this many target stars with repeat visits calibrate each model (0: none)", minimum=0))
+    distance_threshold: float = field(default=0.0, metadata=doc("training-distance flag threshold (Nandakumar+2022 Eq. 5); 0 = 2 x number of distance labels", minimum=0))
+    low_snr: float = field(default=20.0, metadata=doc("spectra below this S/N get the LOW_SNR flag", minimum=0))
+    max_missing_fraction: float = field(default=0.2, metadata=doc("spectra with more missing pixels than this get the MISSING_PIXELS flag", minimum=0))
+    window_chi2_factor: float = field(default=3.0, metadata=doc("HIGH_WINDOW_CHI2 where a label's windowed reduced chi2 exceeds this x its model's median", positive=True))
+
+
+@dataclass(frozen=True)
 class DynamicsSection:
     enabled: bool = field(default=True, metadata=doc("Gaia cross-match, Galactocentric coordinates and actions"))
     gaia: Path | None = field(default=None, metadata=doc("Gaia catalogue ('' disables the stage)"))
@@ -152,6 +164,7 @@ class RunConfig:
         metadata=doc("labels of each model: [models.NAME] labels = [...]"),
     )
     training: TrainingSection = field(default_factory=TrainingSection, metadata=doc("Cannon training and CV"))
+    calibration: CalibrationSection = field(default_factory=CalibrationSection, metadata=doc("per-star errors and flags"))
     dynamics: DynamicsSection = field(default_factory=DynamicsSection, metadata=doc("Gaia match and orbits"))
     catalogue: CatalogueSection = field(default_factory=CatalogueSection, metadata=doc("output formats"))
     source: Path | None = field(default=None, metadata=doc("the file this config was read from", internal=True))

@@ -32,6 +32,15 @@ def column(table, name, aliases=None, what="catalogue", kind="float"):
     return np.asarray(table[real])
 
 
+def has_column(table, name, aliases=None):
+    """Whether ``name`` (or the column its alias points to) exists in ``table``."""
+    try:
+        resolve_column(name, colnames(table), aliases)
+    except ColumnError:
+        return False
+    return True
+
+
 def derived_components(cfg, label):
     """Component labels of a derived label (the label itself if it is not derived)."""
     spec = cfg.labels.derived.get(label)

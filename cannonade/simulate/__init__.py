@@ -10,6 +10,7 @@ On disk, in the real file layouts (``cannonade simulate`` on the command line)::
 
     from cannonade.simulate import simulate_survey
     simulate_survey("lamost-galah", n_stars=500, seed=0, out="mock")
+    simulate_survey("lamost-galah", 500, 0, "mock_ideal", realism=False)  # without the Realism effects
 
 See ``docs/simulate.md`` for the model, the file layout and the truth tables.
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 from cannonade.simulate.catalogues import CORRUPTION_KINDS, edsd_distance, twomass_id
 from cannonade.simulate.instruments import INSTRUMENTS, Instrument, get_instrument
 from cannonade.simulate.population import simulate_population
+from cannonade.simulate.realism import Realism
 from cannonade.simulate.spectra import (
     ABUNDANCE_ELEMENTS,
     Synthetic,
@@ -35,6 +37,7 @@ __all__ = [
     "simulate_survey",
     "cli_simulate",
     "simulate_population",
+    "Realism",
     "synthesize",
     "synthesize_normalised",
     "normalised_model",

@@ -8,17 +8,18 @@ from cannonade.simulate import catalogues as cat
 from cannonade.simulate.instruments import APOGEE_CHIPS, get_instrument
 from cannonade.simulate.layout import OBS_COLUMNS, ORIGIN, apogee_columns, mjd_to_iso, obs_append, snr_from_mag, subset
 from cannonade.simulate.observing import observe
+from cannonade.simulate.realism import SKY_LINES, draw_visit_effects
 from cannonade.simulate.render import normalised_model
 from cannonade.simulate.writers import card, write_fits_images
 
 __all__ = ["write_apogee_chunk"]
 
 
-# OH sky lines flagged (bit 12) in the apStar bitmask (vacuum Å)
-_SKY_LINES = (15240.5, 15332.4, 15395.5, 15432.2, 15597.6, 15862.9, 16079.6, 16128.6, 16235.4, 16477.8, 16530.0, 16840.6)
+# OH sky lines flagged (bit 12) in the apStar bitmask (vacuum Å); their subtraction residuals: realism.py
+_SKY_LINES = tuple(w for w, _ in SKY_LINES["apogee"])
 
 
-def write_apogee_chunk(out, stars, s_all, rng, writers):
+def write_apogee_chunk(out, stars, s_all, rng, writers, realism=False, visit_rng=None):
     """Observe every star of a chunk with APOGEE (2-6 visits each); write apStar files and rows.
 
     Parameters
@@ -32,6 +33,10 @@ def write_apogee_chunk(out, stars, s_all, rng, writers):
         The chunk's APOGEE stream (its draws define the files).
     writers : dict of FitsTableWriter
         Rows go to ``writers["apogee"]`` (allStar) and ``writers["obs"]`` (one per visit).
+    realism : Realism or bool
+        Per-visit flux-calibration errors and sky residuals in each visit (and so in the
+        combined rows), drawn from ``visit_rng`` (:func:`cannonade.simulate.realism.draw_visit_effects`).
+    visit_rng : numpy Generator, optional
     """
     inst = get_instrument("apogee")
     wl = inst.wavelength
@@ -50,6 +55,7 @@ def write_apogee_chunk(out, stars, s_all, rng, writers):
     sky = np.zeros(len(wl), bool)
     for lam in _SKY_LINES:
         sky |= np.abs(wl - lam) < 1.2
+    visit_all = draw_visit_effects(realism, "apogee", int(nvis.sum()), visit_rng) if realism else None
     for b0 in range(0, n, 32):
         sl = np.arange(b0, min(n, b0 + 32))
         vi = np.repeat(sl, nvis[sl])
@@ -58,7 +64,10 @@ def write_apogee_chunk(out, stars, s_all, rng, writers):
         _, norm = normalised_model(s, "apogee", rng.normal(0, 0.05, len(vi)))
         snr_v = snr_tot[vi] / np.sqrt(nvis[vi]) * np.exp(rng.normal(0, 0.2, len(vi)))
         scale = 300.0 * 10.0 ** (-0.4 * (g[vi] - 13.0))
-        syn = observe(wl, norm, s["teff"], "apogee", snr_v, rng, flux_scale=scale)
+        v0 = int(nvis[:b0].sum())
+        visit = None if visit_all is None else visit_all[v0:v0 + len(vi)]
+        syn = observe(wl, norm, s["teff"], "apogee", snr_v, rng, flux_scale=scale, visit=visit)
+        effects = np.column_stack([syn.calib_rms, syn.sky_line_amp, syn.sky_continuum])
         err = np.where(syn.ivar > 0, 1.0 / np.sqrt(np.where(syn.ivar > 0, syn.ivar, 1.0)), 1e10)
         mask = np.where(syn.bad, 1, 0).astype(np.int16)
         mask[:, sky] |= 1 << 12  # significant sky lines
@@ -69,7 +78,7 @@ def write_apogee_chunk(out, stars, s_all, rng, writers):
             star = dict(i=int(i), apogee_id=ids[i], star_id=int(stars["star_id"][i]), ra=float(stars["ra"][i]),
                         dec=float(stars["dec"][i]), rv=float(stars["rv"][i]), vhelio=float(vhelio[i]),
                         starflag=int(labels["STARFLAG"][i]))
-            fname, snr_c = _write_apstar(out, star, visits, gap, rng, obs)
+            fname, snr_c = _write_apstar(out, star, visits, gap, rng, obs, effects[pos:pos + k])
             for key, val in (("APOGEE_ID", ids[i]), ("FILE", fname), ("RA", star["ra"]), ("DEC", star["dec"]), ("SNR", snr_c),
                              ("NVISITS", int(k)), ("VHELIO_AVG", star["vhelio"]), ("VERR", 0.03)):
                 rows[key].append(val)
@@ -105,8 +114,11 @@ def _combine(f, e, mk, gap):
     return flux_all, err_all, mask_all, snr_c
 
 
-def _write_apstar(out, star, visits, gap, rng, obs):
-    """Write one apStar file; append its visits to ``obs``. Returns (file name, combined S/N)."""
+def _write_apstar(out, star, visits, gap, rng, obs, effects):
+    """Write one apStar file; append its visits (with their ``effects`` rows) to ``obs``.
+
+    Returns (file name, combined S/N).
+    """
     f, e, mk = visits
     k = f.shape[0]
     i = star["i"]
@@ -125,7 +137,8 @@ def _write_apstar(out, star, visits, gap, rng, obs):
                    card("VRAD%d" % (v + 1), round(vrad, 5)), card("VERR%d" % (v + 1), 0.05),
                    card("VHELIO%d" % (v + 1), round(star["vhelio"], 5)), card("SNRVIS%d" % (v + 1), round(sv, 4)),
                    card("FLAG%d" % (v + 1), 0)]
-        obs_append(obs, "apogee", fname, -1, -1, star["apogee_id"], star["star_id"], v + 1, 0, sv, star["rv"])
+        obs_append(obs, "apogee", fname, -1, -1, star["apogee_id"], star["star_id"], v + 1, 0, sv, star["rv"],
+                   tuple(float(x) for x in effects[v]))
     pcards = [card("CRVAL1", 4.179, "Start log10(wavelength) in subsequent HDUs"),
               card("CDELT1", 6e-6, "Dispersion in log10(wave) in subsequent HDUs"),
               card("CRPIX1", 1, "Pixel of starting wavelength in subsequent HDUs"),

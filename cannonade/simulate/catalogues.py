@@ -5,7 +5,9 @@ noise scaling with S/N:
 
 * GALAH (DR3-like): nearly unbiased, except [Fe/H] underestimated for metal-rich
   giants (Buder et al. 2021 §6.5, quoted by Nandakumar+2022 §3.2); vmic from its
-  empirical relation.
+  empirical relation. With :class:`~cannonade.simulate.realism.Realism` on, dwarf
+  abundances drift with Teff and the reported errors are imperfect (the noise is
+  drawn from the true errors, :func:`galah_errors`).
 * APOGEE (DR16-like): APOGEE − GALAH follows Nandakumar+2022 Table 1 / Fig. 2:
   Teff +35 K (giants) / 0 K with a rising trend for hot dwarfs, logg +0.03 / +0.08,
   [Fe/H] up to +0.4 dex for cool giants (Teff < 4500 K) and +0.15 dex for hot
@@ -24,11 +26,13 @@ import numpy as np
 
 from cannonade.simulate.formation import default_vmic
 from cannonade.simulate.lines import ABUNDANCE_ELEMENTS
+from cannonade.simulate.realism import as_realism, draw_error_factors, dwarf_teff_systematics, reported_errors
 
 __all__ = [
     "twomass_id",
     "lamost_designation",
     "galah_labels",
+    "galah_errors",
     "lamost_labels",
     "apogee_labels",
     "gaia_catalogue",
@@ -121,16 +125,44 @@ def corrupt_labels(labels, fraction, rng):
     return kind
 
 
-def galah_labels(stars, snr_c2, rng, corrupt_fraction=0.0):
+def galah_errors(snr_c2):
+    """True 1-sigma errors of the GALAH labels at green-CCD S/N ``snr_c2``.
+
+    Returns dict of (n,) float: teff, logg, fe_h, vbroad and <x>_fe (x in ABUNDANCE_ELEMENTS).
+    """
+    snr = np.clip(np.asarray(snr_c2, float), 3.0, None)
+    e = {
+        "teff": 60.0 + 2500.0 / snr,
+        "logg": 0.10 + 6.0 / snr,
+        "fe_h": 0.05 + 2.5 / snr,
+        "vbroad": 1.0 + 30.0 / snr,
+    }
+    for x in ABUNDANCE_ELEMENTS:
+        e[f"{x.lower()}_fe"] = (1.6 if x in ("Eu", "Y", "Ba", "Na", "Al") else 1.0) * (0.05 + 3.0 / snr)
+    return e
+
+
+def galah_labels(stars, snr_c2, rng, corrupt_fraction=0.0, realism=False, error_factors=None, jitter_rng=None):
     """GALAH DR3-like labels for reference stars.
 
     Parameters
     ----------
     stars : Table (n rows of truth)
     snr_c2 : (n,) float
-        S/N of the green CCD (the label noise scales with it).
+        S/N of the green CCD (the label noise scales with it, :func:`galah_errors`).
     rng : Generator
     corrupt_fraction : float
+    realism : Realism or bool
+        With realism on, [Fe/H] and [X/Fe] of dwarfs get the Teff systematics of
+        :func:`~cannonade.simulate.realism.dwarf_teff_systematics`, and the reported errors are
+        :func:`~cannonade.simulate.realism.reported_errors` (the noise stays drawn from the true
+        errors). Default False: unbiased labels with exact errors.
+    error_factors : dict label -> float, optional
+        Per-label reported/true error factors (:func:`~cannonade.simulate.realism.draw_error_factors`;
+        drawn from ``jitter_rng`` when None).
+    jitter_rng : Generator, optional
+        Stream of the realism draws (default: seeded from ``rng``). ``rng``'s own draws do not
+        depend on ``realism`` when it is given.
 
     Returns
     -------
@@ -138,30 +170,31 @@ def galah_labels(stars, snr_c2, rng, corrupt_fraction=0.0):
     corruption : (n,) int (see :func:`corrupt_labels`)
     """
     n = len(stars)
+    realism = as_realism(realism)
     snr = np.clip(np.asarray(snr_c2, float), 3.0, None)
     teff_t = np.asarray(stars["teff"], float)
     logg_t = np.asarray(stars["logg"], float)
     feh_t = np.asarray(stars["fe_h"], float)
     giant = _giant(logg_t)
-    e = {
-        "teff": 60.0 + 2500.0 / snr,
-        "logg": 0.10 + 6.0 / snr,
-        "fe_h": 0.05 + 2.5 / snr,
-        "vbroad": 1.0 + 30.0 / snr,
-    }
+    e = galah_errors(snr)
+    syst = dwarf_teff_systematics(teff_t, logg_t, realism)
     out = {}
     out["teff"] = teff_t + rng.normal(0, 1, n) * e["teff"]
     out["logg"] = logg_t + rng.normal(0, 1, n) * e["logg"]
     # DR3 caveat: [Fe/H] underestimated for metal-rich giants
-    out["fe_h"] = feh_t - 0.12 * np.clip(feh_t, 0, None) * giant + rng.normal(0, 1, n) * e["fe_h"]
+    out["fe_h"] = feh_t - 0.12 * np.clip(feh_t, 0, None) * giant + syst["fe_h"] + rng.normal(0, 1, n) * e["fe_h"]
     out["vmic"] = default_vmic(out["teff"], out["logg"]) + rng.normal(0, 0.05, n)
     out["vbroad"] = np.clip(np.asarray(stars["vbroad"], float) + rng.normal(0, 1, n) * e["vbroad"], 1.0, None)
     for x in ABUNDANCE_ELEMENTS:
-        scale = 1.6 if x in ("Eu", "Y", "Ba", "Na", "Al") else 1.0
-        ex = scale * (0.05 + 3.0 / snr)
-        out[f"{x.lower()}_fe"] = np.asarray(stars[f"{x.lower()}_fe"], float) + rng.normal(0, 1, n) * ex
-        out[f"e_{x.lower()}_fe"] = ex
+        c = f"{x.lower()}_fe"
+        out[c] = np.asarray(stars[c], float) + syst[c] + rng.normal(0, 1, n) * e[c]
     corruption = corrupt_labels(out, corrupt_fraction, rng)
+    if realism.enabled:
+        if jitter_rng is None:
+            jitter_rng = np.random.default_rng(int(rng.integers(2**63)))
+        if error_factors is None:
+            error_factors = draw_error_factors(realism, jitter_rng)
+        e = dict(e, **reported_errors(e, error_factors, realism, jitter_rng))
     cols = {}
     for k in ("teff", "logg", "fe_h"):
         cols[k] = out[k]
@@ -172,7 +205,7 @@ def galah_labels(stars, snr_c2, rng, corrupt_fraction=0.0):
     for x in ABUNDANCE_ELEMENTS:
         c = x.lower()
         cols[f"{c}_fe"] = out[f"{c}_fe"]
-        cols[f"e_{c}_fe"] = out[f"e_{c}_fe"]
+        cols[f"e_{c}_fe"] = e[f"{c}_fe"]
         # flag_x_fe: 1 = upper limit / weak line; a few random pipeline problems
         weak = (snr < 15) | ((x in ("Eu", "O")) & (teff_o > 6300)) | ((x == "Eu") & (snr < 30))
         cols[f"flag_{c}_fe"] = np.where(weak | (rng.random(n) < 0.03), 1, 0).astype(np.int32)

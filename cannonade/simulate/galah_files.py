@@ -10,6 +10,7 @@ from cannonade.simulate import catalogues as cat
 from cannonade.simulate.instruments import get_instrument
 from cannonade.simulate.layout import BATCH, ORIGIN, band_snr, mjd_to_iso, snr_from_mag, subset
 from cannonade.simulate.observing import observe
+from cannonade.simulate.realism import REFERENCE_ERROR_LABELS, as_realism, dwarf_teff_systematics
 from cannonade.simulate.render import normalised_model
 from cannonade.simulate.writers import card, write_fits_images
 
@@ -24,7 +25,8 @@ def _galah_sobject(r):
     return int(f"{date:%y%m%d}{run:04d}01{pivot:03d}"), (date - _dt.date(1858, 11, 17)).days
 
 
-def write_galah_chunk(out, stars, s_all, idx, rng, counter, writers, corrupt_fraction):
+def write_galah_chunk(out, stars, s_all, idx, rng, counter, writers, corrupt_fraction, realism=False, error_factors=None,
+                      jitter_rng=None):
     """Observe reference stars ``idx`` of a chunk with GALAH; write 4 CCD files each and catalogue rows.
 
     Parameters
@@ -44,6 +46,9 @@ def write_galah_chunk(out, stars, s_all, idx, rng, counter, writers, corrupt_fra
         Rows go to ``writers["galah"]`` and ``writers["obs"]`` (one per CCD file).
     corrupt_fraction : float
         See :func:`cannonade.simulate.catalogues.corrupt_labels`.
+    realism, error_factors, jitter_rng
+        Reference-label systematics and imperfect reported errors
+        (:func:`cannonade.simulate.catalogues.galah_labels`).
 
     Returns
     -------
@@ -51,13 +56,15 @@ def write_galah_chunk(out, stars, s_all, idx, rng, counter, writers, corrupt_fra
         ``counter + m``.
     corruption : (m,) int
         Index into :data:`~cannonade.simulate.catalogues.CORRUPTION_KINDS` per reference star.
+    truth : dict of (m,) float
+        ``ref_sys_<label>`` (the applied systematic) and ``ref_err_<label>`` (the true error).
     """
     inst = get_instrument("galah")
     wl = inst.wavelength
     segs = inst.segment_wavelengths()
     n = len(idx)
     if n == 0:
-        return counter, np.zeros(0, int)
+        return counter, np.zeros(0, int), {}
     sub = stars[idx]
     g = np.asarray(sub["g_mag"])
     snr1 = snr_from_mag(g, rng, 12.5, 40.0, lo=5.0, hi=400.0)
@@ -104,7 +111,11 @@ def write_galah_chunk(out, stars, s_all, idx, rng, counter, writers, corrupt_fra
                 write_fits_images(out / "galah" / "spectra" / fname, hdus)
                 files.append((fname, sobject, int(sub["star_id"][k]), c + 1, snr_c[k, c], rv[k]))
                 i0 = i1
-    labels, corruption = cat.galah_labels(sub, snr_c[:, 1], rng, corrupt_fraction)
+    labels, corruption = cat.galah_labels(sub, snr_c[:, 1], rng, corrupt_fraction, realism, error_factors, jitter_rng)
+    true_err = cat.galah_errors(snr_c[:, 1])
+    truth = {f"ref_err_{k}": true_err[k] for k in REFERENCE_ERROR_LABELS}
+    for k, v in dwarf_teff_systematics(sub["teff"], sub["logg"], as_realism(realism)).items():
+        truth[f"ref_sys_{k}"] = v
     rows = {"sobject_id": [_galah_sobject(counter + k)[0] for k in range(n)], "star_id": tm,
             "ra": np.asarray(sub["ra"]), "dec": np.asarray(sub["dec"]), "rv_galah": rv_meas, "e_rv_galah": e_rv}
     for c in range(4):
@@ -114,8 +125,10 @@ def write_galah_chunk(out, stars, s_all, idx, rng, counter, writers, corrupt_fra
     obs = {"survey": ["galah"] * len(files), "filename": [f[0] for f in files], "obsid": [-1] * len(files),
            "sobject_id": [f[1] for f in files], "apogee_id": [""] * len(files), "star_id": [f[2] for f in files],
            "visit": [1] * len(files), "ccd": [f[3] for f in files], "snr": [f[4] for f in files], "rv": [f[5] for f in files]}
+    for key in ("calib_rms", "sky_line_amp", "sky_continuum"):  # no per-visit effects in the reference spectra
+        obs[key] = np.zeros(len(files))
     writers["obs"].append(obs)
-    return counter + n, corruption
+    return counter + n, corruption, truth
 
 
 def _galah_cards(sobject, ccd, crval, cdelt, star, tm, snr, rv, e_rv, mjd):

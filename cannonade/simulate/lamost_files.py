@@ -8,6 +8,7 @@ from cannonade.simulate import catalogues as cat
 from cannonade.simulate.instruments import get_instrument
 from cannonade.simulate.layout import BATCH, LAMOST_COLUMNS, OBS_COLUMNS, ORIGIN, band_snr, mjd_to_iso, snr_from_mag, subset
 from cannonade.simulate.observing import observe
+from cannonade.simulate.realism import draw_visit_effects
 from cannonade.simulate.render import normalised_model
 from cannonade.simulate.writers import card, write_fits_images
 from cannonade.spectra.surveys import C_KMS
@@ -73,7 +74,7 @@ def _subclass(teff):
     return np.array(names)[np.searchsorted(edges, teff)]
 
 
-def write_lamost_chunk(out, stars, s_all, rng, counter, writers, preset_opts):
+def write_lamost_chunk(out, stars, s_all, rng, counter, writers, preset_opts, realism=False, visit_rng=None):
     """Observe every star of a chunk with LAMOST (plus repeat visits); write files and rows.
 
     Parameters
@@ -91,6 +92,12 @@ def write_lamost_chunk(out, stars, s_all, rng, counter, writers, preset_opts):
         Rows go to ``writers["lamost"]`` and ``writers["obs"]``.
     preset_opts : dict
         ``repeat_fraction``: fraction of stars with repeat visits.
+    realism : Realism or bool
+        Per-visit flux-calibration errors and sky residuals
+        (:func:`cannonade.simulate.realism.draw_visit_effects`), drawn from ``visit_rng``;
+        off (default): visits differ only by noise and RV.
+    visit_rng : numpy Generator, optional
+        The chunk's stream of per-visit effects (needed when ``realism`` has visit effects).
 
     Returns
     -------
@@ -108,7 +115,8 @@ def write_lamost_chunk(out, stars, s_all, rng, counter, writers, preset_opts):
     base_snr = snr_from_mag(g, rng, 14.0, 60.0)
     snr = np.clip(base_snr[star_idx] * np.exp(rng.normal(0, 0.3, m)), 2.0, 900.0)
     rv = np.asarray(stars["rv"])[star_idx] + rng.normal(0, 0.5, m)  # intrinsic jitter, km/s
-    calib = rng.normal(0, 0.04, (n, 4))[star_idx]  # per star: visits differ only by noise and RV
+    calib = rng.normal(0, 0.04, (n, 4))[star_idx]  # per star (in the continuum); per visit: ``visit``
+    effects = draw_visit_effects(realism, "lamost", m, visit_rng) if realism else None
     scale = (1200.0 * 10.0 ** (-0.4 * (g - 14.0)))[star_idx]
     gid = counter + np.arange(m)
     lab = cat.lamost_labels(stars[star_idx], snr, rng)
@@ -124,7 +132,8 @@ def write_lamost_chunk(out, stars, s_all, rng, counter, writers, preset_opts):
         idx = star_idx[sl]
         s = subset(s_all, idx)
         _, norm = normalised_model(s, "lamost", rv[sl])
-        syn = observe(wl, norm, s["teff"], "lamost", snr[sl], rng, flux_scale=scale[sl], calib=calib[sl])
+        syn = observe(wl, norm, s["teff"], "lamost", snr[sl], rng, flux_scale=scale[sl], calib=calib[sl],
+                      visit=None if effects is None else effects[sl])
         true_flux = syn.continuum * syn.model
         bands = {"u": (3700, 4000), "g": (4000, 5500), "r": (5500, 7000), "i": (7000, 8500), "z": (8500, 9100)}
         bsnr = {b: band_snr(wl, true_flux, syn.ivar, lo, hi) for b, (lo, hi) in bands.items()}
@@ -159,7 +168,8 @@ def write_lamost_chunk(out, stars, s_all, rng, counter, writers, preset_opts):
                 rows[key].append(lab[key][k])
             for key, val in (("survey", "lamost"), ("filename", fname), ("obsid", 100000000 + gg), ("sobject_id", -1),
                              ("apogee_id", ""), ("star_id", int(stars["star_id"][idx[j]])), ("visit", int(visit[k])),
-                             ("ccd", 0), ("snr", bsnr["g"][j]), ("rv", rv[k])):
+                             ("ccd", 0), ("snr", bsnr["g"][j]), ("rv", rv[k]), ("calib_rms", syn.calib_rms[j]),
+                             ("sky_line_amp", syn.sky_line_amp[j]), ("sky_continuum", syn.sky_continuum[j])):
                 obs_rows[key].append(val)
     writers["lamost"].append(rows)
     writers["obs"].append(obs_rows)

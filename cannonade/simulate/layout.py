@@ -14,6 +14,7 @@ import numpy as np
 
 from cannonade.simulate.lines import ABUNDANCE_ELEMENTS
 from cannonade.simulate.catalogues import APOGEE_ELEMENTS
+from cannonade.simulate.realism import REFERENCE_ERROR_LABELS, SYSTEMATIC_LABELS
 
 __all__ = [
     "ORIGIN",
@@ -37,7 +38,12 @@ ORIGIN = "cannonade.simulate (mock survey)"
 
 # ----------------------------------------------------------------------------- catalogue schemas
 def truth_columns():
-    """Schema of ``truth/stars.fits`` (one row per star)."""
+    """Schema of ``truth/stars.fits`` (one row per star).
+
+    ``ref_sys_<label>``: the reference-label systematic applied to that GALAH label (dex, before any
+    corruption); ``ref_err_<label>``: the true 1-sigma error its noise was drawn with (NaN for
+    stars outside the reference set; see :mod:`cannonade.simulate.realism`).
+    """
     cols = [("star_id", "i8", 0), ("population", "str", 7), ("stage", "str", 8), ("cluster_id", "i8", 0),
             ("binary_id", "i8", 0), ("teff", "f8", 0), ("logg", "f8", 0), ("vmic", "f8", 0), ("vbroad", "f8", 0),
             ("fe_h", "f8", 0)]
@@ -45,13 +51,19 @@ def truth_columns():
     cols += [("alpha_fe", "f8", 0)]
     cols += [(c, "f8", 0) for c in ("x", "y", "z", "vx", "vy", "vz", "ra", "dec", "distance", "pmra", "pmdec", "rv", "g_mag")]
     cols += [("is_reference", "bool", 0), ("labels_corrupted", "bool", 0), ("corruption", "str", 5)]
+    cols += [(f"ref_sys_{c}", "f8", 0) for c in SYSTEMATIC_LABELS]
+    cols += [(f"ref_err_{c}", "f8", 0) for c in REFERENCE_ERROR_LABELS]
     return cols
 
 
-#: ``truth/observations.fits``: one row per spectrum file
+#: ``truth/observations.fits``: one row per spectrum file (APOGEE: per visit). ``calib_rms``: RMS of
+#: ln D, the visit's own flux-calibration error; ``sky_line_amp``, ``sky_continuum``: RMS of the
+#: residual sky-line peaks / of the residual sky continuum relative to the star's median
+#: reference-band continuum (0 where no per-visit effects were applied, e.g. GALAH).
 OBS_COLUMNS = [("survey", "str", 6), ("filename", "str", 64), ("obsid", "i8", 0), ("sobject_id", "i8", 0),
                 ("apogee_id", "str", 20), ("star_id", "i8", 0), ("visit", "i4", 0), ("ccd", "i2", 0),
-                ("snr", "f8", 0), ("rv", "f8", 0)]
+                ("snr", "f8", 0), ("rv", "f8", 0), ("calib_rms", "f8", 0), ("sky_line_amp", "f8", 0),
+                ("sky_continuum", "f8", 0)]
 
 #: LAMOST LASP-like ``lamost/catalogue.fits``
 LAMOST_COLUMNS = [("obsid", "i8", 0), ("designation", "str", 20), ("lmjd", "i4", 0), ("planid", "str", 8),
@@ -126,9 +138,13 @@ def mjd_to_iso(mjd):
     return (_dt.datetime(1858, 11, 17) + _dt.timedelta(days=float(mjd))).strftime("%Y-%m-%dT%H:%M:%S")
 
 
-def obs_append(obs, survey, fname, obsid, sobject, apogee_id, star_id, visit, ccd, snr, rv):
-    """Append one ``truth/observations.fits`` row to ``obs`` (dict of lists keyed by :data:`OBS_COLUMNS`)."""
-    for key, val in zip(("survey", "filename", "obsid", "sobject_id", "apogee_id", "star_id", "visit", "ccd", "snr", "rv"),
-                        (survey, fname, obsid, sobject, apogee_id, star_id, visit, ccd, snr, rv)):
+def obs_append(obs, survey, fname, obsid, sobject, apogee_id, star_id, visit, ccd, snr, rv, effects=(0.0, 0.0, 0.0)):
+    """Append one ``truth/observations.fits`` row to ``obs`` (dict of lists keyed by :data:`OBS_COLUMNS`).
+
+    ``effects``: (calib_rms, sky_line_amp, sky_continuum) of the spectrum.
+    """
+    for key, val in zip(("survey", "filename", "obsid", "sobject_id", "apogee_id", "star_id", "visit", "ccd", "snr", "rv",
+                         "calib_rms", "sky_line_amp", "sky_continuum"),
+                        (survey, fname, obsid, sobject, apogee_id, star_id, visit, ccd, snr, rv, *effects)):
         obs[key].append(val)
 

@@ -2,7 +2,10 @@
 
 The normalised model is multiplied by a blackbody continuum, an instrument
 throughput and a smooth flux-calibration error, and observed with photon (and read)
-noise at a requested S/N and with realistic bad pixels.
+noise at a requested S/N and with realistic bad pixels. Optionally (``visit=``, from
+:func:`cannonade.simulate.realism.draw_visit_effects`) each spectrum also gets its own
+multiplicative flux-calibration error and additive sky-subtraction residuals, which the
+reported inverse variance does not include.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cannonade.simulate.instruments import APOGEE_CHIPS, get_instrument
+from cannonade.simulate.realism import sky_residual, visit_calibration
 
 __all__ = ["Synthetic", "SNR_BAND", "observe", "planck", "calibration_distortion"]
 
@@ -53,6 +57,12 @@ class Synthetic:
         Bad pixels (ivar = 0 there).
     snr : (n,) float
         Achieved median S/N per pixel in the instrument's reference band.
+    counts, sigma_counts : (n, n_pixels) float, optional
+        Observed counts (per-visit effects included) and their photon + read noise.
+    calib_rms, sky_line_amp, sky_continuum : (n,) float, optional
+        Per-visit effects (``observe(visit=...)``; zeros without): RMS over pixels of ln D, the
+        per-visit calibration error; RMS of the residual sky-line peaks and RMS over pixels of the
+        residual sky continuum, both relative to the star's median continuum in the reference band.
     """
 
     wavelength: np.ndarray
@@ -64,6 +74,9 @@ class Synthetic:
     snr: np.ndarray
     counts: np.ndarray | None = None
     sigma_counts: np.ndarray | None = None
+    calib_rms: np.ndarray | None = None
+    sky_line_amp: np.ndarray | None = None
+    sky_continuum: np.ndarray | None = None
 
     @property
     def normalised_flux(self):
@@ -80,7 +93,7 @@ class Synthetic:
 SNR_BAND = {"lamost": (4000.0, 5500.0), "galah": (4715.0, 4900.0), "apogee": (15150.0, 16950.0)}
 
 
-def observe(wavelength, norm, teff, instrument, snr, rng, flux_scale=None, calib=None, bad_pixels=True):
+def observe(wavelength, norm, teff, instrument, snr, rng, flux_scale=None, calib=None, bad_pixels=True, visit=None):
     """Add continuum, throughput, photon noise and bad pixels to normalised model spectra.
 
     Parameters
@@ -98,6 +111,10 @@ def observe(wavelength, norm, teff, instrument, snr, rng, flux_scale=None, calib
     calib : (n, k) float, optional
         Legendre coefficients of a smooth flux-calibration error (LAMOST, APOGEE).
     bad_pixels : bool
+    visit : VisitEffects, optional
+        Per-visit flux-calibration error and sky residuals of each spectrum
+        (:func:`cannonade.simulate.realism.draw_visit_effects`); applied to the noisy counts
+        ``(counts + sky) * D``, not to ``ivar`` or ``continuum``. Ignored when ``snr`` is None.
 
     Returns
     -------
@@ -129,6 +146,9 @@ def observe(wavelength, norm, teff, instrument, snr, rng, flux_scale=None, calib
         counts = counts_true + sig * rng.standard_normal(counts_true.shape)
         snr_ach = np.median(counts_true[:, band] / sig[:, band], axis=1)
         bad = _bad_pixels(wl, inst.name, counts_true / sig, rng) if bad_pixels else np.zeros(counts.shape, bool)
+    effects = {key: np.zeros(n) for key in ("calib_rms", "sky_line_amp", "sky_continuum")}
+    if visit is not None and snr is not None:
+        counts, effects = _apply_visit_effects(wl, inst.name, counts, thr, band, k, cont, visit)
     scale = np.full(n, 1000.0) if flux_scale is None else np.asarray(flux_scale, float)
     # counts -> flux units: the flux calibration divides out throughput and exposure (k)
     k_eff = k if snr is not None else np.full(n, 1e6)
@@ -136,7 +156,28 @@ def observe(wavelength, norm, teff, instrument, snr, rng, flux_scale=None, calib
     flux = counts * conv
     ivar = np.where(bad, 0.0, 1.0 / (sig * conv) ** 2)
     continuum = cont * scale[:, None]
-    return Synthetic(wl, flux, ivar, continuum, norm, bad, snr_ach, counts, sig)
+    return Synthetic(wl, flux, ivar, continuum, norm, bad, snr_ach, counts, sig, **effects)
+
+
+def _apply_visit_effects(wl, name, counts, thr, band, k, cont, visit):
+    """(counts + sky residual) * per-visit calibration, and the per-spectrum truth of the effects.
+
+    The sky residual is fixed in counts: ``visit.snr_ref**2 * residual * thr / median(thr in band)``,
+    i.e. ``residual`` times the reference-band continuum of a star observed at S/N = snr_ref.
+    """
+    d = visit_calibration(wl, visit.calib)
+    lines, skyc = sky_residual(wl, name, visit)
+    thr_b = float(np.median(thr[0, band]))
+    counts = (counts + (lines + skyc) * (visit.snr_ref**2 / thr_b) * thr) * d
+    # flux units relative to the star's median reference-band continuum
+    rel = visit.snr_ref**2 / (thr_b * k * np.median(cont[:, band], axis=1))
+    ln_d = np.log(d)
+    effects = {
+        "calib_rms": np.sqrt(np.mean((ln_d - ln_d.mean(axis=1, keepdims=True)) ** 2, axis=1)),
+        "sky_line_amp": rel * (np.sqrt(np.mean(visit.sky_lines**2, axis=1)) if visit.sky_lines.shape[1] else 0.0),
+        "sky_continuum": rel * np.sqrt(np.mean(skyc**2, axis=1)),
+    }
+    return counts, effects
 
 
 # sky-line and telluric regions that real reductions often leave unusable (vacuum Å)

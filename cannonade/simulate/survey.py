@@ -39,6 +39,7 @@ from cannonade.simulate.layout import (
     truth_columns,
 )
 from cannonade.simulate.population import simulate_population
+from cannonade.simulate.realism import REFERENCE_ERROR_LABELS, SYSTEMATIC_LABELS, as_realism, draw_error_factors
 from cannonade.simulate.writers import FitsTableWriter, card
 from cannonade.util import atomic_path, progress
 
@@ -57,6 +58,12 @@ def _chunk_rng(seed, chunk, stream):
     return np.random.default_rng(np.random.SeedSequence([int(seed), int(chunk), int(stream)]))
 
 
+def _survey_rng(seed, stream):
+    """A survey-wide stream (drawn once, independent of the chunking); the spawn key keeps it apart
+    from every ``_chunk_rng``."""
+    return np.random.default_rng(np.random.SeedSequence([int(seed), int(stream)], spawn_key=(1,)))
+
+
 def _version():
     from cannonade._version import __version__
 
@@ -65,7 +72,7 @@ def _version():
 
 def simulate_survey(preset="lamost-galah", n_stars=500, seed=0, out="mock_survey", reference_fraction=0.06,
                     repeat_fraction=0.10, corrupt_fraction=0.04, cluster_fraction=0.04, binary_fraction=0.04,
-                    chunk_size=CHUNK, show_progress=None):
+                    chunk_size=CHUNK, show_progress=None, realism=None):
     """Simulate a mock survey and write it in the real file layouts.
 
     Parameters
@@ -91,6 +98,12 @@ def simulate_survey(preset="lamost-galah", n_stars=500, seed=0, out="mock_survey
         Stars per chunk (memory bound). Part of the random-stream definition: keep the
         default for reproducible files.
     show_progress : bool, optional
+    realism : Realism, dict, bool or None
+        The calibration-relevant imperfections of :mod:`cannonade.simulate.realism`: per-visit
+        flux-calibration errors and sky residuals in the LAMOST/APOGEE spectra, dwarf Teff
+        systematics of the GALAH abundances and imperfect reported GALAH errors. None/True:
+        the defaults of :class:`~cannonade.simulate.realism.Realism`; False: all off; a dict:
+        Realism fields. Recorded in the truth and in the manifest (``realism``).
 
     Returns
     -------
@@ -100,6 +113,9 @@ def simulate_survey(preset="lamost-galah", n_stars=500, seed=0, out="mock_survey
     params = dict(reference_fraction=reference_fraction, repeat_fraction=repeat_fraction,
                   corrupt_fraction=corrupt_fraction, cluster_fraction=cluster_fraction, binary_fraction=binary_fraction)
     n_stars = _check_arguments(preset, n_stars, params)
+    realism = as_realism(realism)
+    params["realism"] = realism
+    params["error_factors"] = draw_error_factors(realism, _survey_rng(seed, 0))
     out = Path(out)
     lamost = preset == "lamost-galah"
     ver = _version()
@@ -134,7 +150,8 @@ def simulate_survey(preset="lamost-galah", n_stars=500, seed=0, out="mock_survey
         "n_stars": n_stars,
         "package": "cannonade",
         "package_version": ver,
-        "parameters": dict(params, chunk_size=int(chunk_size)),
+        "parameters": dict({k: params[k] for k in _FRACTIONS}, chunk_size=int(chunk_size)),
+        "realism": dict(realism.as_dict(), galah_error_factors=params["error_factors"]),
         "counts": counts,
         "files": _file_summary(out, lamost),
         "conventions": {
@@ -184,7 +201,9 @@ def _simulate_chunk(out, seed, ci, c0, m, lamost, params, writers, state, counts
     """Simulate chunk ``ci`` (stars c0 .. c0 + m - 1), observe it, write its files and rows.
 
     Random streams per chunk: 0 population, 1 reference selection, 2 GALAH, 3 LAMOST,
-    4 APOGEE, 5 Gaia. Updates ``state`` (spectra counters) and ``counts`` in place.
+    4 APOGEE, 5 Gaia, 6 GALAH error jitter, 7 LAMOST and 8 APOGEE per-visit effects (the realism
+    streams: switching realism off changes no other draw). Updates ``state`` (spectra counters)
+    and ``counts`` in place.
     """
     stage_probs = (0.52, 0.13, 0.23, 0.12) if lamost else (0.25, 0.10, 0.42, 0.23)
     stars = simulate_population(m, rng=_chunk_rng(seed, ci, 0), id_offset=c0, cluster_fraction=params["cluster_fraction"],
@@ -199,15 +218,17 @@ def _simulate_chunk(out, seed, ci, c0, m, lamost, params, writers, state, counts
         ref = np.arange(m)
     is_ref = np.zeros(m, bool)
     is_ref[ref] = True
-    state["galah"], corruption = write_galah_chunk(out, stars, s_all, ref, _chunk_rng(seed, ci, 2), state["galah"],
-                                                   writers, params["corrupt_fraction"])
+    realism = params["realism"]
+    state["galah"], corruption, ref_truth = write_galah_chunk(
+        out, stars, s_all, ref, _chunk_rng(seed, ci, 2), state["galah"], writers, params["corrupt_fraction"], realism,
+        params["error_factors"], _chunk_rng(seed, ci, 6))
     if lamost:
         before = state["lamost"]
         state["lamost"] = write_lamost_chunk(out, stars, s_all, _chunk_rng(seed, ci, 3), state["lamost"], writers,
-                                             {"repeat_fraction": params["repeat_fraction"]})
+                                             {"repeat_fraction": params["repeat_fraction"]}, realism, _chunk_rng(seed, ci, 7))
         counts["lamost_spectra"] += state["lamost"] - before
     else:
-        write_apogee_chunk(out, stars, s_all, _chunk_rng(seed, ci, 4), writers)
+        write_apogee_chunk(out, stars, s_all, _chunk_rng(seed, ci, 4), writers, realism, _chunk_rng(seed, ci, 8))
         counts["apogee_spectra"] += m
     # Gaia for everyone
     gaia = cat.gaia_catalogue(stars, _chunk_rng(seed, ci, 5))
@@ -221,6 +242,10 @@ def _simulate_chunk(out, seed, ci, c0, m, lamost, params, writers, state, counts
     tr["is_reference"] = is_ref
     tr["labels_corrupted"] = kind > 0
     tr["corruption"] = np.array(cat.CORRUPTION_KINDS)[kind]
+    for c in [f"ref_sys_{x}" for x in SYSTEMATIC_LABELS] + [f"ref_err_{x}" for x in REFERENCE_ERROR_LABELS]:
+        tr[c] = np.full(m, np.nan)
+        if len(ref):
+            tr[c][ref] = ref_truth[c]
     writers["truth"].append(tr)
     counts["stars"] += m
     counts["reference_stars"] += len(ref)

@@ -5,7 +5,7 @@ import threading
 import numpy as np
 import pytest
 
-from cannonade import CannonModel, ShapeError
+from cannonade import CannonModel, ShapeError, UncalibratedWarning
 from cannonade.cannon import inference
 from cannonade.cannon.vectorizer import design_matrix, term_exponents
 
@@ -47,11 +47,12 @@ def test_singular_covariance_is_flagged(censored):
     r = m.infer(flux, ivar)
     assert r.singular.dtype == bool and r.singular.shape == (6,)
     assert r.singular[:3].all() and not r.singular[3:].any()
-    assert np.all(np.isnan(r.cov[:3])) and np.all(np.isnan(r.errors[:3]))
-    assert np.all(np.isfinite(r.cov[3:])) and np.all(np.isfinite(r.errors[3:]))
+    assert np.all(np.isnan(r.cov[:3])) and np.all(np.isnan(r.raw_errors[:3]))
+    assert np.all(np.isfinite(r.cov[3:])) and np.all(np.isfinite(r.raw_errors[3:]))
     # the labels the spectrum does constrain are still measured
     assert np.all(np.isfinite(r.labels[:3])) and np.all(np.abs(r.labels[:3, :2] - lab[:3, :2]) < 0.2)
-    t = r.to_table()
+    with pytest.warns(UncalibratedWarning):  # to_table's e_<label> are the formal errors here
+        t = r.to_table()
     assert list(t["singular"]) == r.singular.tolist()
 
 
@@ -62,7 +63,7 @@ def test_a_label_no_pixel_depends_on_makes_every_covariance_singular():
     m = CannonModel(["x0", "x1", "x2"], censors={"x2": np.zeros(40, dtype=bool)}, show_progress=False)
     m.fit(lab, flux, ivar)
     r = m.infer(flux[:20], ivar[:20])
-    assert r.singular.all() and np.all(np.isnan(r.errors))
+    assert r.singular.all() and np.all(np.isnan(r.raw_errors))
     assert np.all(np.isfinite(r.labels[:, :2]))
 
 

@@ -138,7 +138,7 @@ def test_scatter_fixed_point_maximises_the_exact_likelihood(method):
     assert np.all(theta[~active] == 0.0)
 
 
-def test_inference_recovers_labels_with_calibrated_errors():
+def test_inference_recovers_labels_with_correct_formal_errors():
     """With θ well determined (large training set), label pulls have unit standard deviation."""
     u = PolyUniverse(3, 300, seed=2, snr=50)
     lab = u.labels(6000)
@@ -146,7 +146,7 @@ def test_inference_recovers_labels_with_calibrated_errors():
     test = u.labels(1500)
     r = model.infer(*u.spectra(test))
     assert r.converged.mean() > 0.99
-    pulls = (r.labels - test) / r.errors
+    pulls = (r.labels - test) / r.raw_errors
     np.testing.assert_allclose(pulls.std(axis=0), 1.0, atol=0.10)
     assert np.all(np.abs(pulls.mean(axis=0)) < 0.1)
     assert r.labels.shape == (1500, 3) and r.cov.shape == (1500, 3, 3)
@@ -163,7 +163,7 @@ def test_covariance_is_in_physical_units():
     test = np.repeat(u.labels(1), 400, axis=0)
     r = m.infer(*u.spectra(test))
     # the spread of repeated noisy inferences of one star matches the formal errors (in physical units)
-    np.testing.assert_allclose(r.labels.std(axis=0) / np.median(r.errors, axis=0), 1.0, atol=0.15)
+    np.testing.assert_allclose(r.labels.std(axis=0) / np.median(r.raw_errors, axis=0), 1.0, atol=0.15)
 
 
 def test_orders_one_and_three():

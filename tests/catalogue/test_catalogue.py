@@ -26,7 +26,8 @@ def test_schemas_are_data_and_expand_label_patterns():
     for name in ("source_id", "designation", "giantmodel", "kiel_extrap", "chi2", "snrz", "chi2_mg_fe",
                  "mg_fe_extrap", "fe_h_extrap", "ra", "dec", "R", "phi", "z", "vR", "vT", "vz", "JR", "Jphi", "Jz"):
         assert name in cols, name
-    assert "chi2_fe_h" not in cols and "teff_extrap" not in cols and "chi2_teff" not in cols
+    assert "chi2_fe_h" not in cols and "chi2_teff" not in cols
+    assert cols["teff_extrap"].dtype == "bool"  # per-label KDE flags for every label (issue 11), kiel_extrap jointly
     assert cols["teff"].unit == "K" and cols["e_teff"].unit == "K" and cols["Jz"].unit == "kpc km / s"
     assert cols["source_id"].dtype == "int64" and cols["kiel_extrap"].dtype == "bool" and cols["designation"].dtype == "str"
     assert cols["mg_fe"].description == "[Mg/Fe]"

@@ -107,7 +107,13 @@ def test_failed_star_gets_nan_window_chi2_not_a_chi2_at_zero_labels():
     f, iv = flux[:3].copy(), ivar[:3].copy()
     iv[1] = 0.0  # nothing to fit
     masks = {"fe_h": np.arange(P) < 10}
-    out = infer_observations({"all": m}, np.array(["all"] * 3), f, iv, ["teff", "fe_h"], masks)
+    from cannonade.cannon.calibration import UncalibratedWarning
+
+    with pytest.warns(UncalibratedWarning):  # an uncalibrated model says its errors are formal
+        out = infer_observations({"all": m}, np.array(["all"] * 3), f, iv, ["teff", "fe_h"], masks)
+    from cannonade.flags import Flag
+
+    assert np.all(out["flags"] & int(Flag.UNCALIBRATED))  # ... and flags every star UNCALIBRATED
     assert np.isnan(out["labels"][1]).all() and not out["converged"][1]
     assert np.isnan(out["chi2_windows"][1, 1])
     assert np.isfinite(out["chi2_windows"][[0, 2], 1]).all() and np.isnan(out["chi2_windows"][:, 0]).all()

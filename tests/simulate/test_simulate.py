@@ -217,40 +217,6 @@ def test_population_truths():
     assert np.all(t["logg"][t["stage"] == "dwarf"] > 4.0) and np.all(t["logg"][t["stage"] == "rgb"] < 3.6)
 
 
-def test_repeat_visits_differ_only_by_noise_and_rv(mock):
-    out, _ = mock
-    obs = Table.read(out / "truth" / "observations.fits")
-    truth = Table.read(out / "truth" / "stars.fits")
-    lam = obs[_s(obs["survey"]) == "lamost"]
-    sid, cnt = np.unique(lam["star_id"], return_counts=True)
-    rep = sid[cnt > 1][:4]
-    assert len(rep) >= 3
-    for s in rep:
-        rows = lam[lam["star_id"] == s]
-        conts, chis = [], []
-        star = truth[truth["star_id"] == s]
-        for r in rows:
-            with fits.open(out / "lamost" / "spectra" / str(r["filename"]).strip()) as h:
-                d = h[0].data.astype(float)
-            flux, ivar, normed = d[0], d[1], d[2]
-            cont = flux / normed
-            _, model = normalised_model(star, "lamost", rv=float(r["rv"]))
-            good = ivar > 0
-            chi2 = np.sum((normed - model[0])[good] ** 2 * (ivar * cont**2)[good]) / good.sum()
-            chis.append(chi2)
-            conts.append(cont)
-        assert all(0.8 < c < 1.25 for c in chis), chis  # the model + noise explains each visit
-        np.testing.assert_allclose(conts[0], conts[1], rtol=1e-4)  # same continuum: only noise and RV differ
-        assert len(np.unique(np.round(rows["rv"], 6))) == len(rows)
-        # the wrong RV is a much worse fit: the RV really is in the spectrum
-        with fits.open(out / "lamost" / "spectra" / str(rows["filename"][0]).strip()) as h:
-            d = h[0].data.astype(float)
-        _, wrong = normalised_model(star, "lamost", rv=float(rows["rv"][0]) + 60.0)
-        good = d[1] > 0
-        chi_wrong = np.sum((d[2] - wrong[0])[good] ** 2 * (d[1] * (d[0] / d[2]) ** 2)[good]) / good.sum()
-        assert chi_wrong > chis[0] + 0.05
-
-
 def test_corrupted_reference_labels(mock):
     out, _ = mock
     truth = Table.read(out / "truth" / "stars.fits")
@@ -265,7 +231,8 @@ def test_corrupted_reference_labels(mock):
     cols = ["teff", "fe_h"] + [f"{x}_fe" for x in ("o", "na", "mg", "al", "si", "ca", "ti", "sc", "mn", "y", "ba", "eu")]
     for row in gal:
         t = truth[idx[int(star_of[int(row["sobject_id"])])]]
-        z = max(abs(row[c] - t[c]) / max(row["e_" + c], 1e-3) for c in cols)
+        # against the truth's own systematic and true error (the reported e_<label> are imperfect)
+        z = max(abs(row[c] - t[c] - (t[f"ref_sys_{c}"] if c != "teff" else 0.0)) / t[f"ref_err_{c}"] for c in cols)
         if t["labels_corrupted"]:
             assert z > 3.5, (t["corruption"], z)  # badly wrong
         else:

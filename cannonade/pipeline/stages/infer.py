@@ -29,6 +29,13 @@ def empty_result(classes, label_names):
     return dict(
         labels=np.full((n, L), np.nan),
         errors=np.full((n, L), np.nan),
+        raw_errors=np.full((n, L), np.nan),
+        extrapolated=np.zeros((n, L), dtype=bool),
+        kiel_extrap=np.zeros(n, dtype=bool),
+        train_distance=np.full(n, np.nan),
+        far_from_training=np.zeros(n, dtype=bool),
+        flags=np.zeros(n, dtype=np.int64),
+        snr=np.full(n, np.nan),
         chi2=np.full(n, np.nan),
         dof=np.zeros(n, dtype=int),
         converged=np.zeros(n, dtype=bool),
@@ -56,9 +63,10 @@ def infer_observations(models, classes, flux, ivar, label_names, masks):
 
     Returns
     -------
-    dict of arrays, one row per spectrum: labels, errors (n, L); chi2, dof, converged,
-    outside_training, model_class; chi2_windows (n, L) reduced χ² in each label's windows;
-    label_names.
+    dict of arrays, one row per spectrum: labels, errors (calibrated), raw_errors (formal),
+    extrapolated (n, L); chi2, dof, converged, outside_training, kiel_extrap, train_distance,
+    far_from_training, flags (cannonade.flags bitmask), snr, model_class; chi2_windows (n, L)
+    reduced χ² in each label's windows; label_names.
     """
     out = empty_result(classes, label_names)
     best_rchi2 = np.full(len(classes), np.inf)
@@ -75,6 +83,10 @@ def infer_observations(models, classes, flux, ivar, label_names, masks):
         cols = [label_names.index(lab) for lab in m.label_names]
         out["labels"][np.ix_(rows, cols)] = r.labels[take]
         out["errors"][np.ix_(rows, cols)] = r.errors[take]
+        out["raw_errors"][np.ix_(rows, cols)] = r.raw_errors[take]
+        out["extrapolated"][np.ix_(rows, cols)] = r.extrapolated[take]
+        for key in ("kiel_extrap", "train_distance", "far_from_training", "flags", "snr"):
+            out[key][rows] = getattr(r, key)[take]
         out["chi2"][rows] = r.chi2[take]
         out["dof"][rows] = r.dof[take]
         out["converged"][rows] = r.converged[take]

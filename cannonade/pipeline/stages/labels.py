@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cannonade.pipeline.inputs import all_model_labels, column
+from cannonade.pipeline.inputs import all_model_labels, column, has_column
 from cannonade.pipeline.stages.split import read_classes
 
 NAME = "labels"
@@ -53,6 +53,8 @@ def execute(run):
         spec = cfg.labels.derived.get(n)
         if spec is None:
             out[n] = column(ref, n, al)[ref_rows]
+            if has_column(ref, ep + n, al):  # the reference label's own error: the calibration subtracts it
+                out[ep + n] = column(ref, ep + n, al)[ref_rows]
             continue
         vals = np.column_stack([column(ref, c, al)[ref_rows] for c in spec.mean_of])
         errs = np.column_stack([column(ref, ep + c, al)[ref_rows] for c in spec.mean_of]) if spec.weights == "error" else None

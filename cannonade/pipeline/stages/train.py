@@ -7,7 +7,9 @@ import numpy as np
 from cannonade.cannon.crossval import cross_validate
 from cannonade.cannon.model import CannonModel
 from cannonade.exceptions import TrainingSetError
+from cannonade.pipeline.inputs import column
 from cannonade.pipeline.stages.ingest import target_rows
+from cannonade.pipeline.stages.split import read_classes
 from cannonade.spectra.store import SpectraStore
 
 NAME = "train"
@@ -26,8 +28,10 @@ def train_one(run, st, name, labs, ts):
     m = CannonModel(list(labs), order=tcfg.order, scale=tcfg.scale, scatter=tcfg.scatter, regularization=tcfg.regularization)
     run.log.info("[train] %s model: %d stars x %d pixels, %d labels, %d terms", name, n, flux.shape[1], len(labs), m.n_terms)
     m.fit(labels, flux, ivar, wavelength=st.wavelength)
-    m.save(run.path("models", f"{name}.npz"))
     cv = cross_validate(m, labels, flux, ivar, k=tcfg.cv_folds, seed=run.cfg.run.seed)
+    if run.cfg.calibration.enabled:
+        calibrate(run, st, m, name, cv, label_errors(run, ts, labs, sel))
+    m.save(run.path("models", f"{name}.npz"))
     summary = cv.table()
     summary["model"] = name
     summary["n_train"] = n
@@ -38,6 +42,51 @@ def train_one(run, st, name, labs, ts):
     for row in summary:
         run.log.info("[train]   CV %-14s bias %+9.4f  scatter %8.4f  corr %.3f", row["label"], row["bias"], row["scatter"], row["corr"])
     return summary
+
+
+def label_errors(run, ts, labs, sel):
+    """(N, L) reference-label errors of the training stars (0 where the catalogue has none)."""
+    ep = run.cfg.reference.error_prefix
+    cols = [np.asarray(ts[ep + lab], float)[sel] if ep + lab in ts.colnames else np.zeros(int(sel.sum())) for lab in labs]
+    return np.nan_to_num(np.column_stack(cols), nan=0.0)
+
+
+def repeat_rows(run, name):
+    """Store rows and star ids of target stars observed more than once with model ``name`` (seeded subset).
+
+    Returns rows (R,) int and star_id (R,) str; at most ``calibration.repeat_stars`` stars.
+    """
+    t = run.cfg.target
+    rows_t = target_rows(run)
+    stars = column(run.table("target"), t.star_column, kind="text")
+    ok = (rows_t >= 0) & (read_classes(run) == name)
+    uniq, inv, counts = np.unique(stars[ok], return_inverse=True, return_counts=True)
+    multi = np.flatnonzero(counts > 1)
+    n_max = run.cfg.calibration.repeat_stars
+    if len(multi) > n_max:
+        multi = np.sort(np.random.default_rng(run.cfg.run.seed).choice(multi, n_max, replace=False))
+    take = np.isin(inv, multi)
+    return rows_t[ok][take], stars[ok][take]
+
+
+def calibrate(run, st, m, name, cv, errors):
+    """Calibrate ``m``'s errors and flags from its CV and the target survey's repeat visits."""
+    c = run.cfg.calibration
+    rows, ids = repeat_rows(run, name)
+    repeats = None
+    if len(rows):
+        flux, ivar = st.read_rows(rows)
+        repeats = (flux, ivar, ids)
+    if repeats is None and c.error_model == "nandakumar":
+        raise TrainingSetError(f"model {name!r}: calibration.error_model = 'nandakumar' needs repeat visits; the target survey has none for this model")
+    run.log.info("[train] %s model: calibrating from %d CV stars and %d repeat visits of %d stars",
+                 name, len(cv.truth), len(rows), len(np.unique(ids)) if len(rows) else 0)
+    m.calibrate(cv, label_errors=errors, repeats=repeats, error_model=c.error_model,
+                distance_threshold=c.distance_threshold or None, low_snr=c.low_snr,
+                max_missing_fraction=c.max_missing_fraction)
+    table = m.calibration_.table()
+    table["model"] = name
+    run.write_table(table, f"cv/{name}_calibration.csv")
 
 
 def execute(run):
