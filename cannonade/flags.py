@@ -53,8 +53,8 @@ _DESCRIPTIONS = {
     "LOW_SNR": "median S/N per pixel below the low-S/N limit",
     "MISSING_PIXELS": "missing-pixel fraction above the limit",
     "HIGH_CHI2": "chi2/dof above the CV 99th pct at this S/N",
-    "OUTSIDE_TRAINING": "a label outside the training min-max box",
-    "EXTRAPOLATED": "a label beyond its Wheeler+2020 KDE bounds",
+    "OUTSIDE_TRAINING": "a stellar parameter outside the training min-max",
+    "EXTRAPOLATED": "a stellar parameter beyond its KDE bounds",
     "KIEL_EXTRAP": "teff or logg beyond its KDE bounds",
     "FAR_FROM_TRAINING": "Nandakumar+2022 Eq.5 distance above threshold",
     "HIGH_WINDOW_CHI2": "a label's line-window chi2 high (pipeline)",
@@ -68,9 +68,12 @@ Longer notes: NO_DATA — the star has no more valid pixels than labels (labels 
 NOT_CONVERGED — Levenberg–Marquardt stopped without converging. SINGULAR — (JᵀWJ) not
 invertible: some label direction is unconstrained. LOW_SNR / MISSING_PIXELS — thresholds of
 the model's calibration (defaults 20 and 0.2). HIGH_CHI2 — χ²/dof above the curve fitted to
-the cross-validation's χ²/dof versus S/N. OUTSIDE_TRAINING — a label outside the training
-set's [min, max]. EXTRAPOLATED / KIEL_EXTRAP — a label (Teff or log g) beyond the bounds where
-the model is unbiased in cross-validation (Wheeler+2020 §4). FAR_FROM_TRAINING — mean squared
+the cross-validation's χ²/dof versus S/N. OUTSIDE_TRAINING — a stellar parameter (a label
+that is not an [X/Fe] abundance) outside the training set's [min, max]. EXTRAPOLATED /
+KIEL_EXTRAP — a stellar parameter (Teff or log g) beyond the bounds where the model is unbiased
+in cross-validation (Wheeler+2020 §4). As in Wheeler+2020 Table 1, each abundance carries its
+own flag (``r.extrapolated``, the catalogue's ``<x>_fe_extrap``): cut on it when using that
+abundance. FAR_FROM_TRAINING — mean squared
 distance to the 10 nearest training stars in CV-RMS units above the threshold (Nandakumar+2022
 §3.6, Eq. 5). HIGH_WINDOW_CHI2 — reserved for the pipeline's per-element windowed χ².
 UNCALIBRATED — the model has no calibration; errors are the formal ones and the flags that

@@ -34,6 +34,7 @@ from cannonade.cannon.errormodel import (
 )
 from cannonade.cannon.extrapolation import (
     KIEL_LABELS,
+    parameter_mask,
     chi2_threshold_at,
     chi2_threshold_curve,
     default_distance_labels,
@@ -512,7 +513,7 @@ def _cv_flag_rates(cal, predicted, rows):
     return out
 
 
-def assess(calibration, labels, raw_errors, chi2, dof, converged, singular, snr, outside_training, n_pixels):
+def assess(calibration, labels, raw_errors, chi2, dof, converged, singular, snr, outside_training, n_pixels, label_names=None):
     """Calibrated errors, flags and their parts for M inferred stars (vectorised, no loop over stars).
 
     Parameters
@@ -527,6 +528,10 @@ def assess(calibration, labels, raw_errors, chi2, dof, converged, singular, snr,
     outside_training : (M, L) bool
     n_pixels : int
         The model's pixels (for the missing fraction).
+    label_names : list of str, optional
+        Used when ``calibration`` is None: the EXTRAPOLATED and OUTSIDE_TRAINING bits look at
+        the non-abundance labels only (``extrapolation.parameter_mask``); per-label flags stay
+        in ``extrapolated``.
 
     Returns
     -------
@@ -536,6 +541,8 @@ def assess(calibration, labels, raw_errors, chi2, dof, converged, singular, snr,
     """
     M, L = labels.shape
     cal = calibration
+    names = cal.label_names if cal is not None else label_names
+    params = parameter_mask(names) if names is not None else np.ones(L, dtype=bool)
     no_data = ~np.all(np.isfinite(labels), axis=1)
     missing = missing_fraction(np.asarray(dof) + L, n_pixels)
     low, max_missing = (cal.low_snr, cal.max_missing_fraction) if cal else (DEFAULT_LOW_SNR, DEFAULT_MAX_MISSING_FRACTION)
@@ -552,7 +559,7 @@ def assess(calibration, labels, raw_errors, chi2, dof, converged, singular, snr,
     flags = compose(
         no_data=no_data, not_converged=~np.asarray(converged, bool), singular=singular,
         low_snr=~(np.asarray(snr) >= low), missing_pixels=missing > max_missing, high_chi2=high,
-        outside_training=np.asarray(outside_training, bool).any(axis=1), extrapolated=extrap.any(axis=1),
+        outside_training=np.asarray(outside_training, bool)[:, params].any(axis=1), extrapolated=extrap[:, params].any(axis=1),
         kiel_extrap=kiel, far_from_training=far, uncalibrated=np.full(M, cal is None),
     )
     return dict(errors=errors, missing_fraction=missing, extrapolated=extrap, kiel_extrap=kiel, train_distance=distance,

@@ -35,6 +35,24 @@ DISTANCE_LABEL_GROUPS = (
 KIEL_LABELS = ("teff", "logg", "log_g")
 
 
+def is_abundance(label):
+    """True for an [X/Fe] abundance label (``x_fe`` or a derived ``mean_x_fe``; not ``fe_h``)."""
+    name = label.lower()
+    return name.endswith("_fe") and name not in ("fe_h",)
+
+
+def parameter_mask(label_names):
+    """(L,) bool: the labels whose extrapolation or range sets the star-level flag bits.
+
+    Wheeler+2020 §4 (and their Table 1) flag the stellar parameters for the whole star and each
+    abundance on its own (``<x>_fe_extrap``): a star whose [Ba/Fe] alone extrapolates is fine for
+    [Fe/H]. So the EXTRAPOLATED and OUTSIDE_TRAINING bits look at the non-abundance labels
+    (Teff, log g, vmic, [Fe/H], ...); a model of abundances alone uses them all.
+    """
+    mask = np.array([not is_abundance(n) for n in label_names], dtype=bool)
+    return mask if mask.any() else np.ones(len(label_names), dtype=bool)
+
+
 def conditional_cdf(truth, predicted, grid, block=64):
     """F(g) = P(l_true ≤ g | l_inferred = g) of a 2-D Gaussian KDE of (truth, predicted).
 

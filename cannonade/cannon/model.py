@@ -373,7 +373,7 @@ class CannonModel:
         cov = res["cov"] * sc[None, :, None] * sc[None, None, :]  # back to physical units
         outside = (labels < self.label_min_) | (labels > self.label_max_)
         q = assess(self.calibration_, labels, np.sqrt(np.diagonal(cov, axis1=1, axis2=2)), res["chi2"], res["dof"],
-                   res["converged"], res["singular"], res["snr"], outside, int(ok.sum()))
+                   res["converged"], res["singular"], res["snr"], outside, int(ok.sum()), list(self.label_names))
         return InferenceResult(
             labels=labels, cov=cov, chi2=res["chi2"], dof=res["dof"], converged=res["converged"], start=res["start"],
             outside_training=outside, label_names=list(self.label_names), n_iter=res["n_iter"],

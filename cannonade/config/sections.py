@@ -130,7 +130,7 @@ class CalibrationSection:
     distance_threshold: float = field(default=0.0, metadata=doc("training-distance flag threshold (Nandakumar+2022 Eq. 5); 0 = 2 x number of distance labels", minimum=0))
     low_snr: float = field(default=20.0, metadata=doc("spectra below this S/N get the LOW_SNR flag", minimum=0))
     max_missing_fraction: float = field(default=0.2, metadata=doc("spectra with more missing pixels than this get the MISSING_PIXELS flag", minimum=0))
-    window_chi2_factor: float = field(default=3.0, metadata=doc("HIGH_WINDOW_CHI2 where a label's windowed reduced chi2 exceeds this x its model's median", positive=True))
+    window_chi2_factor: float = field(default=5.0, metadata=doc("HIGH_WINDOW_CHI2 where a label's windowed reduced chi2 exceeds this x its model's median", positive=True))
 
 
 @dataclass(frozen=True)

@@ -8,14 +8,16 @@ Errors: the noise parts of the visits' calibrated errors (``Calibration.scaled_n
 like independent measurements; the model-mismatch part does not average down over visits of one
 star, so it is added once, at the best visit's S/N (``Calibration.total``). Flags: bits about a
 visit's fit (not converged, singular, missing pixels, high χ², outside the training box,
-uncalibrated) are OR-ed over the combined visits; the bits about the labels (extrapolated, Kiel,
-far from training), LOW_SNR and HIGH_WINDOW_CHI2 are recomputed for the combined star.
+uncalibrated) are OR-ed over the combined visits; the bits about the labels (extrapolated — of a
+stellar parameter; each abundance has its own ``<x>_fe_extrap`` —, Kiel, far from training),
+LOW_SNR and HIGH_WINDOW_CHI2 are recomputed for the combined star.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from cannonade.cannon.extrapolation import parameter_mask
 from cannonade.catalogue.visits import argmax_per_group, combine_errors, combine_visits
 from cannonade.flags import Flag, compose
 from cannonade.pipeline.inputs import column
@@ -122,6 +124,7 @@ def calibrate_stars(star, obs, inv, used, label_names, models):
     flag_bits = np.zeros(len(star), dtype=np.int64)
     np.bitwise_or.at(flag_bits, inv, np.where(used, np.asarray(obs["flags"], np.int64) & VISIT_BITS, 0))
     extrap = np.zeros((len(star), len(label_names)), dtype=bool)
+    extrap_bit = np.zeros(len(star), dtype=bool)
     distance = np.full(len(star), np.nan)
     far = np.zeros(len(star), dtype=bool)
     kiel = np.zeros(len(star), dtype=bool)
@@ -142,6 +145,7 @@ def calibrate_stars(star, obs, inv, used, label_names, models):
             star[f"e_{n}"][rows] = total[:, j]
         ex = cal.extrapolated(labels)
         extrap[np.ix_(rows, cols)] = ex
+        extrap_bit[rows] = ex[:, parameter_mask(m.label_names)].any(axis=1)  # abundances flag themselves
         kiel[rows] = cal.kiel_extrap(ex)
         distance[rows] = cal.train_distance(labels)
         far[rows] = cal.far_from_training(distance[rows])
@@ -152,7 +156,7 @@ def calibrate_stars(star, obs, inv, used, label_names, models):
     star["kiel_extrap"] = kiel
     star["train_distance"] = distance
     star["flag_cannon_dist"] = far
-    return flag_bits | compose(extrapolated=extrap.any(axis=1), kiel_extrap=kiel, far_from_training=far, low_snr=low)
+    return flag_bits | compose(extrapolated=extrap_bit, kiel_extrap=kiel, far_from_training=far, low_snr=low)
 
 
 def star_table(obs, label_names, models=None):
