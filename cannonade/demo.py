@@ -133,10 +133,12 @@ def quick_demo(seed=0):
     lab_te = np.column_stack([np.asarray(test[n], float) for n in labels])
     model = CannonModel(labels, order=2).fit(lab_tr, f_tr, i_tr)
     cv = cross_validate(model, lab_tr, f_tr, i_tr, k=12, seed=seed)
+    model.calibrate(cv)  # errors right at every S/N, flags (docs/calibration.md)
     res = model.infer(f_te, i_te)
     rms = np.sqrt(np.nanmean((res.labels - lab_te) ** 2, axis=0))
     t = Table(
-        dict(label=labels, cv_bias=cv.bias, cv_scatter=cv.scatter, cv_corr=cv.corr, test_rms=rms, median_error=np.nanmedian(res.errors, axis=0))
+        dict(label=labels, cv_bias=cv.bias, cv_scatter=cv.scatter, cv_corr=cv.corr, test_rms=rms,
+             median_error=np.nanmedian(res.errors, axis=0), median_formal_error=np.nanmedian(res.raw_errors, axis=0))
     )
     for c in t.colnames[1:]:
         t[c].format = ".4g"
