@@ -70,3 +70,14 @@ def test_fits_header_cards_are_valid_and_document_every_bit():
     assert len({k for k, _, _ in cards}) == len(cards)
     with pytest.raises(FlagError):
         fits_header_cards(prefix="TOOLONGX")
+
+
+def test_the_docs_table_of_bits_is_the_flag_table():
+    """docs/calibration.md lists every bit exactly as cannonade.flags defines it (never stale)."""
+    from pathlib import Path
+
+    from cannonade.flags import FLAG_TABLE
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "calibration.md").read_text()
+    for name, bit, description in FLAG_TABLE:
+        assert f"| {bit} | {1 << bit} | `{name}` | {description} |" in text, name
