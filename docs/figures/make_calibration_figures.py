@@ -3,7 +3,7 @@
     python docs/figures/make_calibration_figures.py            # builds the mock, ~1 min on 2 cores
     python docs/figures/make_calibration_figures.py --replot   # redraws from the saved numbers
 
-A mock like tests/cannon/test_calibration.py's (the same generator and seeds, copied here):
+The mock of tests/cannon/test_calibration.py (``cannonade.simulate.toy``, the same seeds):
 four labels on a curved Kiel-like locus and an α–Fe sequence, 200 pixels through exp and tanh
 (a quadratic Cannon has real mismatch) plus a hidden per-star label offset (an error floor),
 σ ∝ flux, 0.5 % bad pixels. 4000 training stars at S/N 30–150 with noisy reference labels and
@@ -20,72 +20,16 @@ from pathlib import Path
 
 import numpy as np
 
+from cannonade.simulate.toy import NAMES, REF_ERR, KielMock, alpha_of, locus_logg, log_uniform
+
 HERE = Path(__file__).resolve().parent
 CACHE = Path("/tmp/cannonade_calibration_figures.npz")
 
-NAMES = ["teff", "logg", "fe_h", "alpha_fe"]
 TEX = [r"$T_\mathrm{eff}$", r"$\log g$", "[Fe/H]", r"[$\alpha$/Fe]"]
 UNITS = ["K", "dex", "dex", "dex"]
-CENTRE = np.array([5200.0, 3.4, -0.2, 0.1])
-UNIT = np.array([500.0, 0.8, 0.3, 0.1])
-REF_ERR = np.array([25.0, 0.04, 0.012, 0.006])  # mean reported error of the reference labels
-HIDDEN = 0.1  # star-specific label offset of the spectrum, in UNITs
 SNR_EDGES = np.geomspace(20.0, 150.0, 8)  # 7 bins, ~1300 test stars each
 GROUPS = ["like training\nS/N 30–150", "like training\nS/N 20–30", "hotter\n6500–7000 K",
           "metal-poor\n[Fe/H] −1.8…−1.2", "off the locus\n(inside min–max)"]
-
-
-# ------------------------------------------------------------------ the mock (as the test's)
-def locus_logg(teff):
-    return 2.0 + 2.4 * np.sqrt(np.clip((teff - 4200.0) / 2100.0, 0.0, None))
-
-
-def alpha_of(feh):
-    return 0.1 - 0.25 * (feh + 0.2)
-
-
-def log_uniform(n, lo, hi, rng):
-    return np.exp(rng.uniform(np.log(lo), np.log(hi), n))
-
-
-class KielMock:
-    """Spectra f = 1 − 0.6 tanh(d0 exp(a·z + c z_teff z_feh)(1 + 0.1 sin(k·z + φ)) / 0.6)."""
-
-    def __init__(self, n_pixels=200, seed=1):
-        rng = np.random.default_rng(seed)
-        P = n_pixels
-        self.d0 = rng.uniform(0.05, 0.45, P)
-        a = np.zeros((P, 4))
-        a[:, 0] = rng.normal(0.0, 0.35, P)
-        a[:, 1] = rng.normal(0.0, 0.25, P)
-        a[:, 2] = rng.normal(0.35, 0.15, P)
-        alpha_px = rng.random(P) < 0.3
-        a[alpha_px, 3] = rng.normal(0.4, 0.1, alpha_px.sum())
-        self.a = 0.5 * a
-        self.c = rng.normal(0.0, 0.08, P)
-        self.k = rng.normal(0.0, 1.5, (P, 4))
-        self.phase = rng.uniform(0.0, 2.0 * np.pi, P)
-        self.noise_shape = rng.uniform(0.75, 1.25, P)
-
-    @staticmethod
-    def draw(n, rng):
-        teff = rng.uniform(4300.0, 6200.0, n)
-        feh = rng.uniform(-0.9, 0.5, n)
-        lab = np.column_stack([teff, locus_logg(teff) + rng.normal(0, 0.08, n), feh,
-                               alpha_of(feh) + rng.normal(0, 0.03, n)])
-        return lab, HIDDEN * rng.normal(size=(n, 4))
-
-    def observe(self, labels, offset, snr, rng):
-        z = (labels - CENTRE) / UNIT + offset
-        depth = self.d0 * np.exp(z @ self.a.T + self.c * (z[:, :1] * z[:, 2:3]))
-        depth *= 1.0 + 0.1 * np.sin(z @ self.k.T + self.phase)
-        f = 1.0 - 0.6 * np.tanh(depth / 0.6)
-        sigma = f * self.noise_shape / np.asarray(snr, float)[:, None]
-        flux = f + sigma * rng.normal(size=f.shape)
-        ivar = 1.0 / sigma**2
-        bad = rng.random(f.shape) < 0.005
-        ivar[bad], flux[bad] = 0.0, np.nan
-        return flux, ivar
 
 
 # ------------------------------------------------------------------ the measurements

@@ -36,67 +36,9 @@ from cannonade.cannon.quality import spectrum_snr
 from cannonade.exceptions import LabelError, ShapeError
 from cannonade.flags import Flag
 
-NAMES = ["teff", "logg", "fe_h", "alpha_fe"]
-CENTRE = np.array([5200.0, 3.4, -0.2, 0.1])
-UNIT = np.array([500.0, 0.8, 0.3, 0.1])
-REF_ERR = np.array([25.0, 0.04, 0.012, 0.006])  # mean reported error of the reference labels
-HIDDEN = 0.1  # star-specific label offset of the spectrum, in UNITs
+from cannonade.simulate.toy import NAMES, REF_ERR, KielMock, alpha_of, locus_logg, log_uniform
+
 SNR_BINS = [(20, 40), (40, 80), (80, 150)]
-
-
-def locus_logg(teff):
-    return 2.0 + 2.4 * np.sqrt(np.clip((teff - 4200.0) / 2100.0, 0.0, None))
-
-
-def alpha_of(feh):
-    return 0.1 - 0.25 * (feh + 0.2)
-
-
-class KielMock:
-    """Spectra f = 1 − 0.6 tanh(d0 exp(a·z + c z_teff z_feh)(1 + 0.1 sin(k·z + φ)) / 0.6)."""
-
-    def __init__(self, n_pixels=200, seed=1):
-        rng = np.random.default_rng(seed)
-        P = n_pixels
-        self.d0 = rng.uniform(0.05, 0.45, P)
-        a = np.zeros((P, 4))
-        a[:, 0] = rng.normal(0.0, 0.35, P)
-        a[:, 1] = rng.normal(0.0, 0.25, P)
-        a[:, 2] = rng.normal(0.35, 0.15, P)
-        alpha_px = rng.random(P) < 0.3
-        a[alpha_px, 3] = rng.normal(0.4, 0.1, alpha_px.sum())
-        self.a = 0.5 * a
-        self.c = rng.normal(0.0, 0.08, P)
-        self.k = rng.normal(0.0, 1.5, (P, 4))
-        self.phase = rng.uniform(0.0, 2.0 * np.pi, P)
-        self.noise_shape = rng.uniform(0.75, 1.25, P)
-
-    @staticmethod
-    def draw(n, rng):
-        """Labels like the training set's (n, 4) and each star's hidden offset (n, 4)."""
-        teff = rng.uniform(4300.0, 6200.0, n)
-        feh = rng.uniform(-0.9, 0.5, n)
-        lab = np.column_stack([teff, locus_logg(teff) + rng.normal(0, 0.08, n), feh, alpha_of(feh) + rng.normal(0, 0.03, n)])
-        return lab, HIDDEN * rng.normal(size=(n, 4))
-
-    def flux(self, labels, offset):
-        z = (labels - CENTRE) / UNIT + offset
-        depth = self.d0 * np.exp(z @ self.a.T + self.c * (z[:, :1] * z[:, 2:3]))
-        depth *= 1.0 + 0.1 * np.sin(z @ self.k.T + self.phase)
-        return 1.0 - 0.6 * np.tanh(depth / 0.6)
-
-    def observe(self, labels, offset, snr, rng):
-        f = self.flux(labels, offset)
-        sigma = f * self.noise_shape / np.asarray(snr, float)[:, None]  # median f·sqrt(ivar) ≈ S/N
-        flux = f + sigma * rng.normal(size=f.shape)
-        ivar = 1.0 / sigma**2
-        bad = rng.random(f.shape) < 0.005
-        ivar[bad], flux[bad] = 0.0, np.nan
-        return flux, ivar
-
-
-def log_uniform(n, lo, hi, rng):
-    return np.exp(rng.uniform(np.log(lo), np.log(hi), n))
 
 
 @pytest.fixture(scope="module")
