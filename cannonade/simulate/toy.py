@@ -68,6 +68,26 @@ class KielMock:
         lab = np.column_stack([teff, locus_logg(teff) + rng.normal(0, 0.08, n), feh, alpha_of(feh) + rng.normal(0, 0.03, n)])
         return lab, HIDDEN * rng.normal(size=(n, 4))
 
+    @classmethod
+    def draw_outside(cls, n, rng):
+        """2n stars beyond the training set: n hotter (6500–7000 K, on the locus continued), then n
+        more metal-poor ([Fe/H] −1.8 to −1.2, on the α sequence). Labels (2n, 4), offsets (2n, 4)."""
+        lab, off = cls.draw(2 * n, rng)
+        lab[:n, 0] = rng.uniform(6500.0, 7000.0, n)
+        lab[:n, 1] = locus_logg(lab[:n, 0]) + rng.normal(0, 0.08, n)
+        lab[n:, 2] = rng.uniform(-1.8, -1.2, n)
+        lab[n:, 3] = alpha_of(lab[n:, 2]) + rng.normal(0, 0.03, n)
+        return lab, off
+
+    @classmethod
+    def draw_off_locus(cls, n, rng):
+        """n stars 1–1.6 dex in log g off the Kiel locus (Teff 4400–6100 K). Labels, offsets (n, 4)."""
+        lab, off = cls.draw(n, rng)
+        lab[:, 0] = rng.uniform(4400.0, 6100.0, n)
+        loc = locus_logg(lab[:, 0])
+        lab[:, 1] = np.where(loc > 3.4, loc - rng.uniform(1.0, 1.6, n), loc + rng.uniform(1.0, 1.6, n))
+        return lab, off
+
     def flux(self, labels, offset):
         """Noiseless normalised flux (n, P) of labels (n, 4) with hidden offsets (n, 4)."""
         z = (labels - CENTRE) / UNIT + offset

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cannonade.simulate.toy import NAMES, REF_ERR, KielMock, alpha_of, locus_logg, log_uniform
+from cannonade.simulate.toy import NAMES, REF_ERR, KielMock, log_uniform
 
 HERE = Path(__file__).resolve().parent
 CACHE = Path("/tmp/cannonade_calibration_figures.npz")
@@ -86,18 +86,11 @@ def measure():
     groups = [("like30", r.snr >= 30), ("like20", r.snr < 30)]
     results = {name: (r, sel, test_truth) for name, sel in groups}
     rng = np.random.default_rng(23)
-    lab, off = mock.draw(1000, rng)
-    lab[:500, 0] = rng.uniform(6500.0, 7000.0, 500)
-    lab[:500, 1] = locus_logg(lab[:500, 0]) + rng.normal(0, 0.08, 500)
-    lab[500:, 2] = rng.uniform(-1.8, -1.2, 500)
-    lab[500:, 3] = alpha_of(lab[500:, 2]) + rng.normal(0, 0.03, 500)
+    lab, off = mock.draw_outside(500, rng)
     ro = m.infer(*mock.observe(lab, off, log_uniform(1000, 20, 150, rng), rng))
     results["hot"] = (ro, np.arange(1000) < 500, lab)
     results["poor"] = (ro, np.arange(1000) >= 500, lab)
-    lab, off = mock.draw(1500, rng)
-    lab[:, 0] = rng.uniform(4400.0, 6100.0, 1500)
-    loc = locus_logg(lab[:, 0])
-    lab[:, 1] = np.where(loc > 3.4, loc - rng.uniform(1.0, 1.6, 1500), loc + rng.uniform(1.0, 1.6, 1500))
+    lab, off = mock.draw_off_locus(1500, rng)
     inside = np.all((lab >= ref.min(axis=0)) & (lab <= ref.max(axis=0)), axis=1)
     rl = m.infer(*mock.observe(lab[inside], off[inside], log_uniform(int(inside.sum()), 20, 150, rng), rng))
     results["off"] = (rl, np.ones(int(inside.sum()), bool), lab[inside])

@@ -36,7 +36,7 @@ from cannonade.cannon.quality import spectrum_snr
 from cannonade.exceptions import LabelError, ShapeError
 from cannonade.flags import Flag
 
-from cannonade.simulate.toy import NAMES, REF_ERR, KielMock, alpha_of, locus_logg, log_uniform
+from cannonade.simulate.toy import NAMES, REF_ERR, KielMock, log_uniform
 
 SNR_BINS = [(20, 40), (40, 80), (80, 150)]
 
@@ -180,21 +180,14 @@ def test_flags_out_of_range_off_locus_and_in_range(mock, noisy, training):
     c = m.calibration_
     assert c.distance_labels == NAMES and c.distance_threshold == 8.0  # Nandakumar+2022: four labels, D > 8
     rng = np.random.default_rng(23)
-    lab, off = mock.draw(1000, rng)
     # hotter than the training set (on the locus continued), or more metal-poor (on the α sequence)
-    lab[:500, 0] = rng.uniform(6500.0, 7000.0, 500)
-    lab[:500, 1] = locus_logg(lab[:500, 0]) + rng.normal(0, 0.08, 500)
-    lab[500:, 2] = rng.uniform(-1.8, -1.2, 500)
-    lab[500:, 3] = alpha_of(lab[500:, 2]) + rng.normal(0, 0.03, 500)
+    lab, off = mock.draw_outside(500, rng)
     r = m.infer(*mock.observe(lab, off, log_uniform(1000, 20, 150, rng), rng))
     flagged = r.extrapolated.any(axis=1) | r.far_from_training
     assert flagged[:500].mean() >= 0.9 and flagged[500:].mean() >= 0.9
     assert r.kiel_extrap[:500].mean() > 0.5
     # inside the training min–max box but off the Kiel locus (1–1.6 dex in log g)
-    lab, off = mock.draw(1500, rng)
-    lab[:, 0] = rng.uniform(4400.0, 6100.0, 1500)
-    loc = locus_logg(lab[:, 0])
-    lab[:, 1] = np.where(loc > 3.4, loc - rng.uniform(1.0, 1.6, 1500), loc + rng.uniform(1.0, 1.6, 1500))
+    lab, off = mock.draw_off_locus(1500, rng)
     inside = np.all((lab >= training["ref"].min(axis=0)) & (lab <= training["ref"].max(axis=0)), axis=1)
     assert inside.sum() > 500
     r = m.infer(*mock.observe(lab[inside], off[inside], log_uniform(int(inside.sum()), 20, 150, rng), rng))
