@@ -66,9 +66,9 @@ class LabelPattern:
         ``{short}`` (a short name: the description, or for a derived label its symbol
         and components).
     dtype : str
-    when : {'all', 'abundance', 'not_kiel'}
-        Which labels get the column: every label; abundances ([X/Fe] of an element,
-        not fe_h, and the derived means ``mean_<x>_fe``); or all but teff/logg/vmic.
+    when : {'all', 'abundance'}
+        Which labels get the column: every label, or abundances ([X/Fe] of an element,
+        not fe_h, and the derived means ``mean_<x>_fe``).
     """
 
     template: str
@@ -127,7 +127,6 @@ class Schema:
 # ----------------------------------------------------------------------------------------
 # labels: units and descriptions
 # ----------------------------------------------------------------------------------------
-_KIEL = {"teff", "logg", "vmic", "vmicro"}
 _ABUNDANCE = re.compile(r"^([a-z]{1,2}\d?)_fe$", re.IGNORECASE)
 _X_H = re.compile(r"^([a-z]{1,2}\d?)_h$", re.IGNORECASE)
 _MEAN = re.compile(r"^mean_([a-z0-9]+)_fe$", re.IGNORECASE)
@@ -169,8 +168,6 @@ def _pattern_applies(when, label):
         return True
     if when == "abundance":
         return _is_abundance(label)
-    if when == "not_kiel":
-        return label.lower() not in _KIEL
     raise ValueError(f"unknown pattern selector {when!r}")
 
 
