@@ -28,7 +28,7 @@ def cmd_demo(args):
     # --n-target: stars in the mock (all get LAMOST spectra); --n-reference: how many are GALAH stars
     n_stars = int(args.n_target) if args.n_target else demo.DEFAULT_N_STARS
     frac = min(0.9, float(args.n_reference) / n_stars) if args.n_reference else demo.DEFAULT_REFERENCE_FRACTION
-    run, table = demo.run_demo(args.out, n_stars=n_stars, reference_fraction=frac, seed=args.seed)
+    run, table = demo.run_demo(args.out, n_stars=n_stars, reference_fraction=frac, seed=args.seed, keep_mock=args.keep_mock)
     for c in ("cv_scatter", "rms_true", "ratio"):
         table[c].format = ".4g"
     print()
@@ -46,7 +46,9 @@ def cmd_simulate(args):
     from cannonade.simulate import simulate_survey
 
     t0 = time.perf_counter()
-    manifest = simulate_survey(preset=args.preset, n_stars=args.n_stars, seed=args.seed, out=args.out, realism=not args.no_realism)
+    extra = {} if args.reference_fraction is None else {"reference_fraction": args.reference_fraction}
+    manifest = simulate_survey(preset=args.preset, n_stars=args.n_stars, seed=args.seed, out=args.out, realism=not args.no_realism,
+                               **extra)
     c = manifest["counts"]
     print(
         f"cannonade simulate: {c['stars']} stars ({c['reference_stars']} GALAH reference, "
@@ -60,7 +62,7 @@ def cmd_ingest(args):
     from cannonade.spectra.ingest import ingest
 
     report = ingest(args.inputs, args.out, grid=args.grid, normalise=args.normalise, redshifts=args.redshift_catalogue,
-                    workers=args.workers, chunk_size=args.chunk_size)
+                    workers=args.workers, chunk_size=args.chunk_size, join=args.join)
     print(report.summary())
     return 0 if report.n_ok > 0 else 1
 
@@ -75,7 +77,82 @@ def cmd_run(args):
     return 0
 
 
+def cmd_match(args):
+    from cannonade.tasks.match import match_catalogue
+
+    report = match_catalogue(args.catalogue, args.store, args.out, radius_arcsec=args.radius, ra_column=args.ra_column,
+                             dec_column=args.dec_column)
+    print(report.summary())
+    return 0
+
+
+def _label_list(text):
+    from cannonade.tasks.training import parse_label_names
+
+    return parse_label_names(text)
+
+
+def cmd_train(args):
+    from cannonade.tasks.train import train_model
+
+    report = train_model(args.labels, args.store, _label_list(args.label_names), args.out, id_column=args.id_column,
+                         order=args.order, scale=args.scale, k=args.k, calibrate=args.calibrate, seed=args.seed,
+                         name=args.name, error_prefix=args.error_prefix, missing=args.missing_labels)
+    print(report.summary())
+    return 0
+
+
+def cmd_cv(args):
+    from cannonade.tasks.crossval import describe, run_cv
+
+    cv, ts, paths = run_cv(args.labels, args.store, _label_list(args.label_names), args.out, id_column=args.id_column,
+                           order=args.order, scale=args.scale, k=args.k, seed=args.seed, error_prefix=args.error_prefix,
+                           missing=args.missing_labels)
+    print(ts.summary())
+    print(f"{args.k}-fold cross-validation:")
+    print(describe(cv))
+    print(f"CV summary:     {paths['summary']}")
+    print(f"CV predictions: {paths['predictions']}")
+    return 0
+
+
+def cmd_infer(args):
+    from cannonade.tasks.infer import infer_store
+
+    report = infer_store(args.models, args.store, args.out, model_by=args.model_by, catalogue=args.catalogue,
+                         allow_mismatch=args.allow_mismatch, chunk_size=args.chunk_size, id_column=args.catalogue_id_column,
+                         teff_column=args.teff_column, logg_column=args.logg_column)
+    print(report.summary())
+    return 0
+
+
+def cmd_config_init(args):
+    from cannonade.tasks.configs import write_example_config
+
+    path = write_example_config(args.path, recipe=args.recipe, overwrite=args.force)
+    print(f"wrote the documented {args.recipe} example configuration to {path}; edit its paths, then: cannonade run {path}")
+    return 0
+
+
 # --------------------------------------------------------------------------- arguments
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's help ends with its default: "(required)", "(default: none)" for an unset
+    optional value, "(default: off)" for a switch, else the value; help that already says its
+    default is left as written."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "%(default)" in text or "default" in text.lower() or action.default is argparse.SUPPRESS or not action.option_strings:
+            return text
+        if action.required:
+            return text + " (required)"
+        if action.default is None:
+            return text + " (default: none)"
+        if action.default is False and action.nargs == 0:
+            return text + " (default: off)"
+        return text + " (default: %(default)s)"
+
+
 def build_parser():
     from cannonade._version import __version__
     from cannonade.pipeline.recipes import WHEELER2020
@@ -83,11 +160,11 @@ def build_parser():
     parser = argparse.ArgumentParser(
         prog="cannonade",
         description="The Cannon at survey scale: stellar labels from spectra (Wheeler+2020, Nandakumar+2022).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"cannonade {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = HelpFormatter
 
     p = sub.add_parser("demo", help="simulate a mock survey, run the whole pipeline, print where results are", formatter_class=fmt)
     p.add_argument("--out", default="cannonade_demo", help="demo directory (mock, config, run)")
@@ -95,6 +172,8 @@ def build_parser():
     p.add_argument("--n-reference", type=int, default=None, help="how many of them are GALAH reference stars (default 10%%)")
     p.add_argument("--seed", type=int, default=0, help="seed of the mock and the run")
     p.add_argument("--quick", action="store_true", help="a small, fast demo of the Cannon core only")
+    p.add_argument("--keep-mock", action=argparse.BooleanOptionalAction, default=False,
+                   help="keep the mock survey's spectrum files after they are ingested (its catalogues and truth always stay)")
     p.set_defaults(handler=cmd_demo)
 
     p = sub.add_parser("simulate", help="write a mock survey (spectra FITS + catalogues + truth)", formatter_class=fmt)
@@ -102,6 +181,8 @@ def build_parser():
     p.add_argument("--n-stars", type=int, default=500, help="stars in the mock")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--reference-fraction", type=float, default=None,
+                   help="fraction of the stars that are reference (GALAH) stars with labels (default: the preset's)")
     p.add_argument("--no-realism", action="store_true",
                    help="switch off per-visit calibration/sky residuals and reference-label systematics (docs/simulate.md)")
     p.set_defaults(handler=cmd_simulate)
@@ -113,7 +194,11 @@ def build_parser():
     p.add_argument("--normalise", default="gaussian", choices=["gaussian", "chebyshev", "none"], help="continuum normalisation")
     p.add_argument("--redshift-catalogue", default=None, help="optional catalogue (id, z) for the rest-frame shift")
     p.add_argument("--workers", type=int, default=2, help="processes")
-    p.add_argument("--chunk-size", type=int, default=1000, help="files per chunk (resume granularity)")
+    p.add_argument("--chunk-size", type=int, default=1000, help="files per chunk, stars with --join star (resume granularity)")
+    p.add_argument("--join", default="auto", choices=["auto", "file", "star"],
+                   help="a row per file, or per GALAH star ('star': its four CCD files <sobject_id><ccd>.fits joined on the "
+                        "grid, each CCD in its own region and normalised on its own; a star missing a CCD goes to the error "
+                        "report); 'auto' = 'star' with --grid galah when every input is a GALAH CCD file, else 'file'")
     p.set_defaults(handler=cmd_ingest)
 
     p = sub.add_parser("run", help="run the label-transfer pipeline described by a TOML config", formatter_class=fmt)
@@ -121,6 +206,70 @@ def build_parser():
     p.add_argument("--from", dest="from_stage", default=None, choices=WHEELER2020.stage_names, metavar="STAGE",
                    help=f"force this stage and all after it; stages: {', '.join(WHEELER2020.stage_names)}")
     p.set_defaults(handler=cmd_run)
+
+    def training_options(p):
+        p.add_argument("labels", help="labels table (FITS, CSV or Parquet): an id column and the label columns")
+        p.add_argument("store", help="spectra store (.h5) from cannonade ingest")
+        p.add_argument("--labels", dest="label_names", required=True, metavar="NAMES",
+                       help="label columns to train on, comma-separated (e.g. teff,logg,fe_h)")
+        p.add_argument("--id-column", default=None,
+                       help="column of the labels table holding the store's spectrum id (obj_id); default: guessed from the values")
+        p.add_argument("--order", type=int, default=2, help="polynomial order of the model (2 = the quadratic Cannon)")
+        p.add_argument("--scale", choices=["standard", "percentile"], default="standard",
+                       help="label scaling: (x - mean)/std (Wheeler+2020) or (x - p50)/(p97.5 - p2.5) (Nandakumar+2022 Eq. 2)")
+        p.add_argument("--k", type=int, default=12, help="cross-validation folds")
+        p.add_argument("--seed", type=int, default=0, help="seed of the folds")
+        p.add_argument("--error-prefix", default="e_", help="reference-label error columns are PREFIX + label")
+        p.add_argument("--missing-labels", choices=["drop", "impute"], default="drop",
+                       help="stars with some labels missing: drop them, or impute those labels from their spectra while training")
+
+    p = sub.add_parser("match", help="match a reference catalogue to a store's spectra on the sky (adds obj_id for train)",
+                       formatter_class=fmt)
+    p.add_argument("catalogue", help="reference catalogue with labels (FITS, CSV or Parquet)")
+    p.add_argument("store", help="spectra store (.h5) from cannonade ingest")
+    p.add_argument("--out", required=True, help="matched catalogue (.fits, .csv or .parquet)")
+    p.add_argument("--radius", type=float, default=1.0, help="match radius in arcsec (Wheeler+2020: 1)")
+    p.add_argument("--ra-column", default="ra", help="right ascension column of the catalogue (deg)")
+    p.add_argument("--dec-column", default="dec", help="declination column of the catalogue (deg)")
+    p.set_defaults(handler=cmd_match)
+
+    p = sub.add_parser("train", help="train a calibrated Cannon model on labelled spectra of a store", formatter_class=fmt)
+    training_options(p)
+    p.add_argument("--out", required=True, help="model file (.npz)")
+    p.add_argument("--name", default=None, help="the model's name (default: the file's stem), e.g. dwarf / giant")
+    p.add_argument("--calibrate", action=argparse.BooleanOptionalAction, default=True,
+                   help="cross-validate and calibrate the errors and flags (docs/calibration.md)")
+    p.set_defaults(handler=cmd_train)
+
+    p = sub.add_parser("cv", help="k-fold cross-validation of a model on labelled spectra (tables in a directory)",
+                       formatter_class=fmt)
+    training_options(p)
+    p.add_argument("--out", required=True, help="output directory (cv_summary.csv, cv_predictions.fits)")
+    p.set_defaults(handler=cmd_cv)
+
+    p = sub.add_parser("infer", help="labels for every spectrum of a store, one row per spectrum", formatter_class=fmt)
+    p.add_argument("models", nargs="+", metavar="MODEL", help="model file(s) (.npz); several are chosen per spectrum by --model-by")
+    p.add_argument("store", help="spectra store (.h5) from cannonade ingest")
+    p.add_argument("--out", required=True, help="labels table (.parquet, .fits or .csv)")
+    p.add_argument("--model-by", choices=["chi2", "wheeler2020"], default="chi2",
+                   help="with several models: lowest chi2/dof, or Wheeler+2020 Eq. 1 on --catalogue Teff/log g "
+                        "(models named dwarf and giant)")
+    p.add_argument("--catalogue", default=None, help="catalogue with Teff and log g of the spectra (--model-by wheeler2020)")
+    p.add_argument("--catalogue-id-column", default=None, help="its column holding the store's obj_id (default: guessed)")
+    p.add_argument("--teff-column", default="teff", help="its Teff column")
+    p.add_argument("--logg-column", default="logg", help="its log g column")
+    p.add_argument("--allow-mismatch", action="store_true",
+                   help="infer even if the store's grid, normalisation or survey differ from the model's (a warning)")
+    p.add_argument("--chunk-size", type=int, default=2000, help="spectra per chunk (a killed run resumes per chunk)")
+    p.set_defaults(handler=cmd_infer)
+
+    p = sub.add_parser("config", help="configuration files", formatter_class=fmt)
+    csub = p.add_subparsers(dest="config_command", required=True, help="what to do with a configuration")
+    q = csub.add_parser("init", help="write a recipe's documented example configuration", formatter_class=fmt)
+    q.add_argument("path", help="where to write it (.toml)")
+    q.add_argument("--recipe", choices=["wheeler2020"], default="wheeler2020", help="the pipeline recipe")
+    q.add_argument("--force", action="store_true", help="overwrite an existing file")
+    q.set_defaults(handler=cmd_config_init)
     return parser
 
 

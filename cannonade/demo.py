@@ -10,13 +10,25 @@
 Default size: 30 000 stars with 10 % GALAH reference stars (3 000 reference stars, ~33 700
 LAMOST spectra with repeat visits), chosen so the demo finishes in under 10 minutes on 2 cores
 (about 6 minutes measured).
-Rerunning the demo resumes where it stopped (the mock is kept if it is complete).
+
+Disk: the demo prints its estimated disk use before it starts (:func:`estimate_disk_use`) and
+the measured use when it ends. The mock's spectrum files (gzipped FITS) are the bulk of it; once
+the pipeline no longer needs them (``ingest`` read the LAMOST spectra, ``clean`` the GALAH ones)
+they are deleted unless ``keep_mock`` (``--keep-mock``); the mock's catalogues, truth and manifest
+always stay (the truth comparison needs them).
+
+Rerunning the demo resumes where it stopped: the mock is kept if it is complete, and a finished
+run whose mock spectra were deleted is not simulated again; if the spectra are gone while a stage
+that reads them is unfinished, the mock is simulated again (same seed, same files) and the run
+resumes.
 ``--quick`` runs only the Cannon core on in-memory mock spectra (a few seconds).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import time
 from pathlib import Path
 
@@ -26,6 +38,17 @@ from cannonade.util import atomic_path
 
 DEFAULT_N_STARS = 30000
 DEFAULT_REFERENCE_FRACTION = 0.10
+
+#: The mock's folders of spectrum files (deleted after the run unless ``keep_mock``).
+SPECTRA_DIRS = ("lamost/spectra", "galah/spectra", "apogee/spectra")
+#: The stages that read the mock's spectrum files (ingest: LAMOST, clean: GALAH).
+SPECTRA_STAGES = ("ingest", "clean")
+
+# Bytes on disk, calibrated on the 30 000-star demo (docs/simulate.md, "Disk use"): per LAMOST
+# spectrum (gzipped FITS file, compressed store row), per GALAH reference star (4 gzipped CCD files),
+# per star (catalogues, truth, Gaia; run tables, catalogue, models).
+_LAMOST_SPECTRA_PER_STAR = 1.123
+_BYTES = {"lamost_file": 43.3e3, "galah_star": 450.7e3, "store_row": 23.1e3, "mock_tables": 1.1e3, "run_tables": 5.8e3}
 
 
 def write_demo_config(out, mock_dir, run_dir):
@@ -83,31 +106,124 @@ def truth_comparison(run_dir, mock_dir, min_snr=30.0):
     return Table(rows=rows, names=("model", "label", "n", "cv_scatter", "rms_true", "ratio"))
 
 
-def run_demo(out="cannonade_demo", n_stars=DEFAULT_N_STARS, reference_fraction=DEFAULT_REFERENCE_FRACTION, seed=0):
-    """Simulate (if needed), run the pipeline, compare with the truth. Returns (Run, truth table)."""
+def estimate_disk_use(n_stars, reference_fraction=DEFAULT_REFERENCE_FRACTION):
+    """Estimated disk use of a demo of ``n_stars`` stars (calibrated on the default demo).
+
+    Returns
+    -------
+    dict of str -> float
+        Bytes: ``peak`` (mock, store and run outputs at once, at the end of the run),
+        ``final`` (after the mock's spectra are deleted) and ``final_keep_mock`` (``--keep-mock``).
+    """
+    n_lamost = _LAMOST_SPECTRA_PER_STAR * n_stars
+    spectra = n_lamost * _BYTES["lamost_file"] + reference_fraction * n_stars * _BYTES["galah_star"]
+    final = n_lamost * _BYTES["store_row"] + n_stars * (_BYTES["mock_tables"] + _BYTES["run_tables"])
+    return {"peak": spectra + final, "final": final, "final_keep_mock": spectra + final}
+
+
+def disk_use(path):
+    """Bytes of all files under ``path`` (sizes as ``ls`` shows them; links not followed)."""
+    total = 0
+    for root, _, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.lstat(os.path.join(root, f)).st_size
+            except FileNotFoundError:  # removed while we walk
+                pass
+    return total
+
+
+def _spectra_complete(mock):
+    """True if every spectrum folder of the mock holds the files its manifest counts."""
+    try:
+        files = json.loads((mock / "manifest.json").read_text())["files"]
+    except (OSError, ValueError, KeyError):
+        return False
+    for d in SPECTRA_DIRS:
+        if d in files:
+            folder = mock / d
+            n = sum(1 for e in os.scandir(folder) if not e.name.startswith(".")) if folder.is_dir() else 0
+            if n != int(files[d]["count"]):
+                return False
+    return True
+
+
+def _needs_spectra(run_dir):
+    """True unless every stage that reads the mock's spectra has finished (its marker exists)."""
+    return not all((Path(run_dir) / "stages" / f"{s}.json").is_file() for s in SPECTRA_STAGES)
+
+
+def _gb(nbytes):
+    return f"{nbytes / 1e9:.1f} GB"
+
+
+def run_demo(out="cannonade_demo", n_stars=DEFAULT_N_STARS, reference_fraction=DEFAULT_REFERENCE_FRACTION, seed=0,
+             keep_mock=False):
+    """Simulate (if needed), run the pipeline, compare with the truth.
+
+    Parameters
+    ----------
+    out : str or Path
+        The demo folder (``mock/``, ``run.toml``, ``run/``).
+    n_stars : int
+    reference_fraction : float
+        Fraction of the stars that are GALAH reference stars.
+    seed : int
+    keep_mock : bool
+        Keep the mock's spectrum files after the run (default: delete them once the
+        pipeline is done with them; catalogues, truth and manifest always stay).
+
+    Returns
+    -------
+    (Run, astropy Table)
+        The finished run and the truth comparison (:func:`truth_comparison`).
+    """
     from cannonade.pipeline import run_pipeline
     from cannonade.simulate import simulate_survey
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     mock = out / "mock"
-    # "realism": the mock's default observing and reference-label effects (docs/simulate.md); a mock
-    # written before they existed is not reused
+    run_dir = out / "run"
+    est = estimate_disk_use(n_stars, reference_fraction)
+    if keep_mock:
+        left = f"{_gb(est['final_keep_mock'])} (the mock's spectra kept)"
+    else:
+        left = f"{_gb(est['final'])} (the mock's spectra deleted; {_gb(est['final_keep_mock'])} with --keep-mock)"
+    print(f"disk: this demo needs about {_gb(est['peak'])} under {out} at its peak and leaves {left}", flush=True)
+    # "realism": the mock's default observing and reference-label effects (docs/simulate.md); "files": gzipped
+    # FITS spectra; a mock written before either is not reused
     params = {"preset": "lamost-galah", "n_stars": int(n_stars), "seed": int(seed), "reference_fraction": float(reference_fraction),
-              "realism": "default-1"}
+              "realism": "default-1", "files": "fits.gz"}
     stamp = out / "mock.json"
-    if not (stamp.is_file() and json.loads(stamp.read_text()) == params and (mock / "manifest.json").is_file()):
+    same_mock = stamp.is_file() and json.loads(stamp.read_text()) == params and (mock / "manifest.json").is_file()
+    if not same_mock:
         print(f"simulating {n_stars} stars ({reference_fraction:.0%} GALAH reference stars) into {mock} ...", flush=True)
+        if stamp.exists():
+            stamp.unlink()  # a mock half rewritten is not the old one
         simulate_survey("lamost-galah", n_stars=n_stars, seed=seed, out=mock, reference_fraction=reference_fraction)
-        stamp.write_text(json.dumps(params))
-        # a new mock invalidates a previous run
-        import shutil
-
-        if (out / "run").exists():
-            shutil.rmtree(out / "run")
-    config = write_demo_config(out, mock, out / "run")
+        with atomic_path(stamp) as tmp:
+            tmp.write_text(json.dumps(params))
+        if run_dir.exists():  # a new mock invalidates a previous run
+            shutil.rmtree(run_dir)
+    elif _needs_spectra(run_dir) and not _spectra_complete(mock):
+        # the same seed gives the same files: the run (and what it has finished) stays valid
+        print(f"the mock's spectrum files are gone and the unfinished run needs them: simulating {n_stars} stars "
+              f"again (seed {seed}, the same mock) into {mock} ...", flush=True)
+        simulate_survey("lamost-galah", n_stars=n_stars, seed=seed, out=mock, reference_fraction=reference_fraction)
+    config = write_demo_config(out, mock, run_dir)
     run = run_pipeline(config)
+    if not keep_mock:
+        removed = 0
+        for d in SPECTRA_DIRS:
+            if (mock / d).is_dir():
+                removed += disk_use(mock / d)
+                shutil.rmtree(mock / d)
+        if removed:
+            print(f"removed the mock's spectrum files ({_gb(removed)}; --keep-mock keeps them); catalogues and truth stay "
+                  f"in {mock}", flush=True)
     table = truth_comparison(run.out, mock)
+    print(f"disk: {disk_use(out) / 1e9:.2f} GB under {out}", flush=True)
     return run, table
 
 

@@ -59,3 +59,8 @@ class StoreFormatError(CannonadeError, IOError):
 
 class SimulationWriteError(CannonadeError, IOError):
     """A mock-survey file that cannot be written (names the file and the reason)."""
+
+
+class SpectraMismatchError(CannonadeError, ValueError):
+    """Spectra prepared differently from a model's training spectra (wavelength grid,
+    continuum normalisation or survey); the message names every difference."""

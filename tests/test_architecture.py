@@ -2,11 +2,11 @@
 
 Layers (lower never imports higher; siblings of one layer never import each other):
 
-0. base: ``exceptions``, ``_version``, ``util``, ``tables``, ``flags``
+0. base: ``exceptions``, ``_version``, ``util``, ``tables``, ``flags``, ``provenance``
 1. ``execution`` (chunked, resumable maps; backends)
 2. ``spectra``, ``cannon``, ``galaxy``, ``catalogue``, ``config`` (siblings)
 3. ``pipeline``, ``simulate`` (siblings)
-4. ``demo``, ``science``
+4. ``demo``, ``science``, ``tasks`` (the one-shot train / cv / infer commands)
 5. ``cli``, ``__main__``
 
 The pinned facades (``cannonade/__init__``, ``cannonade.io``, ``cannonade.dynamics``) re-export
@@ -20,11 +20,11 @@ import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "cannonade"
 LAYERS = {
-    "exceptions": 0, "_version": 0, "util": 0, "tables": 0, "flags": 0,
+    "exceptions": 0, "_version": 0, "util": 0, "tables": 0, "flags": 0, "provenance": 0,
     "execution": 1,
     "spectra": 2, "cannon": 2, "galaxy": 2, "catalogue": 2, "config": 2,
     "pipeline": 3, "simulate": 3,
-    "demo": 4, "science": 4,
+    "demo": 4, "science": 4, "tasks": 4,
     "cli": 5, "__main__": 5,
 }
 FACADES = {"cannonade", "cannonade.io", "cannonade.dynamics"}

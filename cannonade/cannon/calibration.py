@@ -411,12 +411,16 @@ def fit_calibration(cv, label_names, label_errors=None, repeats=None, infer=None
         raise CalibrationError("error_model='nandakumar' needs repeat visits: pass repeats=(flux, ivar, star_id)")
     dist, threshold = _distance_options(names, distance_labels, distance_threshold)
     e_ref = _check_label_errors(label_errors, cv.truth.shape, names)
-    if training is not None and not (cv.truth.shape[0] == training[0] and np.array_equal(cv.truth.min(axis=0), training[1])
-                                     and np.array_equal(cv.truth.max(axis=0), training[2])):
+    # a truth may be NaN (a training set fitted with missing="impute"): per-label statistics
+    # use the stars that have that label; stars with no label at all were not trained on
+    has = np.isfinite(cv.truth)
+    rows = has.any(axis=1)
+    if training is not None and not (int(rows.sum()) == training[0] and _same(cv.truth, has, np.nanmin, training[1])
+                                     and _same(cv.truth, has, np.nanmax, training[2])):
         warnings.warn("the cross-validation's labels are not the model's training set; the training distance "
                       "uses the cross-validation's labels", stacklevel=3)
     resid, raw = cv.predicted - cv.truth, cv.errors
-    valid = np.asarray(cv.converged, bool) & np.all(np.isfinite(resid), axis=1) & np.all(np.isfinite(raw), axis=1)
+    valid = np.asarray(cv.converged, bool) & np.all(np.isfinite(cv.predicted), axis=1) & np.all(np.isfinite(raw), axis=1)
     if valid.sum() < max(10, n_neighbours):
         raise CalibrationError(f"only {int(valid.sum())} cross-validated stars have finite predictions; "
                                f"need at least {max(10, n_neighbours)}")
@@ -427,16 +431,24 @@ def fit_calibration(cv, label_names, label_errors=None, repeats=None, infer=None
     snr = np.asarray(cv.snr, dtype=float)
     snr0 = float(np.median(snr[valid & np.isfinite(snr)])) if np.any(valid & np.isfinite(snr)) else 1.0
     for l in range(L):
+        ok = valid & has[:, l]  # the stars with a reference value of this label
         a[l], b[l], gamma[l], n_used[l], n_clipped[l] = fit_noise_and_floor(
-            resid[valid, l], raw[valid, l], e_ref[valid, l], snr[valid], snr0, noise_scale=fixed[l], slope=floor_slope,
+            resid[ok, l], raw[ok, l], e_ref[ok, l], snr[ok], snr0, noise_scale=fixed[l], slope=floor_slope,
             min_noise_scale=min_noise_scale, clip=clip)
         if not (np.isfinite(a[l]) and np.isfinite(b[l])):
             raise CalibrationError(f"the error model of label {names[l]!r} could not be fitted ({n_used[l]} usable stars)")
-        lo[l], hi[l] = kde_bounds(cv.truth[valid, l], cv.predicted[valid, l], level=kde_level)  # Wheeler+2020 §4
-    cv_rms = np.sqrt(np.mean(resid[valid] ** 2, axis=0))  # K_l of Nandakumar+2022 Eq. 5
+        lo[l], hi[l] = kde_bounds(cv.truth[ok, l], cv.predicted[ok, l], level=kde_level)  # Wheeler+2020 §4
+    # K_l of Nandakumar+2022 Eq. 5 (invalid entries add 0, so complete truth sums as before)
+    counted = valid[:, None] & has
+    cv_rms = np.sqrt(np.sum(np.where(counted, resid, 0.0) ** 2, axis=0) / np.maximum(counted.sum(axis=0), 1))
     idx = [names.index(n) for n in dist]
     if np.any(cv_rms[idx] <= 0):
         raise CalibrationError(f"a distance label has zero CV RMS: {dict(zip(dist, cv_rms[idx]))}")
+    # the training stars' places in label space: the reference labels, and where one is
+    # missing the star's cross-validated estimate of it; stars with neither are left out
+    place = np.where(has, cv.truth, cv.predicted)[:, idx] / cv_rms[idx]
+    in_tree = np.all(np.isfinite(place), axis=1) & rows
+    tree_row = np.cumsum(in_tree) - 1  # each star's row in train_scaled (where in_tree)
     with np.errstate(invalid="ignore", divide="ignore"):
         rchi2 = np.where(np.asarray(cv.dof) > 0, cv.chi2 / np.maximum(cv.dof, 1), np.nan)
     log_snr, thresh = chi2_threshold_curve(rchi2[valid], snr[valid], percentile=chi2_percentile)
@@ -444,14 +456,20 @@ def fit_calibration(cv, label_names, label_errors=None, repeats=None, infer=None
         label_names=names, error_model=error_model, noise_scale=a, floor=b, floor_slope=gamma, floor_snr=snr0,
         precision=precision, repeat_factor=factor, n_repeat_pairs=n_pairs,
         noise_from_repeats=np.array([f is not None for f in fixed]), kde_lo=lo, kde_hi=hi, cv_rms=cv_rms,
-        distance_labels=dist, train_scaled=np.ascontiguousarray(cv.truth[:, idx] / cv_rms[idx]),
+        distance_labels=dist, train_scaled=np.ascontiguousarray(place[in_tree]),
         distance_threshold=threshold, n_neighbours=int(n_neighbours), chi2_log_snr=log_snr, chi2_threshold=thresh,
         low_snr=float(low_snr), max_missing_fraction=float(max_missing_fraction), n_used=n_used, n_clipped=n_clipped,
         options=dict(clip=float(clip), kde_level=float(kde_level), chi2_percentile=float(chi2_percentile),
                      floor_slope=None if floor_slope is None else float(floor_slope), min_noise_scale=float(min_noise_scale)),
     )
-    cal.diagnostics = _cv_flag_rates(cal, cv.predicted[valid], np.flatnonzero(valid))
+    cal.diagnostics = _cv_flag_rates(cal, cv.predicted[valid], np.where(in_tree, tree_row, -1)[valid])
     return cal
+
+
+def _same(truth, has, reduce, expected):
+    """True when each label's reduce (nanmin/nanmax) over its finite truth equals ``expected`` (L,)."""
+    got = np.array([reduce(truth[has[:, l], l]) if has[:, l].any() else np.nan for l in range(truth.shape[1])])
+    return np.array_equal(got, np.asarray(expected, dtype=float), equal_nan=True)
 
 
 def _distance_options(names, distance_labels, distance_threshold):
@@ -492,7 +510,8 @@ def _noise_from_repeats(repeats, infer, names, error_model):
 def _cv_flag_rates(cal, predicted, rows):
     """How often the flags fire on the cross-validated training stars themselves (a diagnostic).
 
-    The distance of each CV prediction is to the training set without the star itself.
+    The distance of each CV prediction is to the training set without the star itself
+    (``rows``: each prediction's row in ``cal.train_scaled``, −1 where it has none).
     """
     idx = cal.distance_index
     scaled = predicted[:, idx] / cal.cv_rms[idx]

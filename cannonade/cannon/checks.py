@@ -123,21 +123,74 @@ def check_rows(labels, flux):
         raise ShapeError(f"labels have {labels.shape[0]} rows but flux has {flux.shape[0]} spectra")
 
 
-def check_finite_labels(labels, label_names):
+def check_finite_labels(labels, label_names, allow_nan=False):
     """LabelError naming the first non-finite label (training labels must all be numbers).
 
     labels : (N, L) float
+    allow_nan : bool
+        NaN marks an unknown label (``fit(..., missing="impute")``): only ±inf is refused.
     """
-    bad = ~np.isfinite(labels)
+    bad = np.isinf(labels) if allow_nan else ~np.isfinite(labels)
     if bad.any():
         n, l = np.argwhere(bad)[0]
+        hint = "" if allow_nan or not np.isnan(labels[n, l]) else \
+            '; fit(..., missing="impute") treats NaN labels as unknown and estimates them from the spectra'
         raise LabelError(
             f"training label {label_names[l]!r} of star {n} is {labels[n, l]} "
-            f"({bad.any(axis=1).sum()} stars have non-finite labels)"
+            f"({bad.any(axis=1).sum()} stars have non-finite labels){hint}"
         )
 
 
-def check_training_set(labels, flux, label_names, n_terms):
+def check_missing_option(missing):
+    """``missing`` of ``CannonModel.fit`` / ``cross_validate``: "refuse" or "impute" (ValueError otherwise)."""
+    if missing not in ("refuse", "impute"):
+        raise ValueError(f"missing must be 'refuse' or 'impute', got {missing!r}")
+    return missing
+
+
+def check_missing_labels(labels, label_names, max_fraction=0.5):
+    """Which training labels are known, and which stars can be kept, when NaN means "unknown".
+
+    Parameters
+    ----------
+    labels : (N, L) float
+        NaN where a reference label is missing; ±inf is refused.
+    label_names : list of str
+    max_fraction : float
+        A label missing for more than this fraction of the kept stars is refused.
+
+    Returns
+    -------
+    known : (N, L) bool
+        Finite entries.
+    keep : (N,) bool
+        Stars with at least one known label (a star with none is dropped by the caller).
+
+    Raises
+    ------
+    LabelError
+        An infinite label (names label and star).
+    TrainingSetError
+        No star has any label; a label missing for more than ``max_fraction`` of the kept
+        stars (names it, with its count).
+    """
+    check_finite_labels(labels, label_names, allow_nan=True)
+    known = np.isfinite(labels)
+    keep = known.any(axis=1)
+    n = int(keep.sum())
+    if labels.shape[0] and n == 0:
+        raise TrainingSetError(f"none of the {labels.shape[0]} training stars has a finite label")
+    if n:
+        n_miss = (~known[keep]).sum(axis=0)
+        over = np.flatnonzero(n_miss > max_fraction * n)
+        if over.size:
+            which = ", ".join(f"{label_names[l]!r} ({n_miss[l]} of {n} stars)" for l in over)
+            raise TrainingSetError(f"training label(s) {which} missing for more than {max_fraction:.0%} of the "
+                                   "stars: too few to train on or to impute from; drop the label or those stars")
+    return known, keep
+
+
+def check_training_set(labels, flux, label_names, n_terms, missing="refuse"):
     """A training set the model can be fitted to.
 
     Parameters
@@ -147,6 +200,9 @@ def check_training_set(labels, flux, label_names, n_terms):
     label_names : list of str
     n_terms : int
         K, the number of model terms (θ per pixel).
+    missing : {"refuse", "impute"}
+        "impute": NaN labels are unknowns (checked by :func:`check_missing_labels`), only
+        ±inf is refused here.
 
     Raises
     ------
@@ -156,7 +212,7 @@ def check_training_set(labels, flux, label_names, n_terms):
     check_rows(labels, flux)
     if flux.shape[0] == 0:
         raise TrainingSetError("the training set is empty")
-    check_finite_labels(labels, label_names)
+    check_finite_labels(labels, label_names, allow_nan=check_missing_option(missing) == "impute")
     if flux.shape[0] < n_terms:
         raise TrainingSetError(f"{flux.shape[0]} training stars cannot constrain {n_terms} model terms; need at least {n_terms}")
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
-from cannonade.cannon.checks import as_label_array, check_rows, check_spectra
+from cannonade.cannon.checks import as_label_array, check_missing_option, check_rows, check_spectra
 from cannonade.exceptions import TrainingSetError
 from cannonade.util import progress
 
@@ -25,6 +26,9 @@ class CVResult:
     ----------
     predicted : (N, L) float
     truth : (N, L) float
+        The reference labels; NaN where a star has none for that label (a training set
+        fitted with ``missing="impute"``): the statistics of a label use only the stars
+        that have it (``n``).
     fold : (N,) int
     converged : (N,) bool
     errors : (N, L) float
@@ -72,6 +76,11 @@ class CVResult:
         return self.predicted - self.truth
 
     @property
+    def n(self):
+        """(L,) int: stars with both a reference value and a finite prediction of each label."""
+        return np.sum(np.isfinite(self.residuals), axis=0)
+
+    @property
     def bias(self):
         """(L,) mean of predicted − truth."""
         return np.nanmean(self.residuals, axis=0)
@@ -96,12 +105,19 @@ class CVResult:
         return out
 
     def table(self):
-        """Per-label summary: label, bias, scatter, rms, corr (astropy Table)."""
+        """Per-label summary: label, bias, scatter, rms, corr, n (astropy Table).
+
+        Each label's statistics are over its ``n`` stars with a reference value and a
+        finite prediction (NaN for a label with none).
+        """
         from astropy.table import Table
 
-        return Table(
-            dict(label=self.label_names, bias=self.bias, scatter=self.scatter, rms=self.rms, corr=self.corr),
-        )
+        with warnings.catch_warnings():  # a label without any reference value: NaN, quietly
+            warnings.filterwarnings("ignore", "Mean of empty slice", RuntimeWarning)
+            warnings.filterwarnings("ignore", "All-NaN slice encountered", RuntimeWarning)
+            return Table(
+                dict(label=self.label_names, bias=self.bias, scatter=self.scatter, rms=self.rms, corr=self.corr, n=self.n),
+            )
 
     def predictions_table(self):
         """Per-star table: fold, truth and cross-validated prediction of every label."""
@@ -130,7 +146,7 @@ def kfold_indices(n, k=12, seed=0):
     return fold
 
 
-def cross_validate(model, labels, flux, ivar, k=12, seed=0):
+def cross_validate(model, labels, flux, ivar, k=12, seed=0, missing="refuse"):
     """k-fold cross-validation: each fold predicted by a clone of ``model`` trained on the others.
 
     Parameters
@@ -144,12 +160,18 @@ def cross_validate(model, labels, flux, ivar, k=12, seed=0):
         Number of folds (12 in both papers).
     seed : int
         Seed of the random partition.
+    missing : {"refuse", "impute"}
+        Passed to every fold's ``fit``: with "impute", NaN labels are unknowns (estimated from
+        the spectra, see ``CannonModel.fit``). A held-out star's missing label has no truth:
+        its prediction is kept, its ``truth`` is NaN, and that label's statistics use only
+        the stars that have it.
 
     Returns
     -------
     CVResult
     """
     lab = as_label_array(labels, model.label_names)
+    check_missing_option(missing)
     flux, ivar = check_spectra(flux, ivar)  # fit and infer clean bad pixels themselves, chunk by chunk
     check_rows(lab, flux)
     fold = kfold_indices(lab.shape[0], k, seed)
@@ -165,7 +187,7 @@ def cross_validate(model, labels, flux, ivar, k=12, seed=0):
     quiet.show_progress = False  # one bar for the folds, not one per fold
     for f in progress(range(k), desc=f"{k}-fold CV", total=k):
         test = fold == f
-        m = quiet.clone().fit(lab[~test], flux[~test], ivar[~test], init_s2=init)
+        m = quiet.clone().fit(lab[~test], flux[~test], ivar[~test], init_s2=init, missing=missing)
         r = m.infer(flux[test], ivar[test])
         pred[test], err[test], conv[test] = r.labels, r.raw_errors, r.converged
         for key, values in per_star.items():

@@ -9,6 +9,7 @@ work is in ``training`` (θ, s²), ``inference`` (labels), ``persistence`` (mode
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,18 +19,23 @@ from cannonade.cannon.checks import (
     as_label_array,
     check_censors,
     check_fixed_s2,
+    check_missing_labels,
     check_label_names,
     check_pixel_array,
     check_rows,
     check_spectra,
     check_training_set,
 )
+from cannonade.cannon.imputation import MAX_MISSING_FRACTION, fit_scaler, impute_and_train
 from cannonade.cannon.inference import START_NAMES, infer_spectra, pixel_chi2, theta_products
 from cannonade.cannon.persistence import MODEL_FORMAT, MODEL_FORMAT_VERSION, load_model, save_model
+from cannonade.cannon.spectral_setup import SpectralSetup, check_setup
 from cannonade.cannon.training import train_pixels
 from cannonade.cannon.vectorizer import LabelScaler, active_terms, design_matrix, term_exponents, term_names, with_constant
 from cannonade.exceptions import NotFittedError, ShapeError
 from cannonade.flags import compose
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["CannonModel", "InferenceResult", "MODEL_FORMAT", "MODEL_FORMAT_VERSION"]
 
@@ -202,6 +208,9 @@ class CannonModel:
         faster than 1024 at the Wheeler size.
     show_progress : bool
         Progress bars for long fits/inferences (also silenced by ``CANNONADE_QUIET=1``).
+    name : str, optional
+        What the model is called (``"dwarf"``, ``"giant"``); saved in the model file and used
+        by ``cannonade infer`` to choose a model per spectrum.
 
     Attributes
     ----------
@@ -213,10 +222,27 @@ class CannonModel:
         Pixels the training set constrained (the others are ignored at inference).
     label_min_, label_max_ : (L,) float
         The training set's label range; ``n_train_`` its size, ``training_hash_`` its SHA-256.
+        With ``fit(..., missing="impute")``: the range of the reference (known) values only,
+        ``n_train_`` the stars kept, and the hash over the reference labels as given (NaN
+        where missing) and the kept stars' spectra — the imputed values enter none of them.
+    imputed_ : (N, L) bool
+        Rows as the labels given to ``fit``: True where a missing label was imputed (all
+        False for complete labels). ``imputed_values_`` (N, L) float: those values (physical
+        units; NaN elsewhere); ``dropped_`` (N,) bool: stars dropped for having no label;
+        ``impute_converged_`` (N,) bool: the last conditional fit of the star's missing labels
+        converged (True for complete stars); ``n_impute_iter_`` int: impute-and-refit
+        iterations run (0 for complete labels); ``impute_shifts_`` (n_impute_iter_,) float:
+        the largest move of an imputed label per iteration, in standard deviations of that
+        label. Not saved in the model file.
+    spectral_setup_ : SpectralSetup
+        How the training spectra were prepared (grid, normalisation, survey); what
+        :meth:`check_spectra` compares new spectra with. Unknown fields are not checked.
+    provenance_ : dict
+        Where the model came from (:func:`cannonade.provenance.provenance`), saved with it.
     """
 
     def __init__(self, label_names, order=2, scale="standard", censors=None, regularization=0.0, scatter="reml",
-                 terms=None, pixel_chunk=None, star_chunk=None, show_progress=True):
+                 terms=None, pixel_chunk=None, star_chunk=None, show_progress=True, name=None):
         self.label_names = check_label_names(label_names)
         self.order = order
         self.scale = scale
@@ -227,6 +253,7 @@ class CannonModel:
         self.pixel_chunk = pixel_chunk
         self.star_chunk = star_chunk
         self.show_progress = show_progress
+        self.name = name
         self.exponents = with_constant(terms) if terms is not None else term_exponents(len(self.label_names), order)
         if self.exponents.shape[1] != len(self.label_names):
             raise ShapeError(f"terms use {self.exponents.shape[1]} labels but {len(self.label_names)} label names were given")
@@ -256,7 +283,7 @@ class CannonModel:
 
     def get_params(self):
         names = ("label_names", "order", "scale", "censors", "regularization", "scatter", "terms", "pixel_chunk",
-                 "star_chunk", "show_progress")
+                 "star_chunk", "show_progress", "name")
         return {n: getattr(self, n) for n in names}
 
     def clone(self):
@@ -264,7 +291,8 @@ class CannonModel:
         return CannonModel(**self.get_params())
 
     # ------------------------------------------------------------------ training
-    def fit(self, labels, flux, ivar, s2=None, wavelength=None, init_s2=None):
+    def fit(self, labels, flux, ivar, s2=None, wavelength=None, init_s2=None, setup=None, provenance=None,
+            missing="refuse"):
         """Train θ and s² on a labelled set.
 
         Parameters
@@ -279,31 +307,111 @@ class CannonModel:
         init_s2 : (P,) float, optional
             Starting point of the s² search (it is still maximised; cross-validation passes
             the full training set's s² to make each fold's fit cheaper).
+        setup : SpectralSetup, optional
+            How the training spectra were prepared (``SpectralSetup.from_store(store)``);
+            its wavelength is used when ``wavelength`` is not given.
+        provenance : dict, optional
+            Kept as ``provenance_`` and saved with the model.
+        missing : {"refuse", "impute"}
+            What a NaN label means. ``"refuse"`` (default): an error (``LabelError`` naming
+            the label and star). ``"impute"``: the reference catalogue lacks that label for
+            that star; it is estimated from the star's spectrum with the model, its other
+            labels held at their reference values, alternately with θ and s², until the
+            imputed labels settle (:mod:`cannonade.cannon.imputation`, docs/model.md). A star
+            with no label at all is dropped (``dropped_``); a label missing for more than
+            half of the stars raises ``TrainingSetError`` naming it. With complete labels both
+            give the same model. A fitting option, not a model parameter: it is not saved,
+            and ``cross_validate`` takes it too.
 
         Returns
         -------
         self
         """
         lab = as_label_array(labels, self.label_names)
+        if wavelength is None and setup is not None:
+            wavelength = setup.wavelength
         flux, ivar = check_spectra(flux, ivar)  # bad pixels are cleaned batch by batch, not copied whole
-        P = flux.shape[1]
-        check_training_set(lab, flux, self.label_names, self.n_terms)
+        N, P = flux.shape
+        check_training_set(lab, flux, self.label_names, self.n_terms, missing=missing)
+        known, keep = (np.ones(lab.shape, dtype=bool), np.ones(N, dtype=bool)) if missing == "refuse" else \
+            check_missing_labels(lab, self.label_names, MAX_MISSING_FRACTION)
+        if not keep.all():  # stars with no label at all: nothing to train on
+            logger.warning("fit: %d of %d training stars have no finite label and are dropped", int((~keep).sum()), N)
+            lab, flux, ivar, known = lab[keep], flux[keep], ivar[keep], known[keep]
+            check_training_set(lab, flux, self.label_names, self.n_terms, missing=missing)
+        incomplete = not known.all()
         wavelength = check_pixel_array(wavelength, P, "wavelength")
         s2 = None if s2 is None else check_fixed_s2(s2, P)
         active = active_terms(self.exponents, self.label_names, check_censors(self.censors, self.label_names, P), P)
-        scaler = LabelScaler(self.scale).fit(lab)
-        digest = hashlib.sha256(str(lab.shape).encode() + np.ascontiguousarray(lab).tobytes())
-        theta, s2_fit, pixel_ok = train_pixels(
-            design_matrix(scaler.transform(lab), self.exponents), self.exponents, flux, ivar, active,
-            method=self.scatter, s2=s2, init_s2=init_s2, regularization=self.regularization,
-            pixel_chunk=self.pixel_chunk, digest=digest, show_progress=self.show_progress,
-        )
+        scaler = fit_scaler(self.scale, lab, known, self.label_names) if incomplete else LabelScaler(self.scale).fit(lab)
+        # the training-set hash: shape, the reference labels (NaN where missing), the spectra
+        digest = hashlib.sha256(str(lab.shape).encode() + np.ascontiguousarray(np.where(known, lab, np.nan)).tobytes())
+
+        hashed = {"spectra": False}
+
+        def train(X, start_s2, rows=None):
+            """θ, s², pixel_ok on the stars ``rows`` (None: all; the first such fit hashes the spectra)."""
+            f, i = (flux, ivar) if rows is None else (flux[rows], ivar[rows])
+            dig = None if rows is not None or hashed["spectra"] else digest
+            hashed["spectra"] |= dig is not None
+            return train_pixels(X, self.exponents, f, i, active, method=self.scatter, s2=s2, init_s2=start_s2,
+                                regularization=self.regularization, pixel_chunk=self.pixel_chunk, digest=dig,
+                                show_progress=self.show_progress)
+
+        imputed_values = np.full((N, lab.shape[1]), np.nan)
+        if incomplete:
+            fitted = impute_and_train(train, scaler.transform(lab), known, self.exponents, flux, ivar, init_s2=init_s2,
+                                      star_chunk=self.star_chunk)
+            theta, s2_fit, pixel_ok = fitted["theta"], fitted["s2"], fitted["pixel_ok"]
+            imputed_values[np.flatnonzero(keep)] = np.where(known, np.nan, scaler.inverse(fitted["labels"]))
+            self.n_impute_iter_, self.impute_shifts_ = fitted["n_iter"], np.asarray(fitted["shifts"])
+            self.impute_converged_ = np.zeros(N, dtype=bool)
+            self.impute_converged_[keep] = fitted["converged"]
+        else:
+            theta, s2_fit, pixel_ok = train(design_matrix(scaler.transform(lab), self.exponents), init_s2)
+            self.n_impute_iter_, self.impute_shifts_ = 0, np.zeros(0)
+            self.impute_converged_ = keep.copy()
         self.scaler_, self.theta_, self.s2_, self.pixel_ok_, self.active_ = scaler, theta, s2_fit, pixel_ok, active
         self.wavelength = wavelength
         self.n_train_ = lab.shape[0]
-        self.label_min_, self.label_max_ = lab.min(axis=0), lab.max(axis=0)
+        # the range of the reference values only (an imputed label is not a measurement)
+        self.label_min_, self.label_max_ = (np.nanmin(lab, axis=0), np.nanmax(lab, axis=0)) if incomplete else \
+            (lab.min(axis=0), lab.max(axis=0))
         self.training_hash_ = digest.hexdigest()
+        self.imputed_ = np.isfinite(imputed_values)
+        self.imputed_values_ = imputed_values
+        self.dropped_ = ~keep
+        setup = setup if setup is not None else SpectralSetup()
+        self.spectral_setup_ = SpectralSetup(wavelength=wavelength, grid=setup.grid, normalise=setup.normalise,
+                                             norm_params=dict(setup.norm_params), survey=setup.survey,
+                                             resolution=setup.resolution)
+        self.provenance_ = dict(provenance or {})
         return self
+
+    def check_spectra(self, setup, allow_mismatch=False, what="spectra"):
+        """Refuse spectra prepared differently from the training spectra.
+
+        Parameters
+        ----------
+        setup : SpectralSetup
+            The spectra's preparation (``SpectralSetup.from_store(store)``).
+        allow_mismatch : bool
+            Warn instead of raising (an explicit override).
+        what : str
+            Names the spectra in the message (e.g. the store's path).
+
+        Returns
+        -------
+        list of str
+            The differences (empty when none).
+
+        Raises
+        ------
+        SpectraMismatchError
+            Grid, normalisation, survey or resolution differ; the message names each.
+        """
+        self._require_fitted("check_spectra")
+        return check_setup(self.spectral_setup_, setup, allow_mismatch=allow_mismatch, what=what)
 
     # ------------------------------------------------------------------ prediction
     def predict(self, labels):
@@ -416,4 +524,5 @@ class CannonModel:
 
     def __repr__(self):
         state = f"fitted on {self.n_train_} stars x {self.theta_.shape[0]} pixels" if self.is_fitted else "unfitted"
-        return f"<CannonModel labels={self.label_names} order={self.order} terms={self.n_terms} {state}>"
+        named = f" {self.name!r}" if self.name else ""
+        return f"<CannonModel{named} labels={self.label_names} order={self.order} terms={self.n_terms} {state}>"

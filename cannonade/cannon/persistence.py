@@ -17,6 +17,12 @@ Format ``cannonade-model``, version 1. Arrays:
 ``metadata``        0-d str              JSON, see :func:`model_metadata`
 ==================  ===================  ==============================================
 
+Optional metadata entries added within version 1 (read as absent/unknown from older files):
+``name`` (the model's name), ``spectra`` (the training spectra's preparation,
+:meth:`SpectralSetup.to_metadata`: grid, normalisation and parameters, survey, resolution)
+and ``provenance`` (:func:`cannonade.provenance.provenance`: software version, creation
+time, the command or recipe, the input store...).
+
 The calibration (``CannonModel.calibrate``) lives inside format version 1, which reserved the
 ``calibration`` block of the metadata for it: its scalars there (with their own ``version``),
 its arrays as ``calibration_<name>`` (``Calibration.to_arrays``). A model without one writes
@@ -38,6 +44,7 @@ import numpy as np
 from cannonade._version import __version__
 from cannonade.cannon.calibration import Calibration
 from cannonade.cannon.checks import check_censors
+from cannonade.cannon.spectral_setup import SpectralSetup
 from cannonade.cannon.vectorizer import LabelScaler, active_terms
 from cannonade.exceptions import ModelFileError, NotFittedError
 from cannonade.util import atomic_path
@@ -56,7 +63,7 @@ def model_metadata(model):
     and SHA-256, censored labels, and the ``calibration`` block.
     """
     reg = model.regularization
-    return dict(
+    meta = dict(
         format=MODEL_FORMAT,
         format_version=MODEL_FORMAT_VERSION,
         cannonade_version=__version__,
@@ -73,6 +80,16 @@ def model_metadata(model):
         censored_labels=sorted(model.censors) if model.censors else [],
         calibration=model.calibration_.metadata() if model.calibration_ is not None else {},
     )
+    # entries added within format version 1: written only when there is something to say, so a
+    # model without them is byte-for-byte the file it always was
+    if model.name:
+        meta["name"] = str(model.name)
+    setup = getattr(model, "spectral_setup_", None)
+    if setup is not None and setup.to_metadata() != SpectralSetup().to_metadata():
+        meta["spectra"] = setup.to_metadata()
+    if getattr(model, "provenance_", None):
+        meta["provenance"] = model.provenance_
+    return meta
 
 
 def model_arrays(model):
@@ -213,7 +230,7 @@ def load_model(path, model_class):
     reg = float(reg[0]) if reg.size and np.all(reg == reg[0]) else reg
     scale = meta["scale"] if meta["scale"] != "fixed" else {"offset": data["label_offset"], "scale": data["label_scale"]}
     model = model_class(names, order=meta["order"], scale=scale, censors=censors, regularization=reg,
-                        scatter=meta["scatter"], terms=data["exponents"])
+                        scatter=meta["scatter"], terms=data["exponents"], name=meta.get("name"))
     model.scaler_ = LabelScaler(scale)
     model.scaler_.offset_, model.scaler_.scale_ = data["label_offset"], data["label_scale"]
     model.theta_, model.s2_, model.pixel_ok_ = data["theta"], data["s2"], data["pixel_ok"].astype(bool)
@@ -222,6 +239,8 @@ def load_model(path, model_class):
     model.wavelength = data.get("wavelength")
     model.n_train_ = meta["n_train"]
     model.training_hash_ = meta["training_hash"]
+    model.spectral_setup_ = SpectralSetup.from_metadata(meta.get("spectra") or {}, wavelength=model.wavelength)
+    model.provenance_ = dict(meta.get("provenance") or {})
     block = meta.get("calibration") or {}
     model.calibration_ = Calibration.from_file(data, block, names, path) if block else None
     return model

@@ -13,6 +13,7 @@ from cannonade.catalogue.formats import CATALOGUE_FORMATS, FORMAT_VERSION, catal
 from cannonade.catalogue.readers import read_catalogue
 from cannonade.catalogue.schemas import (
     COMMON_EXTRAS,
+    DIMENSIONLESS,
     NANDAKUMAR2022,
     SCHEMAS,
     WHEELER2020,
@@ -29,6 +30,7 @@ from cannonade.catalogue.writers import CatalogueWriter, write_catalogue
 __all__ = [
     "CATALOGUE_FORMATS",
     "COMMON_EXTRAS",
+    "DIMENSIONLESS",
     "FORMAT_VERSION",
     "NANDAKUMAR2022",
     "SCHEMAS",

@@ -9,6 +9,7 @@ import numpy as np
 
 from cannonade.catalogue.formats import catalogue_format, parse_unit
 from cannonade.exceptions import CatalogueError
+from cannonade.provenance import PROVENANCE_KEY
 
 __all__ = ["read_catalogue"]
 
@@ -21,13 +22,20 @@ def _native(col):
     return col
 
 
-def _json_card(header, key):
-    """The JSON object in header keyword ``key`` ({} when absent or unreadable)."""
+def _json_object(text):
+    """The JSON object in ``text`` ({} when absent, unreadable or not an object)."""
+    if isinstance(text, bytes):
+        text = text.decode()
     try:
-        value = json.loads(header.get(key, "{}"))
-    except json.JSONDecodeError:
+        value = json.loads(text or "{}")
+    except (TypeError, json.JSONDecodeError):
         return {}
     return value if isinstance(value, dict) else {}
+
+
+def _json_card(header, key):
+    """The JSON object in header keyword ``key`` ({} when absent or unreadable)."""
+    return _json_object(header.get(key))
 
 
 def _read_fits(path):
@@ -54,6 +62,9 @@ def _read_fits(path):
     meta = _json_card(header, "CNDMETA")
     meta["schema"] = header.get("CNDSCHEM")
     meta["format_version"] = header.get("CNDFMTV")
+    prov = _json_card(header, "CNDPROV")
+    if prov:
+        meta["provenance"] = prov
     out.meta.update(meta)
     return out
 
@@ -97,6 +108,9 @@ def _read_parquet(path):
     out.meta.update(info.get("meta", {}))
     out.meta["schema"] = info.get("schema")
     out.meta["format_version"] = info.get("format_version")
+    prov = _json_object(md.get(PROVENANCE_KEY.encode()))
+    if prov:
+        out.meta["provenance"] = prov
     return out
 
 
@@ -113,9 +127,12 @@ def read_catalogue(path, fmt=None):
     Returns
     -------
     astropy Table
-        Columns in file order with their units and descriptions; integer/bool/str
-        columns with missing values are masked, floats use NaN; ``meta['schema']``
-        names the schema and ``meta['format_version']`` the file layout.
+        Columns in file order with their units and descriptions (a dimensionless column
+        has no unit); integer/bool/str columns with missing values are masked, floats use
+        NaN; ``meta['schema']`` names the schema, ``meta['format_version']`` the file
+        layout and ``meta['provenance']`` (where the file has one) its provenance record
+        (:func:`cannonade.provenance.provenance`), from the FITS card ``CNDPROV`` or the
+        Parquet metadata key ``cannonade.provenance``.
 
     Raises
     ------

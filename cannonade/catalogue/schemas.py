@@ -1,6 +1,9 @@
 """Catalogue schemas as data: Wheeler+2020 Table 1 and Nandakumar+2022 Table A1.
 
-Every column has a name, unit, description and dtype. Because the label set is
+Every column has a name, unit, description and dtype. Every column of the built-in schemas
+declares its unit: an astropy unit string, or :data:`DIMENSIONLESS` (``""``) for a pure
+number, count, flag, boolean, identifier or text (written as ``TUNITn = ''`` in FITS and
+``unit: ""`` in Parquet, read back as no unit). Because the label set is
 configurable, per-label columns are patterns (``{label}``, ``e_{label}``,
 ``chi2_{label}``, ``{label}_extrap``, ...) that :func:`schema_for` expands for a label
 set; :func:`label_info` gives a label's unit and description, including the derived
@@ -17,8 +20,12 @@ from dataclasses import dataclass
 
 from cannonade.exceptions import CatalogueError
 
+#: The unit of a dimensionless column (pure numbers, counts, flags, booleans, identifiers, text).
+DIMENSIONLESS = ""
+
 __all__ = [
     "COMMON_EXTRAS",
+    "DIMENSIONLESS",
     "NANDAKUMAR2022",
     "SCHEMAS",
     "WHEELER2020",
@@ -40,7 +47,9 @@ class ColumnSpec:
     ----------
     name : str
     unit : str or None
-        astropy unit string; None means dimensionless (no unit is written).
+        astropy unit string; :data:`DIMENSIONLESS` (``""``) declares the column dimensionless
+        (``TUNITn = ''``, Parquet ``unit: ""``). None means undeclared (no unit written);
+        the built-in schemas never use it.
     description : str
     dtype : {'int64', 'float64', 'bool', 'str'}
     """
@@ -59,8 +68,8 @@ class LabelPattern:
     ----------
     template : str
         Column name with ``{label}``, e.g. ``'e_{label}'``.
-    unit : str or None
-        ``'label'`` means the label's own unit (:func:`label_info`).
+    unit : str
+        ``'label'`` means the label's own unit (:func:`label_info`); ``""`` dimensionless.
     description : str
         May use ``{label}`` (the label name), ``{what}`` (the label's description) and
         ``{short}`` (a short name: the description, or for a derived label its symbol
@@ -195,8 +204,8 @@ def label_info(label):
 
     Returns
     -------
-    unit : str or None
-        astropy unit string; abundances are in dex; None (dimensionless) for any
+    unit : str
+        astropy unit string; abundances are in dex; :data:`DIMENSIONLESS` (``""``) for any
         other name.
     description : str
         The label itself for unknown names.
@@ -212,7 +221,7 @@ def label_info(label):
     m = _X_H.match(label)
     if m:
         return "dex", f"[{_element(m.group(1))}/H]"
-    return None, label
+    return DIMENSIONLESS, label
 
 
 def _expand(pattern, label):
@@ -235,48 +244,56 @@ def _c(name, unit, description, dtype="float64"):
 
 
 _KPCKMS = "kpc km / s"
+_KMS = "km / s"
+_NONE = DIMENSIONLESS
 _DYN = (
-    _c("R", "kpc", "R, in Galactic cylindrical coordinates"),
-    _c("phi", "rad", "phi, in Galactic cylindrical coordinates (0 at the Sun, increasing with Galactic rotation)"),
-    _c("z", "kpc", "z, in Galactic cylindrical coordinates (towards the NGP)"),
-    _c("vR", "km / s", "R-velocity"),
-    _c("vT", "km / s", "phi-velocity (positive for prograde rotation)"),
-    _c("vz", "km / s", "z-velocity"),
-    _c("JR", _KPCKMS, "radial action"),
-    _c("Jphi", _KPCKMS, "angular momentum (positive for prograde rotation)"),
-    _c("Jz", _KPCKMS, "vertical action"),
+    _c("R", "kpc", "R, Galactocentric cylindrical radius (the Sun at R = 8 kpc)"),
+    _c("phi", "rad", "phi, Galactocentric azimuth (0 at the Sun, increasing in the direction of Galactic rotation)"),
+    _c("z", "kpc", "z, height above the Galactic plane (positive towards the north Galactic pole)"),
+    _c("vR", _KMS, "R-velocity, dR/dt (positive outwards)"),
+    _c("vT", _KMS, "phi-velocity, R dphi/dt (positive for prograde rotation)"),
+    _c("vz", _KMS, "z-velocity (positive towards the north Galactic pole)"),
+    _c("JR", _KPCKMS, "radial action J_R (Staeckel, MWPotential2014; NaN if unbound)"),
+    _c("Jphi", _KPCKMS, "angular momentum J_phi = R vT (positive for prograde rotation; NaN if unbound)"),
+    _c("Jz", _KPCKMS, "vertical action J_z (Staeckel, MWPotential2014; NaN if unbound)"),
 )
 
 #: Columns Cannonade adds to either schema (Gaia cross-match, distances, MC errors, bookkeeping).
 COMMON_EXTRAS = (
-    _c("obsid", None, "survey observation (spectrum) identifier; per-observation table", "int64"),
-    _c("n_obs", None, "number of observations combined into this star's labels", "int64"),
-    _c("n_obs_other_model", None, "observations of this star inferred with the other model, left out of the combination", "int64"),
-    _c("model_class", None, "Cannon model that produced the labels (e.g. dwarf, giant)", "str"),
-    _c("flags", None, "bitmask of cannonade.flags (0 = no warning; recommended cut: flags == 0); bits in the FLAGBnn header cards", "int64"),
-    _c("train_distance", None, "mean squared distance to the 10 nearest training stars in CV-scatter units (Nandakumar+2022 Eq. 5)"),
-    _c("flag_cannon_dist", None, "true if train_distance is above the threshold (Nandakumar+2022 Sec. 3.6)", "bool"),
-    _c("snr", None, "median S/N per pixel of the spectrum on the common grid (the calibration's S/N)"),
-    _c("converged", None, "the label optimisation converged (for a star: every combined observation)", "bool"),
-    _c("outside_training", None, "a label lies outside the training set's minimum-maximum range", "bool"),
-    _c("rv", "km / s", "survey radial velocity (for a star: S/N-weighted mean of its visits)"),
-    _c("rv_err", "km / s", "uncertainty of rv"),
+    _c("obsid", _NONE, "survey observation (spectrum) identifier (per star: of its best-S/N visit)", "int64"),
+    _c("n_obs", _NONE, "number of observations combined into this star's labels", "int64"),
+    _c("n_obs_other_model", _NONE, "observations of this star inferred with the other model, left out of the combination", "int64"),
+    _c("model_class", _NONE, "Cannon model that produced the labels (e.g. dwarf, giant)", "str"),
+    _c("flags", _NONE, "bitmask of cannonade.flags (0 = no warning; recommended cut: flags == 0); bits in the FLAGBnn header cards", "int64"),
+    _c("train_distance", _NONE, "mean squared distance to the 10 nearest training stars in CV-scatter units (Nandakumar+2022 Eq. 5)"),
+    _c("flag_cannon_dist", _NONE, "true if train_distance is above the threshold (Nandakumar+2022 Sec. 3.6)", "bool"),
+    _c("snr", _NONE, "median S/N per pixel of the spectrum on the common grid (the calibration's S/N; per star: its visits' in quadrature)"),
+    _c("converged", _NONE, "the label optimisation converged (for a star: every combined observation)", "bool"),
+    _c("outside_training", _NONE, "a label lies outside the training set's minimum-maximum range", "bool"),
+    _c("rv", _KMS, "heliocentric radial velocity from the target survey's catalogue (per star: S/N-weighted mean of its visits)"),
+    _c("rv_err", _KMS, "1-sigma uncertainty of rv (per star: propagated through the weighted mean)"),
     *_DYN,
     *(_c("e_" + c.name, c.unit, f"half the 16-84th percentile spread of {c.name} over the Monte-Carlo resamples") for c in _DYN),
-    _c("unbound", None, "nominal orbit unbound in MWPotential2014 (E - Phi(inf) >= 0); actions NaN", "bool"),
-    _c("f_unbound", None, "fraction of Monte-Carlo resamples that are unbound"),
-    _c("source_id", None, "Gaia source id", "int64"),
-    _c("distance", "kpc", "distance used for the dynamics (Gaia r_est)"),
-    _c("distance_lo", "kpc", "16th percentile distance (Gaia r_lo)"),
-    _c("distance_hi", "kpc", "84th percentile distance (Gaia r_hi)"),
-    _c("radial_velocity", "km / s", "radial velocity used for the dynamics"),
-    _c("radial_velocity_err", "km / s", "radial velocity uncertainty"),
-    _c("radial_velocity_used", "km / s", "radial velocity used for the dynamics (survey, else Gaia)"),
-    _c("radial_velocity_used_err", "km / s", "uncertainty of radial_velocity_used"),
+    _c("unbound", _NONE, "nominal orbit unbound in MWPotential2014 (E - Phi(inf) >= 0); actions NaN", "bool"),
+    _c("f_unbound", _NONE, "fraction of Monte-Carlo resamples that are unbound"),
+    _c("source_id", _NONE, "Gaia source id", "int64"),
+    _c("distance", "kpc", "heliocentric distance used for the dynamics (Gaia r_est / 1000)"),
+    _c("distance_lo", "kpc", "16th percentile distance (Gaia r_lo / 1000)"),
+    _c("distance_hi", "kpc", "84th percentile distance (Gaia r_hi / 1000)"),
+    _c("radial_velocity_used", _KMS, "heliocentric radial velocity used for the dynamics: rv where finite, else Gaia's"),
+    _c("radial_velocity_used_err", _KMS, "1-sigma uncertainty of radial_velocity_used (resampled in the Monte Carlo)"),
+    _c("gaia_radial_velocity", _KMS, "Gaia radial velocity of the matched source (used for the dynamics only where rv is missing)"),
+    _c("gaia_radial_velocity_error", _KMS, "1-sigma uncertainty of gaia_radial_velocity"),
+    _c("radial_velocity", _KMS, "heliocentric radial velocity (the input of the dynamics; from add_dynamics: Gaia's)"),
+    _c("radial_velocity_err", _KMS, "1-sigma uncertainty of radial_velocity"),
+    _c("radial_velocity_error", _KMS, "1-sigma uncertainty of radial_velocity (Gaia's name)"),
+    _c("gaia_ra", "deg", "Gaia right ascension of the matched source"),
+    _c("gaia_dec", "deg", "Gaia declination of the matched source"),
     _c("pmra", "mas / yr", "Gaia proper motion in right ascension (mu_alpha cos delta)"),
     _c("pmra_error", "mas / yr", "Gaia pmra uncertainty"),
     _c("pmdec", "mas / yr", "Gaia proper motion in declination"),
     _c("pmdec_error", "mas / yr", "Gaia pmdec uncertainty"),
+    _c("pmra_pmdec_corr", _NONE, "Gaia correlation coefficient of pmra and pmdec"),
     _c("parallax", "mas", "Gaia parallax"),
     _c("parallax_error", "mas", "Gaia parallax uncertainty"),
     _c("phot_g_mean_mag", "mag", "Gaia G magnitude"),
@@ -284,8 +301,8 @@ COMMON_EXTRAS = (
     _c("r_lo", "pc", "Gaia distance lower bound (Bailer-Jones et al.)"),
     _c("r_hi", "pc", "Gaia distance upper bound (Bailer-Jones et al.)"),
     _c("gaia_sep_arcsec", "arcsec", "separation to the Gaia counterpart"),
-    _c("gaia_n_matches", None, "Gaia sources within the match radius", "int64"),
-    _c("gaia_duplicated", None, "the Gaia counterpart is also matched to another star", "bool"),
+    _c("gaia_n_matches", _NONE, "Gaia sources within the match radius", "int64"),
+    _c("gaia_duplicated", _NONE, "the Gaia counterpart is also matched to another star", "bool"),
 )
 
 WHEELER2020 = Schema(
@@ -293,18 +310,18 @@ WHEELER2020 = Schema(
     reference="Wheeler et al. 2020, AJ 160, 68, Table 1",
     blocks=(
         (
-            _c("source_id", None, "Gaia DR2 source id", "int64"),
-            _c("designation", None, "LAMOST unique star identifier", "str"),
-            _c("giantmodel", None, "true if labels were estimated with giant model", "bool"),
+            _c("source_id", _NONE, "Gaia DR2 source id", "int64"),
+            _c("designation", _NONE, "LAMOST unique star identifier", "str"),
+            _c("giantmodel", _NONE, "true if labels were estimated with giant model", "bool"),
         ),
         (
             LabelPattern("{label}", "label", "{what}"),
             LabelPattern("e_{label}", "label", "calibrated 1-sigma uncertainty of {label} (noise and model mismatch; docs/calibration.md)"),
             LabelPattern("raw_e_{label}", "label", "formal 1-sigma uncertainty of {label} from the covariance (JtWJ)^-1"),
-            LabelPattern("chi2_{label}", None, "reduced chi^2 (per valid pixel) in windows around strong lines of {short}", when="abundance"),
+            LabelPattern("chi2_{label}", _NONE, "reduced chi^2 (per valid pixel) in windows around strong lines of {short}", when="abundance"),
             LabelPattern(
                 "{label}_extrap",
-                None,
+                _NONE,
                 "true if {short} is in regime where model fails to extrapolate (Wheeler+2020 Sec. 4 KDE bounds)",
                 "bool",
             ),
@@ -312,13 +329,13 @@ WHEELER2020 = Schema(
         (
             _c(
                 "kiel_extrap",
-                None,
+                _NONE,
                 "true if T_eff or log(g) (the axes of the Kiel diagram) are in regime where model fails to extrapolate for any observation",
                 "bool",
             ),
-            _c("chi2", None, "whole-spectrum chi^2"),
-            _c("dof", None, "degrees of freedom of chi2: pixels used minus the number of labels", "int64"),
-            _c("snrz", None, "LAMOST z-band S/N"),
+            _c("chi2", _NONE, "whole-spectrum chi^2 (per star: S/N-weighted mean of its visits)"),
+            _c("dof", _NONE, "degrees of freedom of chi2: pixels used minus the number of labels (per star: weighted like chi2)", "int64"),
+            _c("snrz", _NONE, "LAMOST z-band S/N (per star: of its best-S/N visit)"),
             _c("ra", "deg", "right-ascension"),
             _c("dec", "deg", "declination"),
             *_DYN,
@@ -331,9 +348,9 @@ NANDAKUMAR2022 = Schema(
     reference="Nandakumar et al. 2022, MNRAS 513, 232, Table A1",
     blocks=(
         (
-            _c("unique_id", None, "unique survey star id", "str"),
-            _c("dr2_source_id", None, "Gaia DR2 ID", "int64"),
-            _c("dr3_source_id", None, "Gaia DR3 ID", "int64"),
+            _c("unique_id", _NONE, "unique survey star id", "str"),
+            _c("dr2_source_id", _NONE, "Gaia DR2 ID", "int64"),
+            _c("dr3_source_id", _NONE, "Gaia DR3 ID", "int64"),
             _c("ra", "deg", "right ascension"),
             _c("dec", "deg", "declination"),
         ),
@@ -342,22 +359,22 @@ NANDAKUMAR2022 = Schema(
             LabelPattern("e_{label}Cann", "label", "error for {label}Cann"),
         ),
         (
-            _c("r_chi_sq", None, "reduced chi-square from Cannon"),
-            _c("snrCann", None, "signal-to-noise ratio from Cannon"),
-            _c("Cannon_distance", None, "distance to the training set labels (Eq. 5)"),
-            _c("flag_id", None, "0 - GALAH spectra, 1 - APOGEE spectra", "int64"),
-            _c("flag_Cannon_dist", None, "flag for quality of Cannon estimates (0/1)", "int64"),
-            _c("flag_spectra", None, "flag for problematic spectra", "int64"),
-            _c("flag_sp_aspcap", None, "survey pipeline flag (GALAH flag_sp / APOGEE ASPCAPFLAG)", "int64"),
-            _c("flag_survey", None, "invalid survey pipeline estimates (1)", "int64"),
-            _c("flag_training", None, "star belonging to the training set (0)", "int64"),
+            _c("r_chi_sq", _NONE, "reduced chi-square from Cannon"),
+            _c("snrCann", _NONE, "signal-to-noise ratio from Cannon"),
+            _c("Cannon_distance", _NONE, "distance to the training set labels (Eq. 5)"),
+            _c("flag_id", _NONE, "0 - GALAH spectra, 1 - APOGEE spectra", "int64"),
+            _c("flag_Cannon_dist", _NONE, "flag for quality of Cannon estimates (0/1)", "int64"),
+            _c("flag_spectra", _NONE, "flag for problematic spectra", "int64"),
+            _c("flag_sp_aspcap", _NONE, "survey pipeline flag (GALAH flag_sp / APOGEE ASPCAPFLAG)", "int64"),
+            _c("flag_survey", _NONE, "invalid survey pipeline estimates (1)", "int64"),
+            _c("flag_training", _NONE, "star belonging to the training set (0)", "int64"),
         ),
         (
             LabelPattern("{label}", "label", "survey {what}"),
             LabelPattern("e_{label}", "label", "survey {what} error"),
         ),
         (
-            _c("snr", None, "survey signal-to-noise ratio"),
+            _c("snr", _NONE, "survey signal-to-noise ratio"),
             _c("r_est", "pc", "estimated distance from Bailer-Jones+21"),
             _c("r_lo", "pc", "lower bound from Bailer-Jones+21"),
             _c("r_hi", "pc", "higher bound from Bailer-Jones+21"),
@@ -367,8 +384,38 @@ NANDAKUMAR2022 = Schema(
     ),
 )
 
+LABELS = Schema(
+    name="labels",
+    reference="cannonade infer: one row per spectrum of a store (docs/tutorial.md)",
+    blocks=(
+        (
+            _c("obj_id", _NONE, "the spectrum's id in the store (from the survey file: LAMOST OBSID, APOGEE_ID, GALAH sobject_id)", "str"),
+            _c("store_row", _NONE, "row of the spectrum in the store", "int64"),
+            _c("source_file", _NONE, "the survey file the spectrum was read from", "str"),
+            _c("model", _NONE, "name of the model that gave the labels ('' = none: no model applied)", "str"),
+        ),
+        (
+            LabelPattern("{label}", "label", "Cannon estimate of {what} (NaN where the chosen model lacks {label})"),
+            LabelPattern("e_{label}", "label", "calibrated 1-sigma uncertainty of {label} (docs/calibration.md; formal where the model is uncalibrated)"),
+            LabelPattern("raw_e_{label}", "label", "formal 1-sigma uncertainty of {label} from the covariance (JtWJ)^-1"),
+            LabelPattern("{label}_extrap", _NONE, "{short} outside the training set's KDE bounds (Wheeler+2020 Sec. 4)", "bool"),
+        ),
+        (
+            _c("chi2", _NONE, "chi^2 of the spectrum against the model at the inferred labels"),
+            _c("dof", _NONE, "degrees of freedom of chi2: valid pixels minus the number of labels", "int64"),
+            _c("snr", _NONE, "median S/N per pixel over the model's valid pixels"),
+            _c("converged", _NONE, "the label optimisation converged", "bool"),
+            _c("outside_training", _NONE, "a label lies outside the training set's minimum-maximum range", "bool"),
+            _c("train_distance", _NONE, "mean squared distance to the 10 nearest training stars in CV-scatter units (Nandakumar+2022 Eq. 5)"),
+            _c("far_from_training", _NONE, "train_distance above the model's threshold (flag bit FAR_FROM_TRAINING)", "bool"),
+            _c("kiel_extrap", _NONE, "T_eff or log(g) outside the training set's KDE bounds", "bool"),
+            _c("flags", _NONE, "bitmask of cannonade.flags (bits in the FLAGBnn header cards); recommended cut flags == 0", "int64"),
+        ),
+    ),
+)
+
 #: The catalogue schemas by name.
-SCHEMAS = {"wheeler2020": WHEELER2020, "nandakumar2022": NANDAKUMAR2022}
+SCHEMAS = {"wheeler2020": WHEELER2020, "nandakumar2022": NANDAKUMAR2022, "labels": LABELS}
 
 
 def get_schema(schema):

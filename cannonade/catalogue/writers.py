@@ -9,15 +9,22 @@ chunk (Parquet row groups, flat memory).
 
 File layout (read back by :func:`cannonade.catalogue.readers.read_catalogue`):
 
-* FITS: one ``BinTableHDU`` named ``CATALOGUE``; units in ``TUNITn`` (FITS syntax),
-  descriptions in ``TCOMMn``, schema in ``CNDSCHEM``, layout version in ``CNDFMTV``,
-  the JSON-serialisable table meta in ``CNDMETA``. A float column whose unit the FITS
-  standard cannot express (``dex``) has no ``TUNITn``: its unit is in ``CNDUNITS``
-  (JSON ``{column: unit}``) and in astropy's serialized-column block (``COMMENT``
-  cards, which also repeat the descriptions), so a plain ``astropy.table.Table.read``
-  restores units and descriptions without a ``UnitsWarning``.
-* Parquet: each field's metadata has ``unit`` and ``description``; the file metadata
-  key ``cannonade`` holds JSON ``{schema, reference, format_version, columns, meta}``.
+* FITS: one ``BinTableHDU`` named ``CATALOGUE``; units in ``TUNITn`` (FITS syntax;
+  ``''`` for a dimensionless column), descriptions in ``TCOMMn``, schema in ``CNDSCHEM``,
+  layout version in ``CNDFMTV``, the JSON-serialisable table meta in ``CNDMETA``, the
+  provenance record in ``CNDVERS``, ``CNDDATE``, ``CNDRECIP``, ``CNDCONF``, ``CNDTRAIN``,
+  ``CNDSTORE`` and, whole, ``CNDPROV`` (:func:`cannonade.provenance.provenance_cards`).
+  A float column whose unit the FITS standard cannot express (``dex``) has no ``TUNITn``:
+  its unit is in ``CNDUNITS`` (JSON ``{column: unit}``) and in astropy's serialized-column
+  block (``COMMENT`` cards, which also repeat the descriptions), so a plain
+  ``astropy.table.Table.read`` restores units and descriptions without a ``UnitsWarning``.
+* Parquet: each field's metadata has ``unit`` (``""`` for a dimensionless column) and
+  ``description``; the file metadata key ``cannonade`` holds JSON ``{schema, reference,
+  format_version, columns, meta}``, the key ``cannonade.provenance``
+  (:data:`cannonade.provenance.PROVENANCE_KEY`) the provenance record as JSON, and
+  astropy's own keys (``table_meta_yaml``, ``table::len::<column>``) the units,
+  descriptions, meta and provenance again, so a plain ``astropy.table.Table.read``
+  restores them without a warning.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ import numpy as np
 from cannonade.catalogue.formats import FORMAT_VERSION, catalogue_format, fits_unit, parse_unit, unit_string
 from cannonade.catalogue.schemas import get_schema, infer_label_names
 from cannonade.exceptions import CatalogueError
+from cannonade.provenance import PROVENANCE_KEY, provenance_cards
 from cannonade.tables import as_table
 from cannonade.util import atomic_path
 
@@ -105,15 +113,35 @@ def _prepare(table, schema, label_names, path):
 
 
 def _meta_json(meta):
-    """The JSON-serialisable part of a table's meta."""
+    """The JSON-serialisable part of a table's meta (its provenance is written on its own)."""
     keep = {}
     for k, v in dict(meta).items():
+        if k == "provenance":
+            continue
         try:
             json.dumps(v)
         except (TypeError, ValueError):
             continue
         keep[str(k)] = v
     return keep
+
+
+def _provenance_record(t, provenance):
+    """The provenance record to write: ``provenance``, else the table's ``meta['provenance']``.
+
+    Returns a JSON-able dict, or None when there is none.
+
+    Raises
+    ------
+    CatalogueError
+        ``provenance`` is not a dict.
+    """
+    prov = provenance if provenance is not None else t.meta.get("provenance")
+    if prov is None:
+        return None
+    if not isinstance(prov, dict):
+        raise CatalogueError(f"provenance must be a dict (cannonade.provenance.provenance()), not {type(prov).__name__}")
+    return json.loads(json.dumps(prov, default=str))
 
 
 # ----------------------------------------------------------------------------------------
@@ -171,14 +199,23 @@ def _astropy_column_cards(t, quantities):
         return [card for card in hdul[1].header.cards if card.keyword == "COMMENT"]
 
 
+def _set_card(header, key, value, comment):
+    """``header[key] = value``; the comment only where it fits beside the value (a long text
+    continues over CONTINUE cards, which have no room for it). Text is made ASCII."""
+    if isinstance(value, str):
+        value = value.encode("ascii", "backslashreplace").decode("ascii")
+        if len(value) + len(comment) > 60:
+            header[key] = value
+            return
+    header[key] = (value, comment)
+
+
 def _set_json_card(header, key, obj, comment):
-    """``header[key]`` = JSON of ``obj``; the comment only where it fits beside the value
-    (a long value continues over CONTINUE cards, which have no room for it)."""
-    text = json.dumps(obj)
-    header[key] = (text, comment) if len(text) + len(comment) <= 60 else text
+    """``header[key]`` = JSON of ``obj`` (see :func:`_set_card`)."""
+    _set_card(header, key, json.dumps(obj), comment)
 
 
-def _write_fits(t, tmp, schema, header_cards=()):
+def _write_fits(t, tmp, schema, header_cards=(), provenance=None):
     from astropy.io import fits
 
     quantities = [n for n in t.colnames if _quantity_unit(t[n])]
@@ -192,8 +229,9 @@ def _write_fits(t, tmp, schema, header_cards=()):
     for i, n in enumerate(t.colnames, start=1):
         unit = t[n].unit
         if unit is not None and n not in quantities:
-            # FITS syntax; else astropy's generic string (read back by read_catalogue)
-            h[f"TUNIT{i}"] = fits_unit(unit) or unit.to_string()
+            # FITS syntax ('' for dimensionless); else astropy's generic string (read back by read_catalogue)
+            text = fits_unit(unit)
+            h[f"TUNIT{i}"] = text if text is not None else unit.to_string()
         if t[n].description:
             h[f"TCOMM{i}"] = t[n].description
     h["CNDSCHEM"] = (schema.name, "Cannonade catalogue schema")
@@ -202,6 +240,8 @@ def _write_fits(t, tmp, schema, header_cards=()):
     _set_json_card(h, "CNDMETA", _meta_json(t.meta), "table meta (JSON)")
     if quantities:
         _set_json_card(h, "CNDUNITS", {n: t[n].unit.to_string() for n in quantities}, "units FITS cannot express (JSON)")
+    for key, value, comment in provenance_cards(provenance) if provenance else ():
+        _set_card(h, key, value, comment)
     for card in _astropy_column_cards(t, quantities):
         h.append(card)
     for key, value, comment in header_cards:
@@ -233,7 +273,47 @@ def _arrow_array(col):
     return pa.array(data, mask=mask if mask.any() else None)
 
 
-def _arrow_table(t, schema):
+def _string_lengths(t, arrays):
+    """{column: longest text in characters} of the text columns (astropy's ``table::len::``)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    out = {}
+    for n, arr in zip(t.colnames, arrays):
+        if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
+            longest = pc.max(pc.utf8_length(arr)).as_py() if len(arr) else None
+            out[n] = max(1, longest or 0)
+    return out
+
+
+def _astropy_yaml(t, provenance):
+    """astropy's ``table_meta_yaml`` of ``t``: column types, units, descriptions and meta.
+
+    What :func:`astropy.table.Table.read` of a Parquet file restores; dimensionless columns
+    carry no unit there (as in a FITS file), the provenance is in the meta.
+    """
+    import astropy.units as u
+    from astropy.table import Table
+    from astropy.table import meta as table_meta
+
+    empty = Table()
+    for n in t.colnames:
+        data = np.asarray(np.ma.getdata(t[n]))[:0]
+        if data.dtype.kind in "SO":
+            data = data.astype(str)  # written as Parquet text
+        empty[n] = data
+        unit = t[n].unit
+        if unit is not None and unit != u.dimensionless_unscaled and not isinstance(unit, u.UnrecognizedUnit):
+            empty[n].unit = unit
+        empty[n].description = t[n].description or None
+    empty.meta = _meta_json(t.meta)
+    if provenance:
+        empty.meta["provenance"] = provenance
+    return "\n".join(table_meta.get_yaml_from_table(empty))
+
+
+def _arrow_table(t, schema, provenance=None):
+    """The pyarrow Table of ``t`` with its file metadata (see the module docstring)."""
     import pyarrow as pa
 
     arrays, fields = [], []
@@ -253,15 +333,19 @@ def _arrow_table(t, schema):
         "columns": {n: {"unit": unit_string(t[n].unit), "description": t[n].description} for n in t.colnames},
         "meta": _meta_json(t.meta),
     }
-    sch = pa.schema(fields, metadata={b"cannonade": json.dumps(file_md).encode()})
+    md = {"cannonade": json.dumps(file_md), "table_meta_yaml": _astropy_yaml(t, provenance)}
+    if provenance:
+        md[PROVENANCE_KEY] = json.dumps(provenance)
+    md.update({f"table::len::{n}": str(k) for n, k in _string_lengths(t, arrays).items()})
+    sch = pa.schema(fields, metadata={k.encode(): v.encode() for k, v in md.items()})
     return pa.Table.from_arrays(arrays, schema=sch)
 
 
 # ----------------------------------------------------------------------------------------
 # the public writers
 # ----------------------------------------------------------------------------------------
-def write_catalogue(table, path, schema="wheeler2020", fmt=None, label_names=None, header_cards=()):
-    """Write a catalogue as FITS or Parquet, atomically, with units and descriptions.
+def write_catalogue(table, path, schema="wheeler2020", fmt=None, label_names=None, header_cards=(), provenance=None):
+    """Write a catalogue as FITS or Parquet, atomically, with units, descriptions and provenance.
 
     Parameters
     ----------
@@ -273,8 +357,9 @@ def write_catalogue(table, path, schema="wheeler2020", fmt=None, label_names=Non
         the schema's.
     path : str or Path
         ``.fits`` (units in TUNITn, descriptions in TCOMMn, schema name in CNDSCHEM,
-        plus astropy's serialized-column block) or ``.parquet`` (units/descriptions in
-        each field's metadata and, as JSON, in the file metadata key ``cannonade``).
+        provenance in CND* cards, plus astropy's serialized-column block) or ``.parquet``
+        (units/descriptions in each field's metadata and, as JSON, in the file metadata
+        key ``cannonade``; provenance under ``cannonade.provenance``).
     schema : str or Schema
         ``'wheeler2020'`` or ``'nandakumar2022'``.
     fmt : {'fits', 'parquet'} or None
@@ -284,6 +369,12 @@ def write_catalogue(table, path, schema="wheeler2020", fmt=None, label_names=Non
     header_cards : sequence of (keyword, value, comment)
         Extra FITS header cards (e.g. the flag bits, :func:`cannonade.flags.fits_header_cards`);
         FITS only (put what Parquet readers need into ``table.meta``).
+    provenance : dict, optional
+        The file's provenance record (:func:`cannonade.provenance.provenance`): FITS cards
+        ``CNDVERS``, ``CNDDATE``, ``CNDRECIP``, ``CNDCONF``, ``CNDTRAIN``, ``CNDSTORE``,
+        ``CNDPROV`` (:func:`cannonade.provenance.provenance_cards`); Parquet metadata key
+        :data:`cannonade.provenance.PROVENANCE_KEY` (JSON). Default: the table's
+        ``meta['provenance']`` if any (what :func:`read_catalogue` returns), else none.
 
     Returns
     -------
@@ -293,21 +384,48 @@ def write_catalogue(table, path, schema="wheeler2020", fmt=None, label_names=Non
     Raises
     ------
     CatalogueError
-        Unknown format or suffix (CSV included), unknown schema, or a schema column whose
-        dtype cannot be cast losslessly (names the column and the file).
+        Unknown format or suffix (CSV included), unknown schema, a schema column whose
+        dtype cannot be cast losslessly (names the column and the file), or a provenance
+        that is not a dict.
     """
     import pyarrow.parquet as pq
 
     path = Path(path)
     fmt = catalogue_format(path, fmt)
     t, s = _prepare(table, schema, label_names, path)
+    prov = _provenance_record(t, provenance)
     with atomic_path(path) as tmp:
         if fmt == "fits":
-            _write_fits(t, tmp, s, header_cards)
+            _write_fits(t, tmp, s, header_cards, prov)
         else:
-            pq.write_table(_arrow_table(t, s), tmp)
+            pq.write_table(_arrow_table(t, s, prov), tmp)
     log.info("wrote %d rows x %d columns to %s", len(t), len(t.colnames), path)
     return path
+
+
+def _redeclare_string_lengths(path, lengths):
+    """Rewrite the Parquet file ``path`` with ``lengths`` as astropy's ``table::len::`` keys.
+
+    Row group by row group (flat memory); for a streamed file whose later chunks hold longer
+    text than its first, whose lengths the file's schema declared.
+    """
+    import pyarrow.parquet as pq
+
+    out = Path(str(path) + ".len")
+    src = pq.ParquetFile(path)
+    try:
+        md = dict(src.schema_arrow.metadata or {})
+        md.update({f"table::len::{n}".encode(): str(k).encode() for n, k in lengths.items()})
+        sch = src.schema_arrow.with_metadata(md)
+        with pq.ParquetWriter(out, sch) as w:
+            for i in range(src.num_row_groups):
+                w.write_table(src.read_row_group(i).replace_schema_metadata(md))
+    finally:
+        src.close()
+    try:
+        out.replace(path)
+    finally:
+        out.unlink(missing_ok=True)
 
 
 class CatalogueWriter:
@@ -326,6 +444,11 @@ class CatalogueWriter:
         Overrides the suffix.
     label_names : sequence of str or None
         Inferred from the first chunk's columns if None.
+    header_cards : sequence of (keyword, value, comment)
+        Extra FITS header cards (FITS only), as in :func:`write_catalogue`.
+    provenance : dict, optional
+        The file's provenance record, as in :func:`write_catalogue` (default: the first
+        chunk's ``meta['provenance']``, if any).
 
     Examples
     --------
@@ -334,16 +457,19 @@ class CatalogueWriter:
     ...         w.write(chunk)
     """
 
-    def __init__(self, path, schema="wheeler2020", fmt=None, label_names=None):
+    def __init__(self, path, schema="wheeler2020", fmt=None, label_names=None, header_cards=(), provenance=None):
         self.path = Path(path)
         self.fmt = catalogue_format(self.path, fmt)
         self.schema = get_schema(schema)
         self.label_names = None if label_names is None else list(label_names)
+        self.header_cards = tuple(header_cards)
+        self.provenance = provenance
         self.n_rows = 0
         self._ctx = None
         self._tmp = None
         self._writer = None
         self._arrow_schema = None
+        self._lengths = {}
         self._chunks = []
 
     def __enter__(self):
@@ -367,10 +493,12 @@ class CatalogueWriter:
         t, s = _prepare(table, self.schema, self.label_names, self.path)
         if self.label_names is None:
             self.label_names = infer_label_names(t.colnames, s)
+        if self.provenance is None and self.n_rows == 0 and not self._chunks:
+            self.provenance = _provenance_record(t, None)
         if self.fmt == "fits":
             self._chunks.append(t)
         else:
-            at = _arrow_table(t, s)
+            at = _arrow_table(t, s, _provenance_record(t, self.provenance))
             if self._writer is None:
                 self._arrow_schema = at.schema
                 self._writer = pq.ParquetWriter(self._tmp, at.schema)
@@ -380,6 +508,8 @@ class CatalogueWriter:
                         f"chunk written to {self.path} has columns {at.schema.names}, the first chunk had {self._arrow_schema.names}"
                     )
                 at = at.cast(self._arrow_schema)
+            for n, k in _string_lengths(t, at.columns).items():
+                self._lengths[n] = max(k, self._lengths.get(n, 0))
             self._writer.write_table(at)
         self.n_rows += len(t)
 
@@ -394,7 +524,7 @@ class CatalogueWriter:
         return ctx.__exit__(exc_type, exc, tb)
 
     def _finish(self):
-        """Write what only the end can: the FITS file, or an empty Parquet file."""
+        """Write what only the end can: the FITS file, an empty Parquet file, or longer text lengths."""
         from astropy.table import Table, vstack
 
         if self.fmt == "fits":
@@ -402,8 +532,16 @@ class CatalogueWriter:
                 t = vstack(self._chunks, metadata_conflicts="silent")
             else:
                 t = _prepare(Table(), self.schema, [], self.path)[0]
-            _write_fits(t, self._tmp, self.schema)
+            _write_fits(t, self._tmp, self.schema, self.header_cards, _provenance_record(t, self.provenance))
         elif self._writer is None:
             import pyarrow.parquet as pq
 
-            pq.write_table(_arrow_table(Table(), self.schema), self._tmp)
+            t = _prepare(Table(), self.schema, [], self.path)[0]
+            pq.write_table(_arrow_table(t, self.schema, _provenance_record(t, self.provenance)), self._tmp)
+        else:
+            md = self._arrow_schema.metadata or {}
+            declared = {n: int(md.get(f"table::len::{n}".encode(), b"0")) for n in self._lengths}
+            if any(k > declared[n] for n, k in self._lengths.items()):
+                self._writer.close()
+                self._writer = None
+                _redeclare_string_lengths(self._tmp, self._lengths)

@@ -139,7 +139,7 @@ class DynamicsSection:
     gaia: Path | None = field(default=None, metadata=doc("Gaia catalogue ('' disables the stage)"))
     radius_arcsec: float = field(default=1.0, metadata=doc("Gaia match radius [arcsec]", positive=True))
     n_samples: int = field(default=20, metadata=doc("Monte-Carlo resamples (Wheeler+2020 §5.1)", minimum=1))
-    rv_column: str = field(default="rv", metadata=doc("target-catalogue RV used when Gaia has none (its error: <rv_column>_err)"))
+    rv_column: str = field(default="rv", metadata=doc("target-catalogue RV used for the dynamics, Gaia's where it is missing (its error: <rv_column>_err)"))
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,14 @@
 A recipe is a name and a tuple of stage modules; each stage module has ``NAME`` and
 ``execute(run) -> dict`` (the counts written to its marker), and optionally ``WORK_DIRS``
 (run-directory folders of unfinished chunked work, removed when the stage is forced again).
+
+Each stage module also declares what its outputs depend on, for its fingerprint
+(:func:`cannonade.pipeline.fingerprints.stage_fingerprint`): ``CONFIG``, the configuration keys it
+reads — a whole section (``"cuts"``) or one field (``"run.seed"``) — and ``INPUTS``, the keys
+of the paths it reads from outside the run directory (catalogues, spectra, line windows). A
+stage without ``CONFIG`` depends on the whole configuration (less ``run.out`` and
+``run.workers``). The order of the stages matters: a stage's fingerprint includes the previous
+one's, so a change redoes the first stage it touches and every stage after it.
 """
 
 from __future__ import annotations

@@ -1,8 +1,13 @@
 """One pipeline run: a validated config, a run directory, stage markers, a log, and the loop.
 
 Every stage writes its outputs atomically into the run directory and then a marker file
-``stages/<stage>.json`` with its counts; a rerun skips stages with a marker. ``from_stage``
-removes the markers of that stage and all after it (and their unfinished chunk parts).
+``stages/<stage>.json`` with its counts and its fingerprint (:func:`stage_fingerprint`): a hash
+of the configuration keys the stage reads (its module's ``CONFIG``), of the files it reads from
+outside the run directory (``INPUTS``, by size and modification time, never by content) and of
+the previous stage's fingerprint. A rerun skips a stage whose marker matches; the first stage
+whose marker is missing or differs is redone with every stage after it, and the log says why.
+``from_stage`` forces that stage and all after it. Each run keeps a copy of its validated
+configuration in ``config.toml``. See docs/pipeline.md, "Reruns and stale stages".
 """
 
 from __future__ import annotations
@@ -16,14 +21,20 @@ from pathlib import Path
 
 import numpy as np
 
-from cannonade.config import RunConfig, config_from_dict, load_config
+from cannonade.config import RunConfig, as_toml_dict, config_from_dict, load_config
 from cannonade.exceptions import ConfigError
+from cannonade.config.toml_writer import toml_text
+from cannonade.pipeline.fingerprints import stage_fingerprint, stage_inputs, unavailable
 from cannonade.pipeline.inputs import check_columns
 from cannonade.pipeline.recipes import recipe_for
+from cannonade.provenance import fingerprint, provenance
 from cannonade.tables import read_table
 from cannonade.util import atomic_path
 
 log = logging.getLogger("cannonade.pipeline")
+
+#: the copy of the validated configuration kept in the run directory
+CONFIG_COPY = "config.toml"
 
 
 def _json_default(o):
@@ -35,7 +46,7 @@ def _json_default(o):
 
 
 def _short(info):
-    return ", ".join(f"{k}={v}" for k, v in info.items() if not isinstance(v, dict))[:200]
+    return ", ".join(f"{k}={v}" for k, v in info.items() if not isinstance(v, dict) and k != "fingerprint")[:200]
 
 
 def as_config(config):
@@ -45,6 +56,9 @@ def as_config(config):
     if isinstance(config, dict):
         return config_from_dict(config, ".")
     return load_config(config)
+
+
+# ---- stage fingerprints
 
 
 class Run:
@@ -74,6 +88,15 @@ class Run:
         gaia = self.table("gaia") if (self.cfg.dynamics.enabled and self.cfg.dynamics.gaia) else None
         check_columns(self.cfg, self.table("target"), self.table("reference"), gaia)
         self.path("stages").mkdir(parents=True, exist_ok=True)
+
+    @property
+    def config_fingerprint(self):
+        """:func:`cannonade.provenance.fingerprint` of the whole configuration (its TOML form)."""
+        return fingerprint(as_toml_dict(self.cfg))
+
+    def provenance(self, **extra):
+        """The provenance record of a file this run writes (:func:`cannonade.provenance.provenance`)."""
+        return provenance(recipe=self.recipe.name, config_fingerprint=self.config_fingerprint, **extra)
 
     @property
     def stages(self):
@@ -125,35 +148,110 @@ class Run:
                 raise ConfigError(f"{key} catalogue: {exc}") from None
         return self._tables[key]
 
+    def keep_config(self):
+        """Write the validated configuration into ``config.toml`` of the run directory (atomically).
+
+        Paths are absolute and every default is filled in, so :func:`cannonade.config.load_config`
+        of the copy gives this configuration back from anywhere.
+        """
+        header = (f"The configuration of the last `cannonade run` in this directory, as validated (paths absolute,\n"
+                  f"defaults filled in); configuration fingerprint {self.config_fingerprint}.")
+        with atomic_path(self.path(CONFIG_COPY)) as tmp:
+            tmp.write_text(toml_text(as_toml_dict(self.cfg), header=header))
+        return self.path(CONFIG_COPY)
+
     # ---- the loop
     def reset_from(self, from_stage):
         """Forget ``from_stage`` and every stage after it (markers and unfinished chunk parts)."""
         if from_stage not in self.stages:
             raise ConfigError(f"--from {from_stage!r}: unknown stage; stages are {self.stages}")
-        for stage in self.recipe.stages[self.stages.index(from_stage):]:
+        self._forget(self.recipe.stages[self.stages.index(from_stage):])
+
+    def _forget(self, stages):
+        for stage in stages:
             if self.done(stage.NAME):
                 self.marker(stage.NAME).unlink()
             for work in getattr(stage, "WORK_DIRS", ()):
                 if self.path(work).exists():
                     shutil.rmtree(self.path(work))
 
+    def _redoing(self, stage):
+        n = len(self.stages) - 1 - self.stages.index(stage)
+        return f"redoing {stage}" + (f" and the {n} stage{'s' if n != 1 else ''} after it" if n else "")
+
+    def _recorded_inputs(self, stage, inputs, info):
+        """``inputs``, where one is gone (missing, or an empty directory) since the finished stage
+        read it from the same path, with the stats recorded then (logged): a deleted input does
+        not make a finished stage stale (e.g. the demo removes its mock spectra once ingested)."""
+        recorded = (info.get("fingerprint_of") or {}).get("inputs") or {}
+        out = dict(inputs)
+        for key, stats in inputs.items():
+            old = recorded.get(key)
+            if unavailable(stats) and old is not None and not unavailable(old) and old.get("path") == stats["path"]:
+                self.log.info("[%s] input %s (%s) is missing or empty now; the finished stage is kept, unchecked against it",
+                              stage.NAME, key, stats["path"])
+                out[key] = old
+        return out
+
     def run(self, from_stage=None):
-        """Run every unfinished stage in order; returns self."""
-        if from_stage is not None:
-            self.reset_from(from_stage)
+        """Run every stage that is not finished with this configuration and these inputs, in order; returns self.
+
+        A stage whose marker records the fingerprint it has now is skipped. The first stage whose
+        marker is missing or records another fingerprint is redone with every stage after it
+        (their markers and unfinished chunk parts are removed; a stage without a marker keeps its
+        own chunk parts, so a killed run resumes). Markers written before fingerprints existed
+        are kept unchecked, and get this configuration's fingerprint (logged once).
+        """
+        if from_stage is not None and from_stage not in self.stages:
+            raise ConfigError(f"--from {from_stage!r}: unknown stage; stages are {self.stages}")
         handlers = self._attach_log()
         try:
             t_run = time.perf_counter()
             self.log.info("cannonade run (%s recipe): %s -> %s", self.recipe.name, self.cfg.source or "<dict>", self.out)
-            for stage in self.recipe.stages:
-                if self.done(stage.NAME):
-                    self.log.info("[%s] already done, skipped (%s)", stage.NAME, _short(self.stage_info(stage.NAME)))
-                    continue
+            self.keep_config()
+            self.log.info("configuration fingerprint %s (copy in %s)", self.config_fingerprint, self.path(CONFIG_COPY))
+            if from_stage is not None:
+                self.reset_from(from_stage)
+                self.log.info("[%s] --from %s: %s", from_stage, from_stage, self._redoing(from_stage))
+            previous, unchecked = None, False
+            for i, stage in enumerate(self.recipe.stages):
+                name = stage.NAME
+                inputs = stage_inputs(stage, self.cfg)
+                if self.done(name):
+                    info = self.stage_info(name)
+                    fp = stage_fingerprint(stage, self.cfg, previous, self._recorded_inputs(stage, inputs, info))
+                    if "fingerprint" not in info:
+                        if not unchecked:
+                            self.log.info("stage markers without a fingerprint (written before cannonade kept one) cannot be "
+                                          "checked against the configuration: those stages are kept as they are, and from now on "
+                                          "carry this configuration's fingerprint (--from STAGE redoes a stage)")
+                            unchecked = True
+                        self.mark(name, {**info, "fingerprint": fp.value, "fingerprint_of": fp.record()})
+                        self.log.info("[%s] already done, skipped unchecked (%s)", name, _short(info))
+                        previous = fp.value
+                        continue
+                    why = fp.changes(info)
+                    if why is None:
+                        self.log.info("[%s] already done, skipped (%s)", name, _short(info))
+                        previous = fp.value
+                        continue
+                    self.log.info("[%s] %s; %s", name, why, self._redoing(name))
+                    self.reset_from(name)
+                    fp = stage_fingerprint(stage, self.cfg, previous, inputs)  # what it reads now, vanished inputs too
+                else:
+                    fp = stage_fingerprint(stage, self.cfg, previous, inputs)
+                    later = self.recipe.stages[i + 1:]
+                    if any(self.done(s.NAME) for s in later):
+                        self.log.info("[%s] not finished; %s", name, self._redoing(name))
+                        self._forget(later)  # this stage's own chunk parts stay: it resumes
                 t0 = time.perf_counter()
                 info = stage.execute(self)
                 info["seconds"] = round(time.perf_counter() - t0, 2)
-                self.mark(stage.NAME, info)
-                self.log.info("[%s] %s", stage.NAME, _short(info))
+                info["fingerprint"] = fp.value
+                info["fingerprint_of"] = fp.record()
+                self.mark(name, info)
+                self.log.info("[%s] done in %.2f s (%s)", name, info["seconds"], _short({k: v for k, v in info.items() if k != "seconds"}))
+                previous = fp.value
             self.log.info("run finished in %.1f s; catalogue in %s", time.perf_counter() - t_run, self.path("catalogue"))
         finally:
             self._detach_log(handlers)

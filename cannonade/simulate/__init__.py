@@ -11,6 +11,7 @@ On disk, in the real file layouts (``cannonade simulate`` on the command line)::
     from cannonade.simulate import simulate_survey
     simulate_survey("lamost-galah", n_stars=500, seed=0, out="mock")
     simulate_survey("lamost-galah", 500, 0, "mock_ideal", realism=False)  # without the Realism effects
+    simulate_survey("apogee-galah", n_stars=4000, seed=0, out="mock_ap")  # Nandakumar+2022: APOGEE x GALAH
 
 See ``docs/simulate.md`` for the model, the file layout and the truth tables.
 """
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 from cannonade.simulate.catalogues import CORRUPTION_KINDS, edsd_distance, twomass_id
 from cannonade.simulate.instruments import INSTRUMENTS, Instrument, get_instrument
-from cannonade.simulate.population import simulate_population
+from cannonade.simulate.population import NAMED_CLUSTERS, NamedCluster, simulate_population
 from cannonade.simulate.realism import Realism
 from cannonade.simulate.spectra import (
     ABUNDANCE_ELEMENTS,
@@ -31,6 +32,7 @@ from cannonade.simulate.spectra import (
     synthesize_normalised,
 )
 from cannonade.simulate.survey import PRESETS, simulate_survey
+from cannonade.simulate.systematics import NANDAKUMAR_TABLE1, SurveySystematics
 from cannonade.simulate.writers import SimulationWriteError
 
 __all__ = [
@@ -38,6 +40,10 @@ __all__ = [
     "cli_simulate",
     "simulate_population",
     "Realism",
+    "SurveySystematics",
+    "NANDAKUMAR_TABLE1",
+    "NamedCluster",
+    "NAMED_CLUSTERS",
     "synthesize",
     "synthesize_normalised",
     "normalised_model",

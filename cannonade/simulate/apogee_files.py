@@ -1,4 +1,5 @@
-"""The APOGEE mock: apStar-layout files (combined + visit spectra) and allStar-like catalogue rows."""
+"""The APOGEE mock: apStar-layout files ``apStar-r12-<APOGEE_ID>.fits.gz`` (combined + visit spectra) and
+allStar-like catalogue rows."""
 
 from __future__ import annotations
 
@@ -19,13 +20,14 @@ __all__ = ["write_apogee_chunk"]
 _SKY_LINES = tuple(w for w, _ in SKY_LINES["apogee"])
 
 
-def write_apogee_chunk(out, stars, s_all, rng, writers, realism=False, visit_rng=None):
-    """Observe every star of a chunk with APOGEE (2-6 visits each); write apStar files and rows.
+def write_apogee_chunk(out, stars, s_all, rng, writers, realism=False, visit_rng=None, idx=None, systematics=None):
+    """Observe the stars ``idx`` of a chunk with APOGEE (2-6 visits each); write apStar files and rows.
 
     Parameters
     ----------
     out : Path
-        Survey root (files go to ``out/apogee/spectra``).
+        Survey root (files go to ``out/apogee/spectra/apStar-r12-<APOGEE_ID>.fits.gz``, gzipped; allStar ``FILE``
+        names them).
     stars : Table, n rows of truth
     s_all : dict of (n, ...) arrays
         :func:`~cannonade.simulate.formation.stellar_arrays` of ``stars``.
@@ -37,15 +39,25 @@ def write_apogee_chunk(out, stars, s_all, rng, writers, realism=False, visit_rng
         Per-visit flux-calibration errors and sky residuals in each visit (and so in the
         combined rows), drawn from ``visit_rng`` (:func:`cannonade.simulate.realism.draw_visit_effects`).
     visit_rng : numpy Generator, optional
+    idx : (m,) int, optional
+        Chunk rows of the stars APOGEE observes (default: all).
+    systematics : dict label -> (m,) float, optional
+        The APOGEE side of the APOGEE − GALAH label systematics of these stars
+        (:func:`cannonade.simulate.catalogues.apogee_labels`).
     """
+    if idx is not None:
+        stars = stars[idx]
+        s_all = subset(s_all, idx)
     inst = get_instrument("apogee")
     wl = inst.wavelength
     n = len(stars)
+    if n == 0:
+        return
     nvis = rng.integers(2, 7, n)
     g = np.asarray(stars["g_mag"])
     snr_tot = snr_from_mag(g - 1.5, rng, 12.0, 140.0, lo=10.0, hi=1000.0)  # H ~ G - 1.5 for red giants
     ids = np.array(["2M" + t for t in cat.twomass_id(stars["ra"], stars["dec"])])
-    labels = cat.apogee_labels(stars, snr_tot, rng)
+    labels = cat.apogee_labels(stars, snr_tot, rng, systematics)
     vhelio = np.asarray(stars["rv"]) + rng.normal(0, 0.3, n)
     rows = {k: [] for k, _, _ in apogee_columns()}
     obs = {k: [] for k, _, _ in OBS_COLUMNS}
@@ -123,7 +135,7 @@ def _write_apstar(out, star, visits, gap, rng, obs, effects):
     k = f.shape[0]
     i = star["i"]
     flux_all, err_all, mask_all, snr_c = _combine(f, e, mk, gap)
-    fname = f"apStar-r12-{star['apogee_id']}.fits"
+    fname = f"apStar-r12-{star['apogee_id']}.fits.gz"
     mjd0 = 56000 + int(rng.integers(0, 2000))
     vcards = []
     for v in range(k):

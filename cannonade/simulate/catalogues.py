@@ -7,11 +7,12 @@ noise scaling with S/N:
   giants (Buder et al. 2021 §6.5, quoted by Nandakumar+2022 §3.2); vmic from its
   empirical relation. With :class:`~cannonade.simulate.realism.Realism` on, dwarf
   abundances drift with Teff and the reported errors are imperfect (the noise is
-  drawn from the true errors, :func:`galah_errors`).
-* APOGEE (DR16-like): APOGEE − GALAH follows Nandakumar+2022 Table 1 / Fig. 2:
-  Teff +35 K (giants) / 0 K with a rising trend for hot dwarfs, logg +0.03 / +0.08,
-  [Fe/H] up to +0.4 dex for cool giants (Teff < 4500 K) and +0.15 dex for hot
-  dwarfs, [α/Fe] −0.04 / −0.02, vmic +0.07 / −0.14, vbroad −3.1 / −2.6 km/s.
+  drawn from the true errors, :func:`galah_errors`). In the apogee-galah preset the
+  metal-rich giant bias is replaced by the GALAH side of the cross-survey systematics
+  (``galah_labels(cross=...)``).
+* APOGEE (DR16-like, apogee-galah preset): truth + the APOGEE side of the APOGEE − GALAH
+  systematics of :mod:`cannonade.simulate.systematics` (Nandakumar+2022 Table 1 / Fig. 2) + noise;
+  ASPCAPFLAG / STARFLAG bits on a small fraction, the flagged labels badly wrong.
 * LAMOST LASP: Teff, logg, [Fe/H] with LASP-like offsets and large noise.
 
 A small recorded fraction of GALAH reference stars get *badly wrong* labels
@@ -35,13 +36,39 @@ __all__ = [
     "galah_errors",
     "lamost_labels",
     "apogee_labels",
+    "galah_systematics",
+    "flag_missing_alpha",
     "gaia_catalogue",
     "corrupt_labels",
     "APOGEE_ELEMENTS",
+    "ASPCAPFLAG_BITS",
+    "STARFLAG_BITS",
 ]
 
 APOGEE_ELEMENTS = ["O", "Na", "Mg", "Al", "Si", "Ca", "Ti", "Mn"]
 CORRUPTION_KINDS = ("none", "swap", "teff", "fe_h", "x_fe")
+_ALPHA_FOUR = ("Mg", "Si", "Ca", "Ti")  # GALAH's alpha_fe: their mean
+_APOGEE_ALPHA = ("O", "Mg", "Si", "Ca", "Ti")  # APOGEE [X/Fe] that share the [α/Fe] systematic
+
+#: APOGEE DR16 ASPCAPFLAG bits (Nandakumar+2022 §3.2 cuts on them) -> (name, fraction of stars set, label damage).
+#: A star with a bit set has that label badly wrong (uniform in the range, random sign); STAR_BAD (23) is
+#: also set whenever TEFF_BAD or LOGG_BAD is, and on its own damages Teff, log g and [Fe/H] moderately.
+ASPCAPFLAG_BITS = {
+    16: ("TEFF_BAD", 0.010, {"TEFF": (300.0, 700.0)}),
+    17: ("LOGG_BAD", 0.010, {"LOGG": (0.4, 1.0)}),
+    18: ("VMICRO_BAD", 0.015, {"VMICRO": (0.5, 1.5)}),
+    19: ("M_H_BAD", 0.010, {"FE_H": (0.25, 0.6)}),
+    20: ("ALPHA_M_BAD", 0.010, {"ALPHA_FE": (0.15, 0.35)}),
+    23: ("STAR_BAD", 0.010, {"TEFF": (200.0, 500.0), "LOGG": (0.3, 0.8), "FE_H": (0.15, 0.4)}),
+}
+#: APOGEE STARFLAG bits set at random (fraction of stars; flags only, the spectra are not affected). Bit 4
+#: (LOW_SNR) is set for combined S/N < :data:`LOW_SNR` and bit 17 (SUSPECT_BROAD_LINES) for a true
+#: vbroad > :data:`BROAD_LINES_KMS`, each besides these random rates.
+STARFLAG_BITS = {0: ("BAD_PIXELS", 0.02), 3: ("VERY_BRIGHT_NEIGHBOR", 0.01), 4: ("LOW_SNR", 0.0),
+                 9: ("PERSIST_HIGH", 0.01), 10: ("PERSIST_MED", 0.01), 11: ("PERSIST_LOW", 0.02),
+                 12: ("PERSIST_JUMP_POS", 0.005), 13: ("PERSIST_JUMP_NEG", 0.005), 17: ("SUSPECT_BROAD_LINES", 0.005)}
+LOW_SNR = 20.0
+BROAD_LINES_KMS = 25.0
 
 
 def _sexagesimal(ra, dec, ra_dec=(2, 1)):
@@ -142,7 +169,8 @@ def galah_errors(snr_c2):
     return e
 
 
-def galah_labels(stars, snr_c2, rng, corrupt_fraction=0.0, realism=False, error_factors=None, jitter_rng=None):
+def galah_labels(stars, snr_c2, rng, corrupt_fraction=0.0, realism=False, error_factors=None, jitter_rng=None,
+                 cross=None):
     """GALAH DR3-like labels for reference stars.
 
     Parameters
@@ -163,6 +191,12 @@ def galah_labels(stars, snr_c2, rng, corrupt_fraction=0.0, realism=False, error_
     jitter_rng : Generator, optional
         Stream of the realism draws (default: seeded from ``rng``). ``rng``'s own draws do not
         depend on ``realism`` when it is given.
+    cross : dict label -> (n,) float, optional
+        The GALAH side of the APOGEE − GALAH systematics (:func:`cannonade.simulate.systematics.cross_survey_systematics`;
+        apogee-galah preset): added to teff, logg, fe_h, vmic, vbroad and to the four α elements
+        (so to alpha_fe), replacing the built-in metal-rich giant [Fe/H] bias; adds the columns
+        ``e_alpha_fe``, ``e_vmic``, ``e_vbroad``, ``flag_alpha_fe`` (0 here; see
+        :func:`flag_missing_alpha`). None (lamost-galah): the labels of earlier versions, draw for draw.
 
     Returns
     -------
@@ -179,15 +213,29 @@ def galah_labels(stars, snr_c2, rng, corrupt_fraction=0.0, realism=False, error_
     e = galah_errors(snr)
     syst = dwarf_teff_systematics(teff_t, logg_t, realism)
     out = {}
-    out["teff"] = teff_t + rng.normal(0, 1, n) * e["teff"]
-    out["logg"] = logg_t + rng.normal(0, 1, n) * e["logg"]
-    # DR3 caveat: [Fe/H] underestimated for metal-rich giants
-    out["fe_h"] = feh_t - 0.12 * np.clip(feh_t, 0, None) * giant + syst["fe_h"] + rng.normal(0, 1, n) * e["fe_h"]
-    out["vmic"] = default_vmic(out["teff"], out["logg"]) + rng.normal(0, 0.05, n)
-    out["vbroad"] = np.clip(np.asarray(stars["vbroad"], float) + rng.normal(0, 1, n) * e["vbroad"], 1.0, None)
-    for x in ABUNDANCE_ELEMENTS:
-        c = f"{x.lower()}_fe"
-        out[c] = np.asarray(stars[c], float) + syst[c] + rng.normal(0, 1, n) * e[c]
+    if cross is None:
+        out["teff"] = teff_t + rng.normal(0, 1, n) * e["teff"]
+        out["logg"] = logg_t + rng.normal(0, 1, n) * e["logg"]
+        # DR3 caveat: [Fe/H] underestimated for metal-rich giants
+        out["fe_h"] = feh_t - 0.12 * np.clip(feh_t, 0, None) * giant + syst["fe_h"] + rng.normal(0, 1, n) * e["fe_h"]
+        out["vmic"] = default_vmic(out["teff"], out["logg"]) + rng.normal(0, 0.05, n)
+        out["vbroad"] = np.clip(np.asarray(stars["vbroad"], float) + rng.normal(0, 1, n) * e["vbroad"], 1.0, None)
+        for x in ABUNDANCE_ELEMENTS:
+            c = f"{x.lower()}_fe"
+            out[c] = np.asarray(stars[c], float) + syst[c] + rng.normal(0, 1, n) * e[c]
+    else:
+        cr = {k: np.asarray(v, float) for k, v in cross.items()}
+        out["teff"] = teff_t + cr["teff"] + rng.normal(0, 1, n) * e["teff"]
+        out["logg"] = logg_t + cr["logg"] + rng.normal(0, 1, n) * e["logg"]
+        out["fe_h"] = feh_t + cr["fe_h"] + syst["fe_h"] + rng.normal(0, 1, n) * e["fe_h"]
+        # the empirical vmic relation at the reported Teff, log g (GALAH DR3 does not fit vmic)
+        out["vmic"] = default_vmic(out["teff"], out["logg"]) + cr["vmic"] + rng.normal(0, 0.05, n)
+        out["vbroad"] = np.clip(np.asarray(stars["vbroad"], float) + cr["vbroad"] + rng.normal(0, 1, n) * e["vbroad"],
+                                1.0, None)
+        for x in ABUNDANCE_ELEMENTS:
+            c = f"{x.lower()}_fe"
+            alpha_sys = cr["alpha_fe"] if x in _ALPHA_FOUR else 0.0
+            out[c] = np.asarray(stars[c], float) + alpha_sys + syst[c] + rng.normal(0, 1, n) * e[c]
     corruption = corrupt_labels(out, corrupt_fraction, rng)
     if realism.enabled:
         if jitter_rng is None:
@@ -212,7 +260,53 @@ def galah_labels(stars, snr_c2, rng, corrupt_fraction=0.0, realism=False, error_
     cols["alpha_fe"] = 0.25 * (out["mg_fe"] + out["si_fe"] + out["ca_fe"] + out["ti_fe"])
     cols["chi2_sp"] = np.exp(rng.normal(np.log(1.3), 0.35, n))
     cols["flag_sp"] = np.where(rng.random(n) < 0.02, 1, 0).astype(np.int32)
+    if cross is not None:
+        # the error of a mean of four abundances, the vmic relation's scatter, the vbroad noise
+        cols["e_alpha_fe"] = 0.5 * np.sqrt(np.mean([np.asarray(e[f"{x.lower()}_fe"]) ** 2 for x in _ALPHA_FOUR], axis=0))
+        cols["e_vmic"] = np.full(n, 0.05)
+        cols["e_vbroad"] = np.asarray(e["vbroad"], float)
+        cols["flag_alpha_fe"] = np.zeros(n, np.int32)
     return cols, corruption
+
+
+def flag_missing_alpha(cols, snr_c2, fraction, rng):
+    """GALAH [α/Fe] not measured for a fraction of stars, in place: ``alpha_fe`` and ``e_alpha_fe`` NaN,
+    ``flag_alpha_fe`` = 1 (the incomplete reference labels a training set must cope with).
+
+    Exactly ``round(fraction * n)`` stars, drawn without replacement with weight 1 (S/N_c2 >= 20) or
+    4 (S/N_c2 < 20): weak lines make the missing values more common at low S/N (not at random).
+
+    Returns
+    -------
+    (n,) bool : the stars whose alpha_fe is missing.
+    """
+    n = len(cols["alpha_fe"])
+    k = int(round(float(fraction) * n))
+    miss = np.zeros(n, bool)
+    if k == 0:
+        return miss
+    w = np.where(np.asarray(snr_c2, float) < 20.0, 4.0, 1.0)
+    miss[rng.choice(n, size=k, replace=False, p=w / w.sum())] = True
+    cols["alpha_fe"] = np.where(miss, np.nan, cols["alpha_fe"])
+    cols["e_alpha_fe"] = np.where(miss, np.nan, cols["e_alpha_fe"])
+    cols["flag_alpha_fe"] = np.where(miss, 1, cols["flag_alpha_fe"]).astype(np.int32)
+    return miss
+
+
+def galah_systematics(stars, cross, realism):
+    """The total GALAH systematic (reported − true, without noise or corruption) per label of
+    :data:`~cannonade.simulate.systematics.CROSS_LABELS`: the cross-survey part ``cross``, plus the dwarf
+    Teff trends of [Fe/H] and the four α elements (:class:`~cannonade.simulate.realism.Realism`), plus, for
+    vmic, the offset of the GALAH vmic relation from the true vmic. dict label -> (n,) float.
+    """
+    teff_t = np.asarray(stars["teff"], float)
+    logg_t = np.asarray(stars["logg"], float)
+    syst = dwarf_teff_systematics(teff_t, logg_t, as_realism(realism))
+    out = {k: np.asarray(v, float).copy() for k, v in cross.items()}
+    out["fe_h"] = out["fe_h"] + syst["fe_h"]
+    out["alpha_fe"] = out["alpha_fe"] + 0.25 * sum(syst[f"{x.lower()}_fe"] for x in _ALPHA_FOUR)
+    out["vmic"] = out["vmic"] + default_vmic(teff_t, logg_t) - np.asarray(stars["vmic"], float)
+    return out
 
 
 def lamost_labels(stars, snrg, rng):
@@ -240,58 +334,76 @@ def lamost_labels(stars, snrg, rng):
     return out
 
 
-def apogee_labels(stars, snr, rng):
-    """APOGEE DR16 allStar-like labels (upper-case columns), Nandakumar+2022 Table 1 systematics.
+def apogee_labels(stars, snr, rng, systematics=None):
+    """APOGEE DR16 allStar-like labels (upper-case columns) with the APOGEE side of the survey systematics.
 
     Parameters
     ----------
     stars : Table of truth
     snr : (n,) float
+        Combined S/N (the noise scales with it).
     rng : Generator
+    systematics : dict label -> (n,) float, optional
+        APOGEE offsets (reported − true) of :data:`~cannonade.simulate.systematics.CROSS_LABELS`
+        (:func:`~cannonade.simulate.systematics.cross_survey_systematics`); None: unbiased.
 
     Returns
     -------
-    dict of (n,) arrays: TEFF, LOGG, FE_H, M_H, ALPHA_M, VMICRO, VMACRO, VSINI, <X>_FE, errors,
-    ASPCAPFLAG, STARFLAG.
+    dict of (n,) arrays: TEFF, LOGG, FE_H, M_H, ALPHA_M, ALPHA_FE (= ALPHA_M + M_H − FE_H exactly),
+    VMICRO, VMACRO (giants, by the reported LOGG < 3.5; NaN for dwarfs), VSINI (dwarfs; NaN for giants),
+    VBROAD (whichever of the two is set), <X>_FE, their ``_ERR`` columns, ASPCAPFLAG and STARFLAG
+    (:data:`ASPCAPFLAG_BITS`, :data:`STARFLAG_BITS`; stars with an ASPCAPFLAG bit have that label badly wrong).
     """
     n = len(stars)
     t = np.asarray(stars["teff"], float)
     g = np.asarray(stars["logg"], float)
     f = np.asarray(stars["fe_h"], float)
-    giant = _giant(g)
-    # APOGEE - GALAH: Nandakumar+2022 Table 1 means and Fig. 2 trends
-    d_teff = np.where(giant, 35.0, np.clip(60.0 * (t - 5700.0) / 500.0, -60.0, 90.0))
-    d_logg = np.where(giant, 0.03, 0.08 + np.clip(0.08 * (t - 5800.0) / 500.0, -0.08, 0.1))
-    d_feh = np.where(giant, 0.4 * np.clip((4800.0 - t) / 500.0, 0.0, 1.0), 0.15 * np.clip((t - 5700.0) / 400.0, 0.0, 1.0))
-    d_alpha = np.where(giant, -0.04, -0.02)
-    d_vmic = np.where(giant, 0.07, -0.14)
-    d_vb = np.where(giant, -3.08, -2.59)
-    # undo GALAH's own metal-rich giant bias so that APOGEE - GALAH follows Table 1
-    galah_bias = -0.12 * np.clip(f, 0, None) * giant
+    sy = {k: np.zeros(n) for k in ("teff", "logg", "fe_h", "alpha_fe", "vmic", "vbroad")}
+    if systematics is not None:
+        sy.update({k: np.asarray(v, float) for k, v in systematics.items()})
     s = np.clip(np.asarray(snr, float), 5.0, None)
+    err = {"TEFF": 50.0 + 1500.0 / s, "LOGG": 0.07 + 3.0 / s, "FE_H": 0.03 + 2.0 / s, "M_H": 0.03 + 2.0 / s,
+           "ALPHA_M": 0.02 + 1.5 / s, "ALPHA_FE": 0.02 + 1.5 / s, "VMICRO": 0.05 + 3.0 / s, "VBROAD": 0.5 + 30.0 / s}
     out = {}
-    out["TEFF"] = t + d_teff + rng.normal(0, 1, n) * (50.0 + 1500.0 / s)
-    out["LOGG"] = g + d_logg + rng.normal(0, 1, n) * (0.07 + 3.0 / s)
-    out["FE_H"] = f + galah_bias + d_feh + rng.normal(0, 1, n) * (0.03 + 2.0 / s)
+    out["TEFF"] = t + sy["teff"] + rng.normal(0, 1, n) * err["TEFF"]
+    out["LOGG"] = g + sy["logg"] + rng.normal(0, 1, n) * err["LOGG"]
+    out["FE_H"] = f + sy["fe_h"] + rng.normal(0, 1, n) * err["FE_H"]
     out["M_H"] = out["FE_H"] + rng.normal(0, 0.02, n)
-    alpha = np.asarray(stars["alpha_fe"], float)
-    out["ALPHA_M"] = alpha + d_alpha + rng.normal(0, 1, n) * (0.02 + 1.5 / s)
-    out["VMICRO"] = np.clip(np.asarray(stars["vmic"], float) + d_vmic + rng.normal(0, 0.25, n), 0.3, None)
-    vb = np.clip(np.asarray(stars["vbroad"], float) + d_vb + rng.normal(0, 1.2, n), 0.5, None)
-    out["VMACRO"] = np.where(giant, vb, np.nan)
-    out["VSINI"] = np.where(giant, np.nan, vb)
-    out["TEFF_ERR"] = 50.0 + 1500.0 / s
-    out["LOGG_ERR"] = 0.07 + 3.0 / s
-    out["FE_H_ERR"] = 0.03 + 2.0 / s
-    out["ALPHA_M_ERR"] = 0.02 + 1.5 / s
+    out["ALPHA_FE"] = np.asarray(stars["alpha_fe"], float) + sy["alpha_fe"] + rng.normal(0, 1, n) * err["ALPHA_FE"]
+    out["VMICRO"] = np.asarray(stars["vmic"], float) + sy["vmic"] + rng.normal(0, 1, n) * err["VMICRO"]
+    vb = np.asarray(stars["vbroad"], float) + sy["vbroad"] + rng.normal(0, 1, n) * err["VBROAD"]
     for x in APOGEE_ELEMENTS:
         ex = 0.03 + 2.0 / s
-        out[f"{x.upper()}_FE"] = np.asarray(stars[f"{x.lower()}_fe"], float) + 0.5 * d_alpha + rng.normal(0, 1, n) * ex
+        shift = sy["alpha_fe"] if x in _APOGEE_ALPHA else 0.0
+        out[f"{x.upper()}_FE"] = np.asarray(stars[f"{x.lower()}_fe"], float) + shift + rng.normal(0, 1, n) * ex
         out[f"{x.upper()}_FE_ERR"] = ex
-    # ASPCAPFLAG bit 23 STAR_BAD, STARFLAG bits 9 (PERSIST_HIGH) / 3 (VERY_BRIGHT_NEIGHBOR)
-    out["ASPCAPFLAG"] = np.where(rng.random(n) < 0.02, 1 << 23, 0).astype(np.int64)
-    sf = np.where(rng.random(n) < 0.03, 1 << 9, 0) | np.where(rng.random(n) < 0.01, 1 << 3, 0)
-    out["STARFLAG"] = sf.astype(np.int64)
+    # flags, and the damage behind them
+    aspcap = np.zeros(n, np.int64)
+    for bit, (_, rate, damage) in ASPCAPFLAG_BITS.items():
+        hit = rng.random(n) < rate
+        aspcap |= np.where(hit, np.int64(1) << bit, 0)
+        for col, (lo, hi) in damage.items():
+            delta = rng.choice([-1.0, 1.0], n) * rng.uniform(lo, hi, n)
+            out[col] = np.where(hit, out[col] + delta, out[col])
+            if col == "FE_H":
+                out["M_H"] = np.where(hit, out["M_H"] + delta, out["M_H"])
+    aspcap |= np.where((aspcap & ((1 << 16) | (1 << 17))) != 0, np.int64(1) << 23, 0)
+    starflag = np.zeros(n, np.int64)
+    for bit, (_, rate) in STARFLAG_BITS.items():
+        starflag |= np.where(rng.random(n) < rate, np.int64(1) << bit, 0)
+    starflag |= np.where(s < LOW_SNR, np.int64(1) << 4, 0)
+    starflag |= np.where(np.asarray(stars["vbroad"], float) > BROAD_LINES_KMS, np.int64(1) << 17, 0)
+    out["ASPCAPFLAG"] = aspcap
+    out["STARFLAG"] = starflag
+    out["VMICRO"] = np.clip(out["VMICRO"], 0.3, None)
+    out["ALPHA_M"] = out["ALPHA_FE"] + out["FE_H"] - out["M_H"]
+    vb = np.clip(vb, 0.5, None)
+    giant = _giant(out["LOGG"])  # ASPCAP's own giant/dwarf grids: vmacro relation vs fitted vsini
+    out["VMACRO"] = np.where(giant, vb, np.nan)
+    out["VSINI"] = np.where(giant, np.nan, vb)
+    out["VBROAD"] = vb
+    for k, v in err.items():
+        out[f"{k}_ERR"] = v
     return out
 
 

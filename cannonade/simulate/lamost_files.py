@@ -1,4 +1,4 @@
-"""The LAMOST mock: DR1-layout spectrum files (with repeat visits) and LASP-like catalogue rows."""
+"""The LAMOST mock: DR1-layout spectrum files ``spec-*.fits.gz`` (with repeat visits) and LASP-like catalogue rows."""
 
 from __future__ import annotations
 
@@ -80,7 +80,8 @@ def write_lamost_chunk(out, stars, s_all, rng, counter, writers, preset_opts, re
     Parameters
     ----------
     out : Path
-        Survey root (files go to ``out/lamost/spectra``).
+        Survey root (files go to ``out/lamost/spectra/spec-<lmjd>-<planid>_sp<spid>-<fiber>.fits.gz``, gzipped
+        as the real LAMOST files; their headers' ``FILENAME`` is the name without ``.gz``).
     stars : Table, n rows of truth
     s_all : dict of (n, ...) arrays
         :func:`~cannonade.simulate.formation.stellar_arrays` of ``stars``.
@@ -145,9 +146,10 @@ def write_lamost_chunk(out, stars, s_all, rng, counter, writers, preset_opts, re
             fiber = gg % 250 + 1
             lmjd = 55900 + plan + 400 * (int(visit[k]) - 1)
             planid = f"M{plan:05d}"
-            fname = f"spec-{lmjd}-{planid}_sp{spid:02d}-{fiber:03d}.fits"
+            fits_name = f"spec-{lmjd}-{planid}_sp{spid:02d}-{fiber:03d}.fits"
+            fname = fits_name + ".gz"  # the file (and the catalogues' filename); the header names the FITS inside
             z = rv_meas[k] / C_KMS
-            o = dict(filename=fname, date=mjd_to_iso(lmjd + 0.8), lmjd=lmjd, planid=planid, ra=float(stars["ra"][idx[j]]),
+            o = dict(filename=fits_name, date=mjd_to_iso(lmjd + 0.8), lmjd=lmjd, planid=planid, ra=float(stars["ra"][idx[j]]),
                      dec=float(stars["dec"][idx[j]]), designation=designation[k], fiberid=fiber, obsid=100000000 + gg,
                      objname=100000000 + gg, spid=spid, helio_rv=helio[k],
                      subclass=subclass[k], z=z, z_err=rv_err[k] / C_KMS, **{f"snr{b}": bsnr[b][j] for b in "ugriz"})

@@ -15,6 +15,7 @@ import numpy as np
 from cannonade.simulate.lines import ABUNDANCE_ELEMENTS
 from cannonade.simulate.catalogues import APOGEE_ELEMENTS
 from cannonade.simulate.realism import REFERENCE_ERROR_LABELS, SYSTEMATIC_LABELS
+from cannonade.simulate.systematics import CROSS_LABELS
 
 __all__ = [
     "ORIGIN",
@@ -37,12 +38,18 @@ ORIGIN = "cannonade.simulate (mock survey)"
 
 
 # ----------------------------------------------------------------------------- catalogue schemas
-def truth_columns():
+def truth_columns(apogee_galah=False):
     """Schema of ``truth/stars.fits`` (one row per star).
 
     ``ref_sys_<label>``: the reference-label systematic applied to that GALAH label (dex, before any
     corruption); ``ref_err_<label>``: the true 1-sigma error its noise was drawn with (NaN for
     stars outside the reference set; see :mod:`cannonade.simulate.realism`).
+
+    ``apogee_galah=True`` adds ``cluster_name`` (named cluster, '' for none), ``apogee_id`` (the
+    APOGEE-style 2MASS id, every star), ``in_apogee``, ``in_galah``, ``galah_exposures`` (GALAH spectra of
+    the star: 0, 1, or 2 with a repeat) and ``apogee_sys_<label>``, ``galah_sys_<label>`` for the labels
+    of :data:`~cannonade.simulate.systematics.CROSS_LABELS`: each survey's systematic offset (reported −
+    true, without noise, flag damage or corruption; NaN where the star is not in that survey).
     """
     cols = [("star_id", "i8", 0), ("population", "str", 7), ("stage", "str", 8), ("cluster_id", "i8", 0),
             ("binary_id", "i8", 0), ("teff", "f8", 0), ("logg", "f8", 0), ("vmic", "f8", 0), ("vbroad", "f8", 0),
@@ -53,6 +60,10 @@ def truth_columns():
     cols += [("is_reference", "bool", 0), ("labels_corrupted", "bool", 0), ("corruption", "str", 5)]
     cols += [(f"ref_sys_{c}", "f8", 0) for c in SYSTEMATIC_LABELS]
     cols += [(f"ref_err_{c}", "f8", 0) for c in REFERENCE_ERROR_LABELS]
+    if apogee_galah:
+        cols += [("cluster_name", "str", 12), ("apogee_id", "str", 20), ("in_apogee", "bool", 0), ("in_galah", "bool", 0),
+                 ("galah_exposures", "i2", 0)]
+        cols += [(f"{s}_sys_{c}", "f8", 0) for s in ("apogee", "galah") for c in CROSS_LABELS]
     return cols
 
 
@@ -74,8 +85,12 @@ LAMOST_COLUMNS = [("obsid", "i8", 0), ("designation", "str", 20), ("lmjd", "i4",
     ("filename", "str", 40)]
 
 
-def galah_columns():
-    """Schema of the GALAH DR3-like ``galah/catalogue.fits``."""
+def galah_columns(extended=False, allspec=False):
+    """Schema of the GALAH DR3-like ``galah/catalogue.fits``.
+
+    ``extended`` (apogee-galah): adds ``e_alpha_fe``, ``flag_alpha_fe``, ``e_vmic``, ``e_vbroad``;
+    ``allspec`` also ``flag_repeat`` (``galah/allspec.fits``, one row per spectrum).
+    """
     cols = [("sobject_id", "i8", 0), ("star_id", "str", 16), ("ra", "f8", 0), ("dec", "f8", 0)]
     cols += [(f"snr_c{k}_iraf", "f4", 0) for k in range(1, 5)]
     cols += [("rv_galah", "f4", 0), ("e_rv_galah", "f4", 0)]
@@ -86,16 +101,24 @@ def galah_columns():
         c = x.lower()
         cols += [(f"{c}_fe", "f4", 0), (f"e_{c}_fe", "f4", 0), (f"flag_{c}_fe", "i4", 0)]
     cols += [("alpha_fe", "f4", 0), ("chi2_sp", "f4", 0), ("flag_sp", "i4", 0)]
+    if extended or allspec:
+        cols += [("e_alpha_fe", "f4", 0), ("flag_alpha_fe", "i4", 0), ("e_vmic", "f4", 0), ("e_vbroad", "f4", 0)]
+    if allspec:
+        cols += [("flag_repeat", "i4", 0)]
     return cols
 
 
 def apogee_columns():
-    """Schema of the APOGEE DR16-like ``apogee/allStar.fits``."""
+    """Schema of the APOGEE DR16-like ``apogee/allStar.fits``.
+
+    ``ALPHA_FE`` is not a DR16 column: it is ``ALPHA_M + M_H − FE_H`` (exactly), given for convenience.
+    ``VMACRO`` (giants) and ``VSINI`` (dwarfs) as in DR16; ``VBROAD`` is whichever of the two is set.
+    """
     cols = [("APOGEE_ID", "str", 20), ("FILE", "str", 40), ("RA", "f8", 0), ("DEC", "f8", 0), ("SNR", "f4", 0),
             ("NVISITS", "i4", 0), ("VHELIO_AVG", "f4", 0), ("VERR", "f4", 0)]
-    for k in ("TEFF", "LOGG", "FE_H", "ALPHA_M"):
+    for k in ("TEFF", "LOGG", "FE_H", "M_H", "ALPHA_M", "ALPHA_FE", "VMICRO", "VBROAD"):
         cols += [(k, "f4", 0), (f"{k}_ERR", "f4", 0)]
-    cols += [("M_H", "f4", 0), ("VMICRO", "f4", 0), ("VMACRO", "f4", 0), ("VSINI", "f4", 0)]
+    cols += [("VMACRO", "f4", 0), ("VSINI", "f4", 0)]
     for x in APOGEE_ELEMENTS:
         cols += [(f"{x.upper()}_FE", "f4", 0), (f"{x.upper()}_FE_ERR", "f4", 0)]
     cols += [("ASPCAPFLAG", "i8", 0), ("STARFLAG", "i8", 0)]

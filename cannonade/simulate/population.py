@@ -19,6 +19,8 @@ asymmetric drift.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from astropy.table import Table
 
@@ -26,7 +28,8 @@ from cannonade.galaxy.dynamics import R0_KPC, Z_SUN_KPC, circular_speed, galacto
 from cannonade.simulate.formation import default_vmic
 from cannonade.simulate.lines import ABUNDANCE_ELEMENTS
 
-__all__ = ["simulate_population", "XFE_RELATIONS", "R0_KPC", "STAGES", "ASYMMETRIC_DRIFT_KMS", "HALO_ROTATION_KMS"]
+__all__ = ["simulate_population", "XFE_RELATIONS", "R0_KPC", "STAGES", "ASYMMETRIC_DRIFT_KMS", "HALO_ROTATION_KMS",
+           "NamedCluster", "NAMED_CLUSTERS", "named_cluster_members"]
 
 # (sigma_R, sigma_phi, sigma_z) at R0 [km/s] of the thin disc, thick disc and halo
 _DISPERSIONS = np.array([(35.0, 25.0, 18.0), (60.0, 45.0, 40.0), (150.0, 100.0, 100.0)])
@@ -383,3 +386,151 @@ def _add_observables(t, stage):
     t["abs_g"] = absg
     t["a_g"] = a_g
     t["g_mag"] = absg + 5.0 * np.log10(d * 100.0) + a_g
+
+
+# ----------------------------------------------------------------------------- named clusters
+@dataclass(frozen=True)
+class NamedCluster:
+    """A real open or globular cluster placed in the mock (apogee-galah preset).
+
+    Attributes
+    ----------
+    name : str
+        One token, as in the real member lists (``clusters_physical_logg.txt``: ``M67``, ``N6791`` ...).
+    kind : {'open', 'globular'}
+    fe_h, alpha_fe : float
+        The members' common true [Fe/H] and [α/Fe] (= mean of [Mg, Si, Ca, Ti/Fe], as every mock star).
+    ra, dec : float
+        Centre (deg, ICRS).
+    distance : float
+        kpc.
+    pmra, pmdec : float
+        mas/yr.
+    rv : float
+        km/s.
+    radius_pc, sigma_v : float
+        Gaussian radius of the members' positions (pc) and their 3D velocity dispersion per axis (km/s).
+    stage_probs : (4,) float
+        Fractions of dwarfs, subgiants, red-giant-branch and red-clump members (the cluster's age).
+    rgb_logg_min, rgb_logg_max : float
+        Red-giant-branch members lie in this logg range (globular clusters: the bright giants the
+        surveys reach at their distance).
+    """
+
+    name: str
+    kind: str
+    fe_h: float
+    alpha_fe: float
+    ra: float
+    dec: float
+    distance: float
+    pmra: float
+    pmdec: float
+    rv: float
+    radius_pc: float = 3.0
+    sigma_v: float = 0.7
+    stage_probs: tuple = (0.5, 0.1, 0.25, 0.15)
+    rgb_logg_min: float = 0.8
+    rgb_logg_max: float = 3.5
+
+
+#: The apogee-galah preset's clusters: the open clusters and globular clusters of Nandakumar+2022
+#: §4.1 that both surveys observed (NGC 2682 = M67, Ruprecht 147, Melotte 22 = Pleiades; NGC 104 = 47 Tuc,
+#: NGC 6121 = M4). [Fe/H]: the literature values of their Tables 5 and 6 (Heiter+2014, VandenBerg+2013);
+#: [α/Fe] ~0 for the open clusters and APOGEE-like +0.30 / +0.35 for the globulars; positions, distances,
+#: proper motions and RVs of the real clusters (rounded).
+NAMED_CLUSTERS = (
+    NamedCluster("M67", "open", 0.00, 0.00, 132.846, 11.814, 0.86, -10.97, -2.94, 33.6,
+                 stage_probs=(0.45, 0.10, 0.30, 0.15)),
+    NamedCluster("Rup147", "open", 0.16, 0.00, 289.08, -16.33, 0.30, -0.94, -26.6, 41.0,
+                 stage_probs=(0.75, 0.10, 0.10, 0.05)),
+    NamedCluster("Melotte22", "open", -0.01, 0.00, 56.75, 24.12, 0.136, 19.99, -45.55, 5.7, radius_pc=2.0,
+                 stage_probs=(1.0, 0.0, 0.0, 0.0)),
+    NamedCluster("N104", "globular", -0.76, 0.30, 6.024, -72.081, 4.5, 5.25, -2.53, -17.2, radius_pc=5.0,
+                 sigma_v=11.0, stage_probs=(0.0, 0.0, 0.8, 0.2), rgb_logg_max=2.4),
+    NamedCluster("N6121", "globular", -1.18, 0.35, 245.897, -26.526, 1.85, -12.5, -19.0, 71.0, radius_pc=3.0,
+                 sigma_v=4.0, stage_probs=(0.0, 0.05, 0.75, 0.2), rgb_logg_max=3.0),
+)
+
+
+def _cluster_centre(c):
+    """Galactocentric (x, y, z, vx, vy, vz) of a :class:`NamedCluster` in the pipeline's frame."""
+    import astropy.units as u
+    from astropy.coordinates import SkyCoord
+
+    sc = SkyCoord(ra=c.ra * u.deg, dec=c.dec * u.deg, distance=c.distance * u.kpc, pm_ra_cosdec=c.pmra * u.mas / u.yr,
+                  pm_dec=c.pmdec * u.mas / u.yr, radial_velocity=c.rv * u.km / u.s, frame="icrs")
+    g = sc.transform_to(galactocentric_frame())
+    return (g.x.to_value(u.kpc), g.y.to_value(u.kpc), g.z.to_value(u.kpc), g.v_x.to_value(u.km / u.s),
+            g.v_y.to_value(u.km / u.s), g.v_z.to_value(u.km / u.s))
+
+
+def _cluster_xfe(c):
+    """The members' [X/Fe] (dict element -> float): the mean :data:`XFE_RELATIONS` at the cluster's
+    [Fe/H] and [α/Fe], with Mg, Si, Ca and Ti shifted together so that their mean is ``alpha_fe`` exactly."""
+    xfe = {x: a + b * c.fe_h + cc * c.alpha_fe for x, (a, b, cc, _, _) in XFE_RELATIONS.items()}
+    shift = c.alpha_fe - 0.25 * (xfe["Mg"] + xfe["Si"] + xfe["Ca"] + xfe["Ti"])
+    for x in ("Mg", "Si", "Ca", "Ti"):
+        xfe[x] += shift
+    return xfe
+
+
+def named_cluster_members(counts, rng, id_offset=0, clusters=NAMED_CLUSTERS):
+    """Members of named clusters: the same chemistry (no scatter), positions and motions around the real centre.
+
+    Parameters
+    ----------
+    counts : (n_clusters,) int
+        Members to draw per cluster of ``clusters``.
+    rng : numpy Generator
+    id_offset : int
+        ``star_id`` of the first member.
+    clusters : sequence of NamedCluster
+
+    Returns
+    -------
+    astropy.table.Table
+        The columns of :func:`simulate_population` plus ``cluster_name``; ``cluster_id`` is the
+        cluster's index in ``clusters`` (the same in every chunk), ``population`` is ``'cluster'``.
+    """
+    counts = np.asarray(counts, int)
+    n = int(counts.sum())
+    of = np.repeat(np.arange(len(clusters)), counts)
+    stage = np.zeros(n, int)
+    for k, c in enumerate(clusters):
+        sel = of == k
+        stage[sel] = _stage(rng, int(sel.sum()), c.stage_probs)
+    feh = np.array([clusters[k].fe_h for k in of], float)
+    teff, logg = _track(rng, stage, feh)
+    lo = np.array([clusters[k].rgb_logg_min for k in of], float)
+    hi = np.array([clusters[k].rgb_logg_max for k in of], float)
+    rgb = stage == 2
+    new = lo + (logg - 0.8) * (hi - lo) / (3.5 - 0.8)  # the RGB track's logg range mapped onto [lo, hi]
+    teff = np.where(rgb, np.clip(teff + 380.0 * (new - logg), 3700.0, 7000.0), teff)  # along the track's slope
+    logg = np.where(rgb, new, logg)
+    vmic, vbroad = _broadening(rng, teff, logg)
+    centres = np.array([_cluster_centre(c) for c in clusters]).reshape(len(clusters), 6)
+    radius = np.array([clusters[k].radius_pc for k in of], float) / 1000.0
+    sig_v = np.array([clusters[k].sigma_v for k in of], float)
+    off = rng.normal(0, 1, (n, 3)) * radius[:, None]
+    dv = rng.normal(0, 1, (n, 3)) * sig_v[:, None]
+    out = Table()
+    out["star_id"] = np.arange(id_offset, id_offset + n, dtype=np.int64)
+    out["population"] = np.full(n, "cluster", dtype="U7")
+    out["stage"] = STAGES[stage].astype("U8")
+    out["cluster_id"] = of.astype(np.int64)
+    out["binary_id"] = np.full(n, -1, np.int64)
+    out["teff"] = teff
+    out["logg"] = logg
+    out["vmic"] = vmic
+    out["vbroad"] = vbroad
+    out["fe_h"] = feh
+    xfe = [_cluster_xfe(c) for c in clusters]
+    for el in ABUNDANCE_ELEMENTS:
+        out[f"{el.lower()}_fe"] = np.array([xfe[k][el] for k in of], float)
+    out["alpha_fe"] = np.array([clusters[k].alpha_fe for k in of], float)
+    for j, name in enumerate(("x", "y", "z", "vx", "vy", "vz")):
+        out[name] = centres[of, j] + (off[:, j] if j < 3 else dv[:, j - 3])
+    _add_observables(out, stage)
+    out["cluster_name"] = np.array([clusters[k].name for k in of], dtype="U12")
+    return out

@@ -6,6 +6,14 @@ survey of millions of spectra must be written at hundreds of files per second
 and byte-for-byte reproducibly (no time stamps, no checksums of the moment).
 Astropy reads every file back (see ``tests/simulate/test_simulate.py``).
 
+A name ending in ``.gz`` is written gzip-compressed (as real LAMOST ships ``.fits.gz``;
+every reader of the package, astropy and ``gunzip`` read it): one gzip member, no name and
+a zero time stamp in its header, so the same spectrum gives the same bytes. The deflate
+stream uses zlib's run-length strategy (:data:`GZIP_STRATEGY`): the mock spectra are
+noise-dominated floats, whose only redundancy is runs (zero mask rows and extensions, repeated
+exponent bytes); it compresses LAMOST files as well as the default strategy (50 % saved) and
+GALAH files nearly so (48 % instead of 52 %) in half the time (``docs/simulate.md``).
+
 Catalogues are streamed: :class:`FitsTableWriter` spools rows to a temporary
 file chunk by chunk and writes the header (which needs the final row count)
 when closed, so memory stays bounded for any number of rows.
@@ -15,7 +23,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import struct
 import tempfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -23,9 +33,12 @@ import numpy as np
 from cannonade.exceptions import SimulationWriteError
 from cannonade.util import atomic_path
 
-__all__ = ["card", "write_fits_images", "FitsTableWriter", "SimulationWriteError"]
+__all__ = ["card", "fits_image_bytes", "gzip_bytes", "write_fits_images", "FitsTableWriter", "SimulationWriteError",
+           "GZIP_LEVEL", "GZIP_STRATEGY"]
 
 BLOCK = 2880
+GZIP_LEVEL = 1  # deflate level of the .gz spectrum files (with Z_RLE only the run-length matcher runs)
+GZIP_STRATEGY = zlib.Z_RLE  # measured in docs/simulate.md: as small as the default strategy on LAMOST, 2x faster
 
 
 def _fmt_value(value):
@@ -94,16 +107,19 @@ def _image_cards(data, primary, extname=None):
     return cards
 
 
-def write_fits_images(path, hdus):
-    """Write a FITS file of image HDUs atomically.
+def fits_image_bytes(hdus):
+    """The bytes of a FITS file of image HDUs (a list of blocks, header and data of each HDU).
 
     Parameters
     ----------
-    path : str or Path
     hdus : list of (data, cards, extname)
         ``data``: ndarray (float32/64, int16/32/64) or None (empty primary);
         ``cards``: list of strings from :func:`card` (structural keywords are
         added automatically); ``extname``: str or None (ignored for the primary).
+
+    Returns
+    -------
+    list of bytes
     """
     chunks = []
     for i, (data, cards, extname) in enumerate(hdus):
@@ -111,9 +127,59 @@ def write_fits_images(path, hdus):
         chunks.append(_header_bytes(_image_cards(data, i == 0, extname) + list(cards)))
         if data is not None and data.size:
             chunks.append(_data_bytes(data))
+    return chunks
+
+
+def gzip_bytes(chunks, level=GZIP_LEVEL, strategy=GZIP_STRATEGY):
+    """One deterministic gzip member of the concatenated ``chunks`` (no name, time stamp 0).
+
+    Parameters
+    ----------
+    chunks : bytes or list of bytes
+    level : int
+        Deflate level (1 fastest ... 9 smallest).
+    strategy : int
+        zlib strategy (``zlib.Z_RLE``, ``zlib.Z_DEFAULT_STRATEGY``, ...).
+
+    Returns
+    -------
+    bytes
+        What ``gzip.decompress`` turns back into ``b"".join(chunks)``.
+    """
+    if isinstance(chunks, (bytes, bytearray)):
+        chunks = [chunks]
+    comp = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS, 8, strategy)  # raw deflate; the gzip frame is ours
+    crc, size = 0, 0
+    # header: magic, deflate, no flags, mtime 0, extra flags (4 = fastest, 2 = best), OS 255 (unknown)
+    out = [b"\x1f\x8b\x08\x00\x00\x00\x00\x00" + bytes([4 if level <= 1 else (2 if level >= 9 else 0)]) + b"\xff"]
+    for c in chunks:
+        crc = zlib.crc32(c, crc)
+        size += len(c)
+        out.append(comp.compress(c))
+    out.append(comp.flush())
+    out.append(struct.pack("<II", crc & 0xFFFFFFFF, size & 0xFFFFFFFF))
+    return b"".join(out)
+
+
+def write_fits_images(path, hdus):
+    """Write a FITS file of image HDUs atomically (gzip-compressed when ``path`` ends in ``.gz``).
+
+    Parameters
+    ----------
+    path : str or Path
+    hdus : list of (data, cards, extname)
+        As :func:`fits_image_bytes`.
+
+    Raises
+    ------
+    SimulationWriteError
+        The file cannot be written (names it).
+    """
+    chunks = fits_image_bytes(hdus)
+    data = gzip_bytes(chunks) if str(path).endswith(".gz") else b"".join(chunks)
     try:
         with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-            fh.write(b"".join(chunks))
+            fh.write(data)
     except OSError as exc:
         raise SimulationWriteError(f"cannot write {path}: {exc}") from exc
 

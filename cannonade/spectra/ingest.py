@@ -8,13 +8,29 @@ its own part file ``<out>.parts/part_000012.h5`` (atomically), in a process pool
 when ``workers > 1``. A rerun after a kill skips the finished chunks; the parts
 depend on a fingerprint of the file list and every setting, and are discarded
 when either changes. When all parts exist they are copied one at a time into the
-final store (atomically) and removed. Memory is bounded by one chunk per worker,
-whatever the number of files. Unreadable files go to an error report CSV
+final store (atomically), each part deleted as soon as it is copied, so the parts and
+the store never both hold all the spectra on disk (a kill during that copy costs only
+the re-reading of the copied parts' files on the rerun). Memory is bounded by one chunk
+per worker, whatever the number of files. Unreadable files go to an error report CSV
 ``(file, reason)`` beside the store; they never stop the run.
 
-Part file (HDF5): ``/flux``, ``/ivar`` (n_ok, P) f4; ``/meta/*`` as in the store;
-``/failures/file``, ``/failures/reason``; attrs ``chunk``, ``n_files``, ``n_ok``,
-``complete = 1``.
+Part files and the store are compressed alike (lossless HDF5 filters,
+:data:`cannonade.spectra.store.DEFAULT_COMPRESSION`; see :mod:`cannonade.spectra.store`).
+Gzipped input files (``.fits.gz``, as LAMOST ships them) are read as they are.
+
+GALAH stars (``join='star'``, :func:`prepare_stars`): a GALAH star comes as four per-CCD
+files ``<sobject_id><ccd>.fits[.gz]``. With ``join='star'`` (the default ``'auto'`` picks it on
+the ``galah`` grid when every input is such a file) the files are grouped by sobject_id and
+each star becomes ONE row: every CCD is shifted to the rest frame and resampled onto its own
+detector region of the grid (:data:`cannonade.spectra.surveys.DETECTOR_REGIONS` ``['galah']``),
+then continuum-normalised region by region, exactly as a CCD row of ``join='file'`` is (the
+values agree with those rows). A star missing some CCD file, or with an unreadable CCD, is not
+stored: it goes to the error report (``missing CCD(s) 2, 4``). Chunks are made of whole stars,
+so a star's files never straddle two chunks.
+
+Part file (HDF5): ``/flux``, ``/ivar`` (n_ok, P) f4, chunked and compressed as the store;
+``/meta/*`` as in the store (plus ``snr_c1``..``snr_c4`` for joined GALAH stars);
+``/failures/file``, ``/failures/reason``; attrs ``chunk``, ``n_files``, ``n_ok``, ``complete = 1``.
 """
 
 from __future__ import annotations
@@ -37,10 +53,27 @@ from cannonade.spectra.store import META_COLUMNS, STORE_FORMAT, STORE_VERSION, S
 from cannonade.tables import FITS_SUFFIXES, float_column, text_column
 from cannonade.util import atomic_path
 
-__all__ = ["IngestReport", "expand_inputs", "load_redshift_catalogue", "ingest", "prepare_files", "process_chunk"]
+__all__ = [
+    "IngestReport",
+    "expand_inputs",
+    "load_redshift_catalogue",
+    "ingest",
+    "resolve_join",
+    "group_galah_stars",
+    "prepare_files",
+    "prepare_stars",
+    "process_chunk",
+    "JOIN_MODES",
+    "GALAH_STAR_COLUMNS",
+]
 
 _NORM_BATCH = 256  # spectra normalised at once inside a chunk (bounds temporaries)
 _NORMALISE = ("gaussian", "chebyshev", "none")
+#: ``ingest(join=...)``: one row per file, one row per GALAH star (its four CCDs joined), or pick
+JOIN_MODES = ("auto", "file", "star")
+_GALAH_CCDS = (1, 2, 3, 4)
+#: the extra store columns of a joined GALAH star: the S/N of each CCD (header ``SNR``)
+GALAH_STAR_COLUMNS = tuple(f"snr_c{c}" for c in _GALAH_CCDS)
 _ID_COLUMNS = ("obj_id", "id", "designation", "desig", "filename", "obsid", "sobject_id", "apogee_id", "source_file")
 
 
@@ -59,6 +92,9 @@ class IngestReport:
     n_chunks, n_chunks_done_before : int
         Chunks in total, and chunks found finished from an earlier (killed) run.
     seconds : float
+    join : {'file', 'star'}
+        What a row is (the resolved ``join`` mode): one file, or one GALAH star whose four
+        CCD files were joined; ``n_ok`` and ``n_failed`` count rows and failed files or stars.
     """
 
     n_ok: int
@@ -69,11 +105,16 @@ class IngestReport:
     n_chunks: int = 0
     n_chunks_done_before: int = 0
     seconds: float = 0.0
+    join: str = "file"
 
     def summary(self, max_failures=5):
         """A human-readable summary (several lines): counts, rate, resume, the first failures."""
         rate = (self.n_ok + self.n_failed) / self.seconds if self.seconds > 0 else float("nan")
-        lines = [f"ingested {self.n_ok} spectra into {self.path} ({self.n_failed} failed, {rate:.0f} files/s)"]
+        if self.join == "star":
+            what, unit = "GALAH stars (four CCDs joined, one row each)", "stars/s"
+        else:
+            what, unit = "spectra", "files/s"
+        lines = [f"ingested {self.n_ok} {what} into {self.path} ({self.n_failed} failed, {rate:.0f} {unit})"]
         if self.n_chunks_done_before:
             lines.append(f"resumed: {self.n_chunks_done_before} of {self.n_chunks} chunks were already done")
         if self.n_failed:
@@ -223,6 +264,68 @@ def _redshift_for(meta, redshifts):
     return None
 
 
+def group_galah_stars(files):
+    """Group GALAH per-CCD files into stars by the sobject_id of their names.
+
+    Parameters
+    ----------
+    files : sequence of str
+        Files named ``<sobject_id><ccd>.fits`` (``.fit``, ``.fts``, each possibly ``.gz``;
+        :func:`cannonade.spectra.readers.galah.galah_ccd_name`), in any order.
+
+    Returns
+    -------
+    list of list of str
+        One list per star, in the order of the star's first file in ``files``, holding its
+        files sorted by CCD (a CCD given twice stays twice: :func:`prepare_stars` reports it).
+        A file with any other name is a group of its own (reported as not joinable).
+    """
+    from cannonade.spectra.readers.galah import galah_ccd_name
+
+    groups, order = {}, []
+    for f in files:
+        f = str(f)
+        name = galah_ccd_name(f)
+        key = ("star", name[0]) if name is not None else ("file", f)
+        if key not in groups:
+            groups[key] = []
+            order.append(key)
+        groups[key].append((name[1] if name is not None else 0, f))
+    return [[f for _, f in sorted(groups[key])] for key in order]
+
+
+def resolve_join(join, grid, files):
+    """The join mode an ingest runs with: ``'file'`` (a row per file) or ``'star'`` (a row per GALAH star).
+
+    Parameters
+    ----------
+    join : {'auto', 'file', 'star'}
+        ``'auto'`` is ``'star'`` when ``grid`` is the named ``'galah'`` grid and every file is
+        named as a GALAH CCD file (``<sobject_id><ccd>.fits[.gz]``), else ``'file'``.
+    grid : str or array
+        The ``grid`` argument of :func:`ingest`.
+    files : sequence of str
+        The expanded inputs.
+
+    Returns
+    -------
+    str
+
+    Raises
+    ------
+    ConfigError
+        An unknown ``join``.
+    """
+    from cannonade.spectra.readers.galah import galah_ccd_name
+
+    if join not in JOIN_MODES:
+        raise ConfigError(f"join must be one of {', '.join(repr(j) for j in JOIN_MODES)}, got {join!r}")
+    if join != "auto":
+        return join
+    on_galah = isinstance(grid, str) and grid.strip().lower() == "galah"
+    return "star" if on_galah and files and all(galah_ccd_name(f) is not None for f in files) else "file"
+
+
 # ---------------------------------------------------------------------------
 # one chunk (runs in the workers)
 
@@ -230,7 +333,7 @@ def _redshift_for(meta, redshifts):
 _WORKER = {}
 
 
-def _init_worker(grid, normalise, redshifts, norm_kwargs):
+def _init_worker(grid, normalise, redshifts, norm_kwargs, chunk_rows=64, join="file"):
     from cannonade.spectra.surveys import common_grid
 
     _WORKER.update(
@@ -238,7 +341,16 @@ def _init_worker(grid, normalise, redshifts, norm_kwargs):
         normalise=normalise,
         redshifts=redshifts or {},
         norm_kwargs=dict(norm_kwargs or {}),
+        chunk_rows=int(chunk_rows),
+        join=join,
     )
+
+
+def _chunk_rows(chunk_size):
+    """HDF5 rows per chunk of the parts and the store: the largest of 64, 32, 16, 8 dividing
+    ``chunk_size``, so that a part of ``chunk_size`` spectra fills whole chunks and its compressed
+    chunks are copied into the store as they are (64 when none divides it)."""
+    return next((r for r in (64, 32, 16, 8) if chunk_size % r == 0), 64)
 
 
 def _failure_reason(path, exc):
@@ -323,16 +435,182 @@ def prepare_files(files, grid, normalise="gaussian", redshifts=None, norm_kwargs
     return flux[:n], ivar[:n], metas, failures
 
 
-def _write_part(part_path, index, files, flux, ivar, metas, failures):
-    """One chunk's results -> its own HDF5 part file (atomically)."""
+class _StarFailure(Exception):
+    """A star that cannot be stored: ``(file, reason)`` for the error report."""
+
+
+def _as_float(value):
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _ccd_slices(grid):
+    """The pixels of ``grid`` inside each HERMES CCD's detector region: four slices (maybe empty)."""
+    from cannonade.spectra.surveys import detector_regions
+
+    return [slice(int(np.searchsorted(grid, lo, side="left")), int(np.searchsorted(grid, hi, side="right")))
+            for lo, hi in detector_regions("galah")]
+
+
+def _join_star(paths, grid, slices, redshifts):
+    """One GALAH star's CCD files -> (flux, ivar, meta) on ``grid``, resampled but not normalised.
+
+    Raises _StarFailure(file, reason) for a star that cannot be stored."""
+    from cannonade.spectra.preprocessing import doppler_shift, resample
+    from cannonade.spectra.readers import read_spectrum
+    from cannonade.spectra.readers.galah import galah_ccd_name
+
+    named = [(galah_ccd_name(p), p) for p in paths]
+    if named[0][0] is None:
+        raise _StarFailure(paths[0], "not named as a GALAH CCD file (<sobject_id><ccd>.fits[.gz]), so it cannot be "
+                                     "joined into a star (join='star'); ingest it with join='file'")
+    sid = named[0][0][0]
+    by_ccd = {}
+    for (_, ccd), p in named:
+        by_ccd.setdefault(ccd, []).append(p)
+    for ccd, ps in sorted(by_ccd.items()):
+        if len(ps) > 1:
+            raise _StarFailure(ps[0], f"GALAH star {sid}: CCD {ccd} given {len(ps)} times ({', '.join(ps)})")
+    missing = [c for c in _GALAH_CCDS if c not in by_ccd]
+    if missing:
+        found = ", ".join(str(c) for c in sorted(by_ccd))
+        raise _StarFailure(paths[0], f"GALAH star {sid}: missing CCD(s) {', '.join(str(c) for c in missing)} "
+                                     f"(found {found}; a star is stored only with all four)")
+    flux = np.full(grid.size, np.nan)
+    ivar = np.zeros(grid.size)
+    metas = {}
+    for ccd in _GALAH_CCDS:
+        path = by_ccd[ccd][0]
+        try:
+            spec = read_spectrum(path)
+            meta = spec.meta
+            if meta.get("layout") != "galah_ccd":
+                raise CannonadeError(f"{path}: not a GALAH CCD spectrum (layout {meta.get('layout')!r})")
+            z = _redshift_for(meta, redshifts)
+            z_applied = meta.get("redshift", math.nan) if z is None else z
+            z_applied = math.nan if z_applied is None else float(z_applied)
+            sl = slices[ccd - 1]
+            if sl.stop > sl.start:  # the grid reaches this CCD's region: its pixels go there, and only there
+                f, i = resample(doppler_shift(spec.wavelength, z_applied), spec.flux, spec.ivar, grid[sl])
+                if not np.any(i > 0):
+                    raise CannonadeError(
+                        f"{path}: no good pixel in the CCD's region of the grid ({grid[sl.start]:.0f}-{grid[sl.stop - 1]:.0f} A); "
+                        f"spectrum covers {spec.wavelength[0]:.0f}-{spec.wavelength[-1]:.0f} A"
+                    )
+                flux[sl] = f
+                ivar[sl] = i
+        except Exception as exc:  # one bad CCD loses the star, never the run
+            raise _StarFailure(path, f"GALAH star {sid}, CCD {ccd}: {_failure_reason(path, exc)}") from None
+        metas[ccd] = (meta, z_applied)
+    if not np.any(ivar > 0):
+        raise _StarFailure(by_ccd[1][0], f"GALAH star {sid}: no good pixel on the common grid "
+                                         f"({grid[0]:.0f}-{grid[-1]:.0f} A), which misses the four CCD regions")
+    ref, z_ref = metas[2]  # the green CCD, as read_galah_star and Nandakumar+2022's snr_c2 cut
+    m = {k: ref.get(k) for k in META_COLUMNS if k in ref}
+    m.update(obj_id=sid, survey="galah", source_file=str(by_ccd[1][0]), z_applied=z_ref)
+    m.update({f"snr_c{c}": _as_float(metas[c][0].get("snr")) for c in _GALAH_CCDS})
+    return flux, ivar, m
+
+
+def prepare_stars(files, grid, normalise="gaussian", redshifts=None, norm_kwargs=None):
+    """GALAH per-CCD files -> one row per star on ``grid`` (the ``join='star'`` chunk work).
+
+    The files are grouped by sobject_id (:func:`group_galah_stars`). For each star with all
+    four CCDs, each CCD is read, shifted to the rest frame (its own ``meta['redshift']``, or
+    the catalogue's by sobject_id or file name) and resampled onto the pixels of ``grid`` inside
+    its own detector region (:func:`cannonade.spectra.surveys.detector_regions` ``('galah')``);
+    the row is then continuum-normalised region by region (each CCD on its own, in batches), so
+    every region of the row equals the row ``join='file'`` makes of that CCD's file.
+
+    Parameters
+    ----------
+    files : sequence of str
+        Whole stars: every CCD file of each star in the chunk.
+    grid : (P,) float
+        Common wavelength grid (vacuum Angstrom), usually ``common_grid('galah')``.
+    normalise : {'gaussian', 'chebyshev', 'none'}
+    redshifts : dict, optional
+        :func:`load_redshift_catalogue` output (keys: sobject_id or file name).
+    norm_kwargs : dict, optional
+        Passed to the continuum method (applied to each CCD region).
+
+    Returns
+    -------
+    flux, ivar : (n_ok, P) float32
+    metas : list of n_ok dict
+        ``obj_id`` = sobject_id; ``source_file`` = the CCD-1 file (its siblings differ in the
+        CCD digit); ``survey`` = 'galah'; ``ra``, ``dec``, ``snr``, ``redshift``, ``rv``,
+        ``z_applied`` from the green CCD 2 (``snr`` = CCD 2's S/N, the one Nandakumar+2022 cut on);
+        ``snr_c1``..``snr_c4`` every CCD's S/N; ``n_good`` over the whole row.
+    failures : list of (file, reason)
+        One per star not stored: a missing CCD (``'GALAH star <id>: missing CCD(s) 2, 4 ...'``,
+        listed under its first file), a CCD given twice, an unreadable CCD or one without a good
+        pixel in its region (listed under that CCD's file), and a file not named as a GALAH CCD.
+    """
+    from cannonade.spectra.preprocessing import normalise_batch
+
+    norm_kwargs = dict(norm_kwargs or {})
+    slices = _ccd_slices(grid)
+    stars = group_galah_stars(files)
+    p = grid.size
+    flux = np.empty((len(stars), p), dtype=np.float32)
+    ivar = np.empty((len(stars), p), dtype=np.float32)
+    metas, failures = [], []
+    bf, bi, brow = [], [], []
+
+    def flush():
+        if not brow:
+            return
+        rf, ri = np.array(bf), np.array(bi)
+        nf, ni = np.full(rf.shape, np.nan), np.zeros(ri.shape)
+        for sl in slices:  # each CCD normalised on its own region, as a join='file' row of that CCD is
+            if sl.stop > sl.start:
+                nf[:, sl], ni[:, sl] = normalise_batch(grid[sl], rf[:, sl], ri[:, sl], method=normalise, **norm_kwargs)
+        for k, row in enumerate(brow):
+            flux[row] = nf[k]
+            ivar[row] = ni[k]
+            metas[row]["n_good"] = int(np.count_nonzero(ni[k] > 0))
+        bf.clear()
+        bi.clear()
+        brow.clear()
+
+    for paths in stars:
+        try:
+            f, i, m = _join_star(paths, grid, slices, redshifts)
+        except _StarFailure as exc:
+            failures.append((str(exc.args[0]), str(exc.args[1])))
+            continue
+        brow.append(len(metas))
+        metas.append(m)
+        bf.append(f)
+        bi.append(i)
+        if len(bf) >= _NORM_BATCH:
+            flush()
+    flush()
+    n = len(metas)
+    return flux[:n], ivar[:n], metas, failures
+
+
+def _write_part(part_path, index, files, flux, ivar, metas, failures, chunk_rows=64, extra_columns=()):
+    """One chunk's results -> its own HDF5 part file (atomically), chunked and compressed as the store.
+
+    ``extra_columns`` name float meta columns beyond the store's standard ones (NaN where a
+    row lacks them); every part of an ingest has the same columns, even an empty one."""
     import h5py
 
     n = len(metas)
+    columns = store.meta_columns(metas, n)
+    for name in extra_columns:
+        columns[name] = np.array([m.get(name, math.nan) for m in metas], dtype=np.float64)
     with atomic_path(part_path) as tmp:
         with h5py.File(tmp, "w") as h5:
-            h5.create_dataset("flux", data=flux)
-            h5.create_dataset("ivar", data=ivar)
-            store.write_meta(h5.create_group("meta"), store.meta_columns(metas, n), n)
+            store.create_arrays(h5, n, flux.shape[1], chunk_rows=chunk_rows)
+            if n:
+                h5["flux"][:] = flux
+                h5["ivar"][:] = ivar
+            store.write_meta(h5.create_group("meta"), columns, n)
             fg = h5.create_group("failures")
             fg.create_dataset("file", data=np.array([f for f, _ in failures], dtype=object), dtype=store.string_dtype())
             fg.create_dataset("reason", data=np.array([r for _, r in failures], dtype=object), dtype=store.string_dtype())
@@ -345,8 +623,10 @@ def _write_part(part_path, index, files, flux, ivar, metas, failures):
 def process_chunk(k, part_path, files):
     """The default chunk function of :func:`ingest`: ``files`` -> part file ``part_path``.
 
-    Runs in an ingest worker (whose initializer has set the grid, normalisation and
-    redshifts). A custom ``chunk_func`` passed to :func:`ingest` (e.g. to count or
+    Runs in an ingest worker (whose initializer has set the grid, normalisation,
+    redshifts and join mode): :func:`prepare_files` (a row per file) or, for
+    ``join='star'``, :func:`prepare_stars` (a row per GALAH star; ``files`` then holds
+    whole stars). A custom ``chunk_func`` passed to :func:`ingest` (e.g. to count or
     log calls) should call this to do the work.
 
     Parameters
@@ -361,12 +641,15 @@ def process_chunk(k, part_path, files):
     Returns
     -------
     (n_ok, n_failed) : tuple of int
+        Rows written and failed files (stars for ``join='star'``).
     """
     if not _WORKER:
         raise CannonadeError(f"{part_path}: process_chunk called outside an ingest worker (no grid/settings set)")
     w = _WORKER
-    flux, ivar, metas, failures = prepare_files(files, w["grid"], w["normalise"], w["redshifts"], w["norm_kwargs"])
-    _write_part(part_path, k, files, flux, ivar, metas, failures)
+    star = w.get("join", "file") == "star"
+    prepare = prepare_stars if star else prepare_files
+    flux, ivar, metas, failures = prepare(files, w["grid"], w["normalise"], w["redshifts"], w["norm_kwargs"])
+    _write_part(part_path, k, files, flux, ivar, metas, failures, w.get("chunk_rows", 64), GALAH_STAR_COLUMNS if star else ())
     return len(metas), len(failures)
 
 
@@ -385,9 +668,15 @@ def _part_complete(part_path):
 # the whole ingest
 
 
-def _ingest_key(files, grid_name, grid, normalise, redshifts, chunk_size, norm_kwargs):
+def _ingest_key(files, grid_name, grid, normalise, redshifts, chunk_size, norm_kwargs, join="file"):
+    """The fingerprint of an ingest: format, settings, the resolved join mode, grid, redshifts, files.
+
+    ``join='file'`` adds nothing, so the keys of stores written before join modes existed still
+    match (their rerun does nothing)."""
     h = hashlib.sha1()
     h.update(f"{STORE_FORMAT}/{STORE_VERSION}|{grid_name}|{normalise}|{chunk_size}|{json.dumps(norm_kwargs, sort_keys=True, default=str)}|".encode())
+    if join != "file":
+        h.update(f"join={join}|".encode())
     h.update(np.ascontiguousarray(grid, dtype=np.float64).tobytes())
     for k in sorted(redshifts):
         h.update(f"{k}={redshifts[k]!r};".encode())
@@ -435,6 +724,7 @@ def ingest(
     norm_kwargs=None,
     stop_after=None,
     chunk_func=None,
+    join="auto",
 ):
     """Read survey spectra into a chunked HDF5 store on a common grid.
 
@@ -454,7 +744,8 @@ def ingest(
     workers : int
         Processes (1 = run in this process).
     chunk_size : int
-        Files per chunk (= per part file, and the memory bound per worker).
+        Files per chunk (= per part file, and the memory bound per worker); stars per chunk
+        with ``join='star'`` (a star's files always share a chunk).
     error_report : str or Path, optional
         CSV of (file, reason); default ``<out without suffix>.errors.csv``.
     norm_kwargs : dict, optional
@@ -468,6 +759,15 @@ def ingest(
         of :func:`process_chunk` (which it should call); a hook to count or log chunk
         calls. Must be picklable (a top-level function or ``functools.partial``)
         when ``workers > 1``.
+    join : {'auto', 'file', 'star'}
+        What a row of the store is. ``'file'``: one input file (a GALAH CCD file gives a row
+        whose other CCD regions are empty). ``'star'``: one GALAH star, its four CCD files
+        (grouped by the sobject_id of their names, :func:`group_galah_stars`) joined on the
+        grid, each CCD in its own region and normalised on its own (:func:`prepare_stars`);
+        a star missing a CCD is not stored and goes to the error report (``missing CCD(s)
+        2, 4``). ``'auto'`` (default): ``'star'`` on the ``'galah'`` grid when every input
+        is named as a GALAH CCD file, else ``'file'`` (:func:`resolve_join`). The store
+        records the mode in its ``join`` attribute.
 
     Returns
     -------
@@ -476,8 +776,8 @@ def ingest(
     Raises
     ------
     ConfigError
-        Bad ``normalise``/``chunk_size``/grid, no input files, a missing ``@list`` file
-        or redshift catalogue.
+        Bad ``normalise``/``chunk_size``/``join``/grid, no input files, a missing ``@list``
+        file or redshift catalogue.
     """
     from cannonade.spectra.surveys import common_grid
 
@@ -487,6 +787,8 @@ def ingest(
     chunk_size = int(chunk_size)
     if chunk_size < 1:
         raise ConfigError(f"chunk_size must be >= 1, got {chunk_size}")
+    if join not in JOIN_MODES:
+        raise ConfigError(f"join must be one of {', '.join(repr(j) for j in JOIN_MODES)}, got {join!r}")
     out = Path(out)
     error_report = Path(error_report) if error_report is not None else _default_error_report(out)
     grid_name = grid if isinstance(grid, str) else "custom"
@@ -496,31 +798,52 @@ def ingest(
     files = expand_inputs(inputs)
     if not files:
         raise ConfigError(f"no input files found in {inputs}")
-    key = _ingest_key(files, grid_name, grid_arr, normalise, z_map, chunk_size, norm_kwargs)
-    n_chunks = (len(files) + chunk_size - 1) // chunk_size
+    join = resolve_join(join, grid, files)
+    key = _ingest_key(files, grid_name, grid_arr, normalise, z_map, chunk_size, norm_kwargs, join)
+    fingerprint = {"format": STORE_FORMAT, "version": STORE_VERSION, "ingest_key": key, "n_files": len(files), "chunk_size": chunk_size}
+    if join == "star":  # chunks of whole stars: files in star order, cut at star boundaries
+        stars = group_galah_stars(files)
+        files = [f for star in stars for f in star]
+        bounds = np.concatenate([[0], np.cumsum([len(star) for star in stars])]).astype(np.int64)
+        del stars
+        fingerprint.update(join=join, n_stars=int(bounds.size - 1))
+    else:
+        bounds = None
+    n_units = len(files) if bounds is None else int(bounds.size - 1)
+    n_chunks = (n_units + chunk_size - 1) // chunk_size
+
+    def report(n_ok, failures, n_done_before):
+        return IngestReport(n_ok, len(failures), failures, out, error_report, n_chunks, n_done_before, time.perf_counter() - t0, join)
 
     n_stored = _finished_store(out, key)
     if n_stored is not None:  # already complete with the same inputs and settings: nothing to do
-        failures = _read_failures_csv(error_report)
-        return IngestReport(n_stored, len(failures), failures, out, error_report, n_chunks, n_chunks, time.perf_counter() - t0)
+        return report(n_stored, _read_failures_csv(error_report), n_chunks)
 
-    fingerprint = {"format": STORE_FORMAT, "version": STORE_VERSION, "ingest_key": key, "n_files": len(files), "chunk_size": chunk_size}
     cm = ChunkedMap(Path(str(out) + ".parts"), fingerprint, n_chunks, suffix=".h5", is_complete=_part_complete)
     n_done_before = cm.n_done
-    settings = (grid, normalise, z_map, norm_kwargs)
-    _map_chunks(cm, files, chunk_size, max(1, int(workers)), settings, chunk_func or process_chunk, stop_after)
-    attrs = {"grid": grid_name, "normalise": normalise, "norm_kwargs": json.dumps(norm_kwargs, sort_keys=True, default=str), "ingest_key": key}
-    n_ok, failures = _assemble(out, cm.parts(), grid_arr, attrs, error_report)
-    cm.cleanup()
-    return IngestReport(n_ok, len(failures), failures, out, error_report, n_chunks, n_done_before, time.perf_counter() - t0)
-
-
-def _map_chunks(cm, files, chunk_size, workers, settings, chunk_func, stop_after):
-    """Run ``chunk_func`` over the pending chunks of ``cm`` (a process pool when workers > 1)."""
+    chunk_rows = _chunk_rows(chunk_size)
+    settings = (grid, normalise, z_map, norm_kwargs, chunk_rows, join)
 
     def chunk_files(k):
-        return files[k * chunk_size : (k + 1) * chunk_size]
+        if bounds is None:
+            return files[k * chunk_size : (k + 1) * chunk_size]
+        return files[bounds[k * chunk_size] : bounds[min((k + 1) * chunk_size, n_units)]]
 
+    def chunk_units(k):
+        return min((k + 1) * chunk_size, n_units) - k * chunk_size
+
+    _map_chunks(cm, chunk_files, chunk_units, n_units, "star" if join == "star" else "spec", max(1, int(workers)), settings,
+                chunk_func or process_chunk, stop_after)
+    attrs = {"grid": grid_name, "normalise": normalise, "norm_kwargs": json.dumps(norm_kwargs, sort_keys=True, default=str),
+             "ingest_key": key, "join": join}
+    n_ok, failures = _assemble(out, cm.parts(), grid_arr, attrs, error_report, chunk_rows)
+    cm.cleanup()
+    return report(n_ok, failures, n_done_before)
+
+
+def _map_chunks(cm, chunk_files, chunk_units, total, unit, workers, settings, chunk_func, stop_after):
+    """Run ``chunk_func(k, part, chunk_files(k))`` over the pending chunks of ``cm`` (a process pool
+    when workers > 1); the progress bar counts ``chunk_units(k)`` files or stars per chunk."""
     try:
         cm.run(
             chunk_func,
@@ -530,23 +853,53 @@ def _map_chunks(cm, files, chunk_size, workers, settings, chunk_func, stop_after
             initializer=_init_worker,
             initargs=settings,
             desc="ingest",
-            unit="spec",
-            total=len(files),
-            weight=lambda k: len(chunk_files(k)),
+            unit=unit,
+            total=total,
+            weight=chunk_units,
             stop_after=stop_after,
         )
     finally:
         _WORKER.clear()  # the serial backend set it in this process
 
 
-def _assemble(out, parts, grid, attrs, error_report):
+def _same_layout(a, b):
+    """True if HDF5 datasets ``a`` and ``b`` have the same chunk shape, dtype and filters."""
+    return (a.chunks is not None and a.chunks == b.chunks and a.dtype == b.dtype and a.compression == b.compression
+            and a.compression_opts == b.compression_opts and a.shuffle == b.shuffle)
+
+
+def _copy_rows(src, dst, row, c):
+    """Copy the ``c`` rows of dataset ``src`` into ``dst[row:row + c]``.
+
+    When ``row`` starts a chunk of ``dst`` and both have the same layout, the compressed chunks
+    are copied as they are (no decompression and recompression; a last, partial chunk is copied
+    whole, and rows written after it land in it through HDF5 as usual); otherwise row by row
+    through HDF5.
+    """
+    if c == 0:
+        return
+    if row % dst.chunks[0] == 0 and _same_layout(src, dst):
+        for i in range(0, c, src.chunks[0]):
+            mask, data = src.id.read_direct_chunk((i, 0))
+            dst.id.write_direct_chunk((row + i, 0), data, mask)
+    else:
+        dst[row : row + c] = src[:]
+
+
+def _assemble(out, parts, grid, attrs, error_report, chunk_rows=64):
     """Copy the part files, in order, into the final store (atomically); write the error report.
+
+    The store is chunked by ``chunk_rows`` rows, as the parts: the compressed chunks of a part that
+    starts on a chunk boundary are copied without decoding. Each part is deleted once copied (the
+    disk holds the spectra about once, not twice); if the copy fails, the store is not written and
+    the deleted parts' chunks are simply redone by the next run.
 
     Returns
     -------
     n_ok : int
     failures : list of (file, reason)
     """
+    store.register_filters()  # a part with a plugin filter (Blosc) may have to be decoded
     import h5py
 
     from cannonade._version import __version__
@@ -560,7 +913,7 @@ def _assemble(out, parts, grid, attrs, error_report):
     with atomic_path(out) as tmp:
         with h5py.File(tmp, "w") as dst:
             dst.create_dataset("wavelength", data=grid)
-            store.create_arrays(dst, n, grid.size)
+            store.create_arrays(dst, n, grid.size, chunk_rows=chunk_rows)
             g = dst.create_group("meta")
             row = 0
             for p, c in zip(parts, counts):
@@ -569,8 +922,8 @@ def _assemble(out, parts, grid, attrs, error_report):
                         for name, ds in src["meta"].items():
                             g.create_dataset(name, shape=(n,), dtype=store.string_dtype() if store.h5_is_string(ds) else ds.dtype)
                     if c:
-                        dst["flux"][row : row + c] = src["flux"][:]
-                        dst["ivar"][row : row + c] = src["ivar"][:]
+                        _copy_rows(src["flux"], dst["flux"], row, c)
+                        _copy_rows(src["ivar"], dst["ivar"], row, c)
                         for name in g:
                             if name in src["meta"]:
                                 ds = src["meta"][name]
@@ -579,6 +932,7 @@ def _assemble(out, parts, grid, attrs, error_report):
                     reasons = src["failures/reason"].asstr()[:]
                     failures.extend(zip(files.tolist(), reasons.tolist()))
                 row += c
+                os.unlink(p)  # copied: free its disk space now
             if not g.keys():
                 store.create_meta(g, store.meta_columns([], 0), 0)
             store.set_store_attrs(

@@ -275,6 +275,7 @@ def _grid_key(wavelength):
 
 
 _KERNELS: dict = {}  # (grid hash, sigma, truncate) -> sparse kernel; a few grids at most
+_KERNEL_BLOCK = 1 << 22  # kernel entries built at once (bounds the temporaries to ~100 MB)
 
 
 def gaussian_kernel_matrix(wavelength, sigma=50.0, truncate=150.0):
@@ -303,10 +304,30 @@ def gaussian_kernel_matrix(wavelength, sigma=50.0, truncate=150.0):
     start = np.searchsorted(w, w - truncate, side="left")
     stop = np.searchsorted(w, w + truncate, side="right")
     counts = stop - start
-    rows = np.repeat(np.arange(w.size), counts)
-    cols = np.repeat(start, counts) + (np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts))
-    dl = w[rows] - w[cols]
-    K = sp.csr_matrix((np.exp(-0.5 * (dl / sigma) ** 2), (rows, cols)), shape=(w.size, w.size))
+    # CSR built directly (each row's columns are the sorted run start..stop-1): no COO sort, and the
+    # temporaries are bounded by building the entries _KERNEL_BLOCK at a time (the galah grid has ~56 M)
+    indptr = np.concatenate([[0], np.cumsum(counts)])
+    nnz = int(indptr[-1])
+    index_dtype = np.int32 if max(nnz, w.size) < np.iinfo(np.int32).max else np.int64
+    indices = np.empty(nnz, dtype=index_dtype)
+    data = np.empty(nnz, dtype=np.float64)
+    r0 = 0
+    while r0 < w.size:
+        r1 = max(r0 + 1, int(np.searchsorted(indptr, indptr[r0] + _KERNEL_BLOCK, side="right")) - 1)
+        r1 = min(r1, w.size)
+        a, b = int(indptr[r0]), int(indptr[r1])
+        cols = np.repeat(start[r0:r1] - (indptr[r0:r1] - a), counts[r0:r1])
+        cols += np.arange(b - a)
+        indices[a:b] = cols
+        x = np.repeat(w[r0:r1], counts[r0:r1])  # l_i of each entry
+        x -= w[cols]
+        x /= sigma
+        np.square(x, out=x)
+        x *= -0.5
+        np.exp(x, out=data[a:b])
+        r0 = r1
+    K = sp.csr_matrix((data, indices, indptr.astype(index_dtype)), shape=(w.size, w.size))
+    K.has_sorted_indices = True
     if len(_KERNELS) >= 8:
         _KERNELS.pop(next(iter(_KERNELS)))
     _KERNELS[ckey] = K

@@ -20,7 +20,7 @@ LABELS = ["teff", "logg", "vmic", "fe_h", "mg_fe"]
 
 
 def test_schemas_are_data_and_expand_label_patterns():
-    assert set(SCHEMAS) == {"wheeler2020", "nandakumar2022"}
+    assert set(SCHEMAS) == {"wheeler2020", "nandakumar2022", "labels"}
     cols = {c.name: c for c in schema_for(LABELS)}
     # Wheeler Table 1: chi2_x_fe and x_fe_extrap for abundances, fe_h_extrap, kiel_extrap
     for name in ("source_id", "designation", "giantmodel", "kiel_extrap", "chi2", "snrz", "chi2_mg_fe",

@@ -351,3 +351,54 @@ def test_calibrated_errors_match_the_truth(finished):
         raw_width = 0.5 * np.subtract(*np.percentile(raw[sel], [84, 16]))
         assert 0.5 < width < 2.0, (label, width)
         assert raw_width > 2.0 * width, (label, raw_width, width)  # the formal errors alone are far too small
+
+
+def test_catalogue_units_descriptions_and_provenance(finished):
+    """Issue 12: a plain astropy read of every catalogue file gives no UnitsWarning (nor any other), every
+    column has a description and a unit or is declared dimensionless; the files carry the provenance."""
+    import json
+    import warnings
+
+    import astropy.units as u
+    import pyarrow.parquet as pq
+    from astropy.io import fits
+    from astropy.table import Table
+
+    from cannonade.cannon.model import CannonModel
+    from cannonade.provenance import PROVENANCE_KEY
+
+    _, run = finished
+    hashes = {name: CannonModel.load(run.path("models", f"{name}.npz")).training_hash_ for name in ("dwarf", "giant")}
+    for name in ("per_star", "per_observation"):
+        for suffix in (".fits", ".parquet"):
+            path = run.path("catalogue", name + suffix)
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")  # u.UnitsWarning ('dex'), astropy's text-length warning, ...
+                plain = Table.read(path)
+            assert not [c for c in plain.colnames if not plain[c].description], (path.name, "undescribed")
+            if suffix == ".fits":
+                h = fits.getheader(path, "CATALOGUE")
+                declared = {h[f"TTYPE{i}"] for i in range(1, h["TFIELDS"] + 1) if f"TUNIT{i}" in h}
+                declared |= set(json.loads(h["CNDUNITS"]))
+                for key in ("CNDVERS", "CNDRECIP", "CNDCONF", "CNDTRAIN", "CNDSTORE", "CNDDATE", "CNDPROV"):
+                    assert key in h, (path.name, key)
+                assert h["CNDRECIP"] == run.recipe.name and h["CNDCONF"] == run.config_fingerprint
+                assert json.loads(h["CNDTRAIN"]) == hashes and h["CNDSTORE"] == str(run.path("target.h5"))
+            else:
+                sch = pq.read_schema(path)
+                declared = {f.name for f in sch if f.metadata and b"unit" in f.metadata}
+                assert json.loads(sch.metadata[PROVENANCE_KEY.encode()])["training_hash"] == hashes
+            assert set(plain.colnames) <= declared, (path.name, set(plain.colnames) - declared)
+            cat = read_catalogue(path)
+            assert cat.meta["provenance"]["training_hash"] == hashes
+            assert cat.meta["provenance"]["config_fingerprint"] == run.config_fingerprint
+            assert cat["fe_h"].unit == u.dex and plain["fe_h"].unit == u.dex and cat["teff"].unit == u.K
+            assert cat.colnames.index("dof") == cat.colnames.index("chi2") + 1
+            assert cat["dof"].dtype.kind == "i" and np.all(np.asarray(cat["dof"]) > 0)
+    star = read_catalogue(run.path("catalogue", "per_star.fits"))
+    # one set of RVs (survey rv; the dynamics' radial_velocity_used; Gaia's, prefixed), distances in kpc
+    assert "radial_velocity" not in star.colnames and "gaia_radial_velocity" in star.colnames
+    assert "target catalogue's column 'rv'" in star["rv"].description
+    for col in star.colnames:
+        if star[col].unit is not None and star[col].unit.physical_type == "length":
+            assert star[col].unit == u.kpc, col

@@ -43,6 +43,11 @@ def _all_files(root):
     return sorted(p.relative_to(root) for p in Path(root).rglob("*") if p.is_file())
 
 
+def _spectra(folder):
+    """The spectrum files of a mock folder (gzipped FITS)."""
+    return sorted(Path(folder).glob("*.fits.gz"))
+
+
 # ----------------------------------------------------------------------------- determinism
 def test_same_seed_identical_files(mock, tmp_path):
     out, _ = mock
@@ -77,10 +82,43 @@ def test_manifest(mock):
 
 
 # ----------------------------------------------------------------------------- files
+def test_spectrum_files_are_gzipped_fits_with_the_plain_fits_inside(mock, tmp_path):
+    import gzip
+
+    from cannonade.simulate.writers import card, gzip_bytes, write_fits_images
+
+    from cannonade.io import read_spectrum
+
+    out, _ = mock
+    for d, survey in (("lamost/spectra", "lamost"), ("galah/spectra", "galah")):
+        names = [p.name for p in (out / d).iterdir()]
+        assert names and all(n.endswith(".fits.gz") for n in names), d
+        assert gzip.decompress((out / d / names[0]).read_bytes())[:9] == b"SIMPLE  ="
+        assert read_spectrum(out / d / names[0]).meta["survey"] == survey
+    # a .gz name is compressed deterministically (no time stamp, no name), a plain name is not
+    hdus = [(np.arange(12, dtype=np.float32).reshape(3, 4), [card("OBJECT", "x")], None)]
+    write_fits_images(tmp_path / "a.fits.gz", hdus)
+    write_fits_images(tmp_path / "a.fits", hdus)
+    raw = (tmp_path / "a.fits").read_bytes()
+    gz = (tmp_path / "a.fits.gz").read_bytes()
+    assert gzip.decompress(gz) == raw and gz == gzip_bytes([raw]) and gz[4:8] == b"\0\0\0\0"
+    with fits.open(tmp_path / "a.fits.gz") as h:
+        np.testing.assert_array_equal(h[0].data, hdus[0][0])
+
+
+def test_spectrum_file_write_failure_names_the_file(tmp_path):
+    from cannonade.simulate import SimulationWriteError
+    from cannonade.simulate.writers import write_fits_images
+
+    (tmp_path / "blocker").write_text("a file where a folder should be")
+    with pytest.raises(SimulationWriteError, match="x.fits.gz"):
+        write_fits_images(tmp_path / "blocker" / "x.fits.gz", [(np.ones(4, np.float32), [], None)])
+
+
 def test_fits_files_valid_and_layouts(mock):
     out, _ = mock
-    lam = sorted((out / "lamost" / "spectra").glob("*.fits"))
-    gal = sorted((out / "galah" / "spectra").glob("*.fits"))
+    lam = _spectra(out / "lamost" / "spectra")
+    gal = _spectra(out / "galah" / "spectra")
     for p in lam[:20] + gal[:8]:
         with fits.open(p) as h:
             h.verify("exception")
@@ -90,22 +128,23 @@ def test_fits_files_valid_and_layouts(mock):
         for k in ("COEFF0", "COEFF1", "Z", "Z_ERR", "SN_U", "SN_G", "SN_R", "SN_I", "SN_Z", "DESIG", "RA", "DEC",
                   "OBSID", "LMJD", "PLANID", "SPID", "FIBERID", "VACUUM"):
             assert k in hdr, k
-        assert hdr["FILENAME"] == lam[0].name
+        assert hdr["FILENAME"] + ".gz" == lam[0].name  # the header names the FITS file inside
         ivar = h[0].data[1]
         assert np.all(ivar >= 0) and np.all(h[0].data[3][ivar == 0] >= 0)
     with fits.open(gal[0]) as h:
         assert [e.name for e in h[1:3]] == ["normalized", "relative_error"]
         assert h[0].data.shape == (4096,)
         assert {"CRVAL1", "CDELT1", "RA_ICRS", "DEC_ICRS", "RVCOM", "SNR"} <= set(h[0].header)
-    # file name pattern: <15-digit sobject_id><ccd>.fits
-    assert all(len(p.stem) == 16 and p.stem[-1] in "1234" for p in gal)
+    # file name pattern: <15-digit sobject_id><ccd>.fits.gz
+    assert all(len(p.name) == 16 + 8 and p.name[15] in "1234" for p in gal)
 
 
 def test_every_file_reads_back_through_io(mock, mock_apogee):
     io = pytest.importorskip("cannonade.spectra.readers")
     out, _ = mock
-    files = sorted((out / "lamost" / "spectra").glob("*.fits")) + sorted((out / "galah" / "spectra").glob("*.fits"))
-    files += sorted((mock_apogee[0] / "apogee" / "spectra").glob("*.fits"))
+    files = _spectra(out / "lamost" / "spectra") + _spectra(out / "galah" / "spectra")
+    files += _spectra(mock_apogee[0] / "apogee" / "spectra")
+    assert files
     lamcat = Table.read(out / "lamost" / "catalogue.fits")
     obsid_of = dict(zip(_s(lamcat["filename"]), lamcat["obsid"]))
     for p in files:
@@ -121,15 +160,15 @@ def test_every_file_reads_back_through_io(mock, mock_apogee):
             assert str(sp.meta["obj_id"]) == str(obsid_of[p.name])
             assert np.isfinite(sp.meta["rv"]) and np.isfinite(sp.meta["redshift"])
         elif survey == "galah":
-            assert sp.meta["sobject_id"] == p.stem[:15]
+            assert sp.meta["sobject_id"] == p.name[:15]
         else:
             assert survey == "apogee" and 15090 < sp.wavelength[0] < 15110 and sp.meta["n_rows"] >= 4
 
 
 def test_catalogues_join_to_spectra(mock):
     out, _ = mock
-    lam_files = {p.name for p in (out / "lamost" / "spectra").glob("*.fits")}
-    gal_files = {p.name for p in (out / "galah" / "spectra").glob("*.fits")}
+    lam_files = {p.name for p in _spectra(out / "lamost" / "spectra")}
+    gal_files = {p.name for p in _spectra(out / "galah" / "spectra")}
     lam = Table.read(out / "lamost" / "catalogue.fits")
     gal = Table.read(out / "galah" / "catalogue.fits")
     obs = Table.read(out / "truth" / "observations.fits")
@@ -137,7 +176,7 @@ def test_catalogues_join_to_spectra(mock):
     gaia = Table.read(out / "gaia" / "catalogue.fits")
     assert set(_s(lam["filename"])) == lam_files and len(lam) == len(lam_files)
     assert len(np.unique(lam["obsid"])) == len(lam)
-    assert {f"{s}{c}.fits" for s in gal["sobject_id"] for c in "1234"} == gal_files
+    assert {f"{s}{c}.fits.gz" for s in gal["sobject_id"] for c in "1234"} == gal_files
     assert set(_s(obs["filename"])) == lam_files | gal_files
     # GALAH rows <-> truth reference stars, via observations
     go = obs[_s(obs["survey"]) == "galah"]
@@ -167,10 +206,18 @@ def test_apogee_preset(mock_apogee):
     out, m = mock_apogee
     alls = Table.read(out / "apogee" / "allStar.fits")
     gal = Table.read(out / "galah" / "catalogue.fits")
-    assert len(alls) == len(gal) == 25 == m["counts"]["apogee_spectra"]
-    for c in ["APOGEE_ID", "TEFF", "LOGG", "FE_H", "ALPHA_M", "VMICRO", "VMACRO", "VSINI", "SNR", "ASPCAPFLAG",
-              "STARFLAG", "RA", "DEC", "MG_FE", "MN_FE"]:
+    c = m["counts"]
+    assert len(alls) == c["apogee_spectra"] == c["common"] + c["apogee_only"]
+    assert len(gal) == c["reference_stars"] == c["common"] + c["galah_only"]
+    assert c["common"] + c["apogee_only"] + c["galah_only"] == 25
+    for c in ["APOGEE_ID", "FILE", "TEFF", "LOGG", "FE_H", "M_H", "ALPHA_M", "ALPHA_FE", "VMICRO", "VMACRO", "VSINI",
+              "VBROAD", "TEFF_ERR", "FE_H_ERR", "ALPHA_M_ERR", "SNR", "NVISITS", "ASPCAPFLAG", "STARFLAG", "RA", "DEC",
+              "MG_FE", "MN_FE"]:
         assert c in alls.colnames, c
+    for c in ["sobject_id", "star_id", "ra", "dec", "snr_c1_iraf", "snr_c4_iraf", "teff", "logg", "fe_h", "alpha_fe",
+              "vmic", "vbroad", "e_teff", "e_logg", "e_fe_h", "e_alpha_fe", "e_vmic", "e_vbroad", "flag_sp", "chi2_sp",
+              "flag_alpha_fe"]:
+        assert c in gal.colnames, c
     for row in alls[:5]:
         with fits.open(out / "apogee" / "spectra" / str(row["FILE"]).strip()) as h:
             nv = h[0].header["NVISITS"]
@@ -240,18 +287,21 @@ def test_corrupted_reference_labels(mock):
 
 
 def test_survey_systematics_follow_nandakumar():
+    from cannonade.simulate.systematics import SurveySystematics, cross_survey_systematics
+
     t = simulate_population(4000, seed=8, stage_probs=(0.4, 0.1, 0.35, 0.15))
     rng = np.random.default_rng(0)
     snr = np.full(len(t), 200.0)
-    gal, _ = cat.galah_labels(t, snr, rng)
-    apo = cat.apogee_labels(t, snr, rng)
+    apo_sys, gal_sys = cross_survey_systematics(t["teff"], t["logg"], SurveySystematics(), rng)
+    gal, _ = cat.galah_labels(t, snr, rng, cross=gal_sys)
+    apo = cat.apogee_labels(t, snr, rng, apo_sys)
     giant = t["logg"] < 3.5
     cool_giant = giant & (t["teff"] < 4400)
     d_fe = apo["FE_H"] - gal["fe_h"]
     assert np.median(d_fe[cool_giant]) > 0.25  # APOGEE higher for cool giants (Fig. 2c)
     assert abs(np.median(d_fe[~giant & (t["teff"] < 5600)])) < 0.05
     assert np.median((apo["TEFF"] - gal["teff"])[giant]) == pytest.approx(35, abs=15)
-    vb = np.where(giant, apo["VMACRO"], apo["VSINI"]) - gal["vbroad"]
+    vb = apo["VBROAD"] - gal["vbroad"]  # VMACRO (giants) or VSINI (dwarfs)
     assert np.median(vb) == pytest.approx(-2.8, abs=0.6)
 
 

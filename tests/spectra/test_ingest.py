@@ -226,3 +226,75 @@ def test_ingest_summary_text():
     assert "resumed: 1 of 3 chunks" in text and "error report: cli.errors.csv" in text
     assert "  f0.fits: truncated" in text and "... and 2 more" in text and "f5.fits" not in text
     assert IngestReport(3, 0, seconds=0.0, path="s.h5").summary() == "ingested 3 spectra into s.h5 (0 failed, nan files/s)"
+
+
+def test_parts_and_store_are_compressed(tmp_path, lamost_dir, clean_store):
+    import h5py
+
+    from cannonade.spectra.store import DEFAULT_COMPRESSION
+
+    out = tmp_path / "c.h5"
+    with pytest.raises(StopRequested):
+        ingest([str(lamost_dir)], out, workers=1, chunk_size=4, stop_after=1)
+    with h5py.File(tmp_path / "c.h5.parts" / "part_000000.h5", "r") as h5:
+        assert h5["flux"].compression is not None and h5["ivar"].compression is not None
+    ingest([str(lamost_dir)], out, workers=1, chunk_size=4)
+    with SpectraStore(out) as st:
+        assert st.compression == DEFAULT_COMPRESSION
+    _assert_same_store(clean_store, out)
+
+
+def test_gzipped_files_are_found_and_ingested_like_plain_ones(tmp_path, lamost_dir):
+    import gzip
+
+    plain = sorted(lamost_dir.glob("spec-*.fits"))[:3]
+    gz = tmp_path / "gz"
+    gz.mkdir()
+    for p in plain:
+        (gz / (p.name + ".gz")).write_bytes(gzip.compress(p.read_bytes()))
+    assert [f.rsplit("/", 1)[1] for f in expand_inputs(gz)] == [p.name + ".gz" for p in plain]
+    ingest([str(gz)], tmp_path / "gz.h5", workers=1)
+    ingest([str(p) for p in plain], tmp_path / "plain.h5", workers=1)
+    fa, ia, ma, _ = _store_arrays(tmp_path / "gz.h5")
+    fb, ib, mb, _ = _store_arrays(tmp_path / "plain.h5")
+    np.testing.assert_array_equal(fa, fb)
+    np.testing.assert_array_equal(ia, ib)
+    assert list(ma["obj_id"]) == list(mb["obj_id"]) and all(s.endswith(".fits.gz") for s in ma["source_file"])
+
+
+def test_compressed_chunks_copied_as_they_are_give_the_same_store(tmp_path, lamost_dir):
+    """Parts filling whole chunks are copied without decoding; a part ending in a partial chunk, the
+    misaligned parts after it and parts with failures go through HDF5: the store is the same."""
+    import gzip
+
+    import h5py
+
+    from cannonade.spectra import ingest as ingest_module
+
+    d = tmp_path / "many"
+    d.mkdir()
+    for p in sorted(lamost_dir.glob("*.fits")):  # 14 real files, 3 broken ones (sorted first: aa_*)
+        shutil.copy(p, d / p.name.replace("zz_", "aa_"))
+        if p.name.startswith("spec-"):
+            (d / (p.name + ".gz")).write_bytes(gzip.compress(p.read_bytes()))
+    assert ingest_module._chunk_rows(24) == 8 and ingest_module._chunk_rows(2000) == 16 and ingest_module._chunk_rows(5) == 64
+    copied = []
+    real_copy = ingest_module._copy_rows
+
+    def spy(src, dst, row, c):
+        copied.append((row, c, row % dst.chunks[0] == 0 and ingest_module._same_layout(src, dst)))
+        return real_copy(src, dst, row, c)
+
+    try:
+        ingest_module._copy_rows = spy
+        rep = ingest([str(d)], tmp_path / "raw.h5", workers=1, chunk_size=24)  # 31 files: parts of 21 and 7 spectra
+    finally:
+        ingest_module._copy_rows = real_copy
+    assert rep.n_ok == 28 and copied[0] == (0, 21, True) and not copied[-1][2]  # 21 = 2 chunks of 8 + a partial one
+    ingest([str(d)], tmp_path / "plain.h5", workers=1, chunk_size=5)  # 5 rows: never aligned, all through HDF5
+    a, b = _store_arrays(tmp_path / "raw.h5"), _store_arrays(tmp_path / "plain.h5")
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+    assert list(a[2]["source_file"]) == list(b[2]["source_file"])
+    with h5py.File(tmp_path / "raw.h5", "r") as h5:
+        assert h5["flux"].chunks[0] == 8

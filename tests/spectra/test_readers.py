@@ -294,6 +294,23 @@ def test_galah_star_joins_four_ccds(shared_data, tmp_path):
     assert read_galah_star("210115000101001", directory=tmp_path, require_all=False).meta["ccds"] == [1, 2, 3]
 
 
+def test_gzipped_galah_ccds_read_like_plain_ones(shared_data, tmp_path):
+    """``<sobject_id><ccd>.fits.gz`` (as the mock writes): id and CCD from the name, the star found by id."""
+    import gzip
+
+    com = shared_data / "galah" / "com"
+    for k in "1234":
+        (tmp_path / f"210115000101001{k}.fits.gz").write_bytes(gzip.compress((com / f"210115000101001{k}.fits").read_bytes()))
+    ccd = read_spectrum(tmp_path / "2101150001010013.fits.gz")
+    assert ccd.meta["sobject_id"] == "210115000101001" and ccd.meta["ccd"] == 3
+    plain = read_galah_star("210115000101001", directory=com, normalised=True)
+    for star in (read_galah_star("210115000101001", directory=tmp_path, normalised=True),
+                 read_galah_star(str(tmp_path / "2101150001010012.fits.gz"), normalised=True)):
+        assert star.meta["ccds"] == [1, 2, 3, 4] and star.meta["source_file"].endswith("4.fits.gz")
+        np.testing.assert_array_equal(star.flux, plain.flux)
+        np.testing.assert_array_equal(star.ivar, plain.ivar)
+
+
 # --------------------------------------------------------------------------- broken files
 
 

@@ -5,8 +5,17 @@ import numpy as np
 import pytest
 from astropy.table import Table
 
-from cannonade.exceptions import ShapeError
-from cannonade.spectra.store import SpectraStore, StoreFormatError, write_store
+from cannonade.exceptions import ConfigError, ShapeError
+from cannonade.spectra.store import (
+    BLOSC_FILTER,
+    COMPRESSION_OPTIONS,
+    DEFAULT_COMPRESSION,
+    SpectraStore,
+    StoreFormatError,
+    meta_columns,
+    write_meta,
+    write_store,
+)
 from cannonade.spectra.surveys import common_grid
 
 
@@ -82,3 +91,77 @@ def test_read_rows_in_any_order(tmp_path):
         np.testing.assert_array_equal(iv, ivar[rows].astype(float))
         with pytest.raises(ShapeError, match="row 50"):
             st.read_rows([1, 50])
+
+
+def _noisy(n=130, p=200, seed=2):
+    """Spectrum-like float32 arrays (noise around 1, some bad pixels) that do not compress trivially."""
+    rng = np.random.default_rng(seed)
+    flux = rng.normal(1.0, 0.05, (n, p)).astype(np.float32)
+    ivar = rng.uniform(100, 900, (n, p)).astype(np.float32)
+    ivar[rng.random((n, p)) < 0.03] = 0
+    return np.linspace(4000, 5000, p), flux, ivar
+
+
+def test_store_is_compressed_by_default_and_round_trips_exactly(tmp_path):
+    w, flux, ivar = _noisy()
+    path = write_store(tmp_path / "c.h5", w, flux, ivar)
+    with h5py.File(path, "r") as h5:
+        for name in ("flux", "ivar"):
+            ds = h5[name]
+            plist = ds.id.get_create_plist()
+            filters = [plist.get_filter(i)[0] for i in range(plist.get_nfilters())]
+            assert BLOSC_FILTER in filters, (name, filters)  # the default: Blosc LZ4
+            assert ds.id.get_storage_size() < ds.size * 4  # it does compress
+    with SpectraStore(path) as st:
+        assert st.compression == DEFAULT_COMPRESSION
+        f, i = st.read()
+        np.testing.assert_array_equal(f, flux.astype(np.float64))  # lossless: bit for bit
+        np.testing.assert_array_equal(i, ivar.astype(np.float64))
+        rows = np.array([129, 0, 64, 63, 64, 7])
+        f, i = st.read_rows(rows, block=40)
+        np.testing.assert_array_equal(f, flux[rows].astype(np.float64))
+        np.testing.assert_array_equal(i, ivar[rows].astype(np.float64))
+
+
+@pytest.mark.parametrize("option", sorted(COMPRESSION_OPTIONS))
+def test_every_compression_option_is_lossless(tmp_path, option):
+    w, flux, ivar = _noisy(n=70, p=50)
+    path = write_store(tmp_path / "o.h5", w, flux, ivar, compression=option)
+    with SpectraStore(path) as st:
+        assert st.compression == option
+        f, i = st.read()
+    np.testing.assert_array_equal(f, flux)
+    np.testing.assert_array_equal(i, ivar)
+
+
+def test_unknown_compression_fails_before_writing(tmp_path):
+    w, flux, ivar = _noisy(n=3, p=10)
+    with pytest.raises(ConfigError, match="shuffle\\+lzf"):
+        write_store(tmp_path / "x.h5", w, flux, ivar, compression="zip")
+    assert not (tmp_path / "x.h5").exists()
+
+
+def test_uncompressed_store_of_the_old_layout_still_reads(tmp_path):
+    """A store written before compression (plain chunked float32 datasets) reads as before."""
+    w, flux, ivar = _noisy(n=100, p=30)
+    path = tmp_path / "old.h5"
+    with h5py.File(path, "w") as h5:  # the version-1 layout as the writers made it before
+        h5.create_dataset("wavelength", data=w)
+        h5.create_dataset("flux", data=flux, chunks=(64, 30))
+        h5.create_dataset("ivar", data=ivar, chunks=(64, 30))
+        write_meta(h5.create_group("meta"), meta_columns({"obj_id": [f"s{k}" for k in range(100)]}, 100), 100)
+        h5.attrs["format"] = "cannonade-spectra-store"
+        h5.attrs["version"] = 1
+        h5.attrs["grid"] = "custom"
+    with SpectraStore(path) as st:
+        assert st.compression == "none" and st.n_spectra == 100
+        np.testing.assert_array_equal(st.read(10, 20)[0], flux[10:20])
+        np.testing.assert_array_equal(st.read_rows([99, 3])[1], ivar[[99, 3]])
+        assert list(st.meta(0, 2)["obj_id"]) == ["s0", "s1"]
+        assert sum(b - a for a, b, _, _ in st.iter_chunks(33)) == 100
+
+
+def test_empty_store(tmp_path):
+    path = write_store(tmp_path / "e.h5", np.linspace(4000, 5000, 10), np.zeros((0, 10)), np.zeros((0, 10)))
+    with SpectraStore(path) as st:
+        assert st.n_spectra == 0 and st.read()[0].shape == (0, 10)

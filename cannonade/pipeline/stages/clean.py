@@ -21,6 +21,11 @@ from cannonade.spectra.surveys import common_grid
 from cannonade.util import progress
 
 NAME = "clean"
+# what the outputs depend on (the stage's fingerprint, docs/pipeline.md); models and labels: the
+# elements cleaned are those of the models' labels
+CONFIG = ("clean", "reference.catalogue", "reference.spectra", "reference.survey", "reference.id_column",
+          "reference.columns", "models", "labels")
+INPUTS = ("reference.catalogue", "reference.spectra", "clean.windows")
 
 
 def read_reference_chunk(k, ids, directory, wavelength):

@@ -26,6 +26,10 @@ from cannonade.pipeline.stages.ingest import target_rows
 from cannonade.tables import colnames
 
 NAME = "combine"
+# what the outputs depend on (the stage's fingerprint, docs/pipeline.md)
+CONFIG = ("models", "calibration.window_chi2_factor", "dynamics.rv_column", "target.catalogue", "target.file_column",
+          "target.id_column", "target.star_column", "target.snr_column", "target.ra_column", "target.dec_column")
+INPUTS = ("target.catalogue",)
 
 
 def rv_columns(cfg, table):
@@ -166,15 +170,16 @@ def star_table(obs, label_names, models=None):
     """
     from astropy.table import Table
 
-    value_cols = label_names + ["chi2"] + [c for c in obs.colnames if c.startswith("chi2_")]
+    value_cols = label_names + ["chi2", "dof"] + [c for c in obs.colnames if c.startswith("chi2_")]
     error_cols = [f"e_{n}" for n in label_names] + [f"raw_e_{n}" for n in label_names]
     if "rv" in obs.colnames:
         value_cols.append("rv")
         error_cols.append("rv_err")
     snr = np.asarray(obs["snrz"], dtype=float)
+    values = np.column_stack([np.asarray(obs[c], float) for c in value_cols])
+    values[~np.isfinite(values[:, value_cols.index("chi2")]), value_cols.index("dof")] = np.nan  # dof of the visits chi2 averages
     ids, inv, mean, n_used, used = combine_visits(
-        np.asarray(obs["designation"]).astype(str), snr,
-        np.column_stack([np.asarray(obs[c], float) for c in value_cols]), model=np.asarray(obs["model_class"]))
+        np.asarray(obs["designation"]).astype(str), snr, values, model=np.asarray(obs["model_class"]))
     errors = combine_errors(inv, snr, np.column_stack([np.asarray(obs[c], float) for c in error_cols]), used, len(ids))
     best = argmax_per_group(inv, np.nan_to_num(snr, nan=-1.0), len(ids))
     star = Table()
@@ -183,6 +188,8 @@ def star_table(obs, label_names, models=None):
         star[c] = np.asarray(obs[c])[best]
     for j, c in enumerate(value_cols):
         star[c] = mean[:, j]
+    # chi2's degrees of freedom, weighted like chi2 (0 where no visit has a chi2, as for a visit)
+    star["dof"] = np.rint(np.nan_to_num(mean[:, value_cols.index("dof")])).astype(np.int64)
     for j, c in enumerate(error_cols):
         star[c] = errors[:, j]
     counts = {}

@@ -12,6 +12,10 @@ from cannonade.galaxy.crossmatch import best_match, sky_match
 from cannonade.pipeline.inputs import column
 
 NAME = "crossmatch"
+# what the outputs depend on (the stage's fingerprint, docs/pipeline.md)
+CONFIG = ("crossmatch", "target.catalogue", "target.snr_column", "target.ra_column", "target.dec_column",
+          "reference.catalogue", "reference.id_column", "reference.ra_column", "reference.dec_column", "reference.columns")
+INPUTS = ("target.catalogue", "reference.catalogue")
 
 
 def match_by_id(ids_ref, ids_tgt, snr):

@@ -12,6 +12,9 @@ from cannonade.config import evaluate_cut
 from cannonade.pipeline.stages.ingest import target_rows
 
 NAME = "cuts"
+# what the outputs depend on (the stage's fingerprint, docs/pipeline.md)
+CONFIG = ("cuts", "reference.columns", "target.catalogue", "target.file_column", "reference.catalogue")
+INPUTS = ("target.catalogue", "reference.catalogue")
 
 
 def execute(run):

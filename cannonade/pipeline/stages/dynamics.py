@@ -7,6 +7,9 @@ import numpy as np
 from cannonade.galaxy.kinematics import add_dynamics
 
 NAME = "dynamics"
+# what the outputs depend on (the stage's fingerprint, docs/pipeline.md)
+CONFIG = ("dynamics", "run.seed")
+INPUTS = ("dynamics.gaia",)
 
 
 def execute(run):

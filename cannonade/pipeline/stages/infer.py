@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from cannonade.cannon.model import CannonModel
+from cannonade.cannon.spectral_setup import SpectralSetup
 from cannonade.execution import ChunkedMap
 from cannonade.pipeline.inputs import all_model_labels
 from cannonade.pipeline.stages.ingest import target_rows
@@ -20,6 +21,9 @@ from cannonade.util import atomic_path
 
 NAME = "infer"
 WORK_DIRS = ("infer",)
+# what the outputs depend on (the stage's fingerprint, docs/pipeline.md); run.chunk_size: the part files
+CONFIG = ("models", "labels", "clean.windows", "target.survey", "run.chunk_size", "target.catalogue", "target.file_column")
+INPUTS = ("target.catalogue", "clean.windows")
 LOW_RESOLUTION = {"lamost": 1800.0}  # R of surveys whose windows are widened by λ/2R (Wheeler+2020 §2.1)
 
 
@@ -92,6 +96,8 @@ def infer_observations(models, classes, flux, ivar, label_names, masks):
         out["converged"][rows] = r.converged[take]
         out["outside_training"][rows] = r.outside_training[take].any(axis=1)
         out["model_class"][rows] = name
+        if not any(lab in masks for lab in m.label_names):
+            continue
         # reduced χ² in each label's line windows (Wheeler+2020 Table 1 chi2_x_fe); a star that
         # failed (NaN labels) gets NaN, not a prediction at made-up labels
         pix = m.pixel_chi2(r.labels[take], flux[rows], ivar[rows])
@@ -127,6 +133,9 @@ def execute(run):
     store_path = run.path("target.h5")
     with SpectraStore(store_path) as st:
         n_store, wavelength = st.n_spectra, st.wavelength
+        setup = SpectralSetup.from_store(st)
+    for m in models.values():  # the models were trained on this very store: a mismatch is a bug upstream
+        m.check_spectra(setup, what=str(store_path))
     # class of each store row ('' for a spectrum without a catalogue row: skipped)
     cls = np.full(n_store, "", dtype="U32")
     rows_t = target_rows(run)

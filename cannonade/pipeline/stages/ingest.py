@@ -18,6 +18,11 @@ from cannonade.util import atomic_path
 
 NAME = "ingest"
 WORK_DIRS = ("target.h5.parts",)
+# what the outputs depend on (the stage's fingerprint, docs/pipeline.md); not run.chunk_size: it is
+# only the resume granularity, the store is the same whatever the chunking
+CONFIG = ("target.catalogue", "target.spectra", "target.file_column", "target.redshift_column", "target.grid",
+          "target.normalise")
+INPUTS = ("target.catalogue", "target.spectra")
 
 
 def spectrum_files(spectra, names):

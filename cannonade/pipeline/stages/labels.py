@@ -8,6 +8,9 @@ from cannonade.pipeline.inputs import all_model_labels, column, has_column
 from cannonade.pipeline.stages.split import read_classes
 
 NAME = "labels"
+# what the outputs depend on (the stage's fingerprint, docs/pipeline.md)
+CONFIG = ("models", "labels", "reference.catalogue", "reference.columns", "reference.error_prefix")
+INPUTS = ("reference.catalogue",)
 
 
 def weighted_mean_label(values, errors=None):

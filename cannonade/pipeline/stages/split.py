@@ -12,6 +12,9 @@ import numpy as np
 from cannonade.pipeline.inputs import column
 
 NAME = "split"
+# what the outputs depend on (the stage's fingerprint, docs/pipeline.md)
+CONFIG = ("split", "models", "target.catalogue", "target.teff_column", "target.logg_column")
+INPUTS = ("target.catalogue",)
 EITHER = "either"
 
 

@@ -6,6 +6,7 @@ import numpy as np
 
 from cannonade.cannon.crossval import cross_validate
 from cannonade.cannon.model import CannonModel
+from cannonade.cannon.spectral_setup import SpectralSetup
 from cannonade.exceptions import TrainingSetError
 from cannonade.pipeline.inputs import column
 from cannonade.pipeline.stages.ingest import target_rows
@@ -13,6 +14,12 @@ from cannonade.pipeline.stages.split import read_classes
 from cannonade.spectra.store import SpectraStore
 
 NAME = "train"
+# what the outputs depend on (the stage's fingerprint, docs/pipeline.md); calibration.window_chi2_factor
+# is combine's
+CONFIG = ("training", "models", "run.seed", "calibration.enabled", "calibration.error_model", "calibration.repeat_stars",
+          "calibration.distance_threshold", "calibration.low_snr", "calibration.max_missing_fraction",
+          "reference.error_prefix", "target.catalogue", "target.file_column", "target.star_column")
+INPUTS = ("target.catalogue",)
 
 
 def train_one(run, st, name, labs, ts):
@@ -25,9 +32,11 @@ def train_one(run, st, name, labs, ts):
         raise TrainingSetError(f"model {name!r}: only {n} training stars pass the cuts (training.min_stars = {tcfg.min_stars})")
     flux, ivar = st.read_rows(target_rows(run)[np.asarray(ts["target_row"])[sel]])
     labels = np.column_stack([np.asarray(ts[lab], dtype=float)[sel] for lab in labs])
-    m = CannonModel(list(labs), order=tcfg.order, scale=tcfg.scale, scatter=tcfg.scatter, regularization=tcfg.regularization)
+    m = CannonModel(list(labs), order=tcfg.order, scale=tcfg.scale, scatter=tcfg.scatter, regularization=tcfg.regularization,
+                    name=name)
     run.log.info("[train] %s model: %d stars x %d pixels, %d labels, %d terms", name, n, flux.shape[1], len(labs), m.n_terms)
-    m.fit(labels, flux, ivar, wavelength=st.wavelength)
+    m.fit(labels, flux, ivar, setup=SpectralSetup.from_store(st),
+          provenance=run.provenance(input_store=run.path("target.h5"), command=f"cannonade run: model {name!r}"))
     cv = cross_validate(m, labels, flux, ivar, k=tcfg.cv_folds, seed=run.cfg.run.seed)
     if run.cfg.calibration.enabled:
         calibrate(run, st, m, name, cv, label_errors(run, ts, labs, sel))

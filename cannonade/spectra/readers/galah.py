@@ -1,4 +1,4 @@
-"""GALAH per-CCD spectra (``<sobject_id><ccd>.fits``) and four-CCD stars.
+"""GALAH per-CCD spectra (``<sobject_id><ccd>.fits``, or gzipped ``.fits.gz``) and four-CCD stars.
 
 * ``galah_ccd``: 1-D primary flux + ``normalized`` and ``relative_error``
   extensions; linear ``CRVAL1``/``CDELT1`` air wavelengths (converted to vacuum);
@@ -22,9 +22,51 @@ from cannonade.spectra.linelists import air_to_vacuum
 from cannonade.spectra.readers.fits import Loader, header_axis, header_of, ivar_from_error, std_meta, to_float, with_hdul
 from cannonade.spectra.readers.spectrum import Spectrum, rv_to_redshift
 
-__all__ = ["identify", "load", "read_galah_ccd", "read_galah_star", "LOADER"]
+__all__ = ["identify", "load", "read_galah_ccd", "read_galah_star", "galah_ccd_name", "LOADER"]
 
 _GALAH_NAME = re.compile(r"^(\d{15})([1-4])$")
+_FITS_ENDINGS = (".fits.gz", ".fit.gz", ".fts.gz", ".fits", ".fit", ".fts")  # longest first
+
+
+def _split_name(path):
+    """(stem, ending) of a file name: ``'1401010001010011.fits.gz'`` -> ``('1401010001010011', '.fits.gz')``."""
+    name = Path(str(path)).name
+    for ending in _FITS_ENDINGS:
+        if name.lower().endswith(ending):
+            return name[: -len(ending)], name[-len(ending) :]
+    p = Path(name)
+    return p.stem, p.suffix
+
+
+def galah_ccd_name(path):
+    """``(sobject_id, ccd)`` of a GALAH per-CCD file name, or None for any other name.
+
+    The one place the ``<sobject_id><ccd>.fits`` naming (also ``.fit``/``.fts`` and their
+    ``.gz``) is parsed: ``'/d/1401010001010013.fits.gz'`` -> ``('140101000101001', 3)``.
+    Used to group a star's CCD files before they are read (``cannonade ingest --join star``);
+    recognising a file's *layout* never relies on its name.
+
+    Parameters
+    ----------
+    path : str or Path
+
+    Returns
+    -------
+    (str, int) or None
+    """
+    stem, ending = _split_name(path)
+    m = _GALAH_NAME.match(stem)
+    if m is None or ending.lower() not in _FITS_ENDINGS:
+        return None
+    return m.group(1), int(m.group(2))
+
+
+def _ccd_files(directory, sobject_id, endings):
+    """The existing ``<directory>/<sobject_id><ccd><ending>`` files, sorted (stat calls, no directory listing)."""
+    return sorted(f for ending in endings for ccd in "1234"
+                  if os.path.isfile(f := os.path.join(str(directory), f"{sobject_id}{ccd}{ending}")))
+
+
 _GALAH_CCD_CENTRES = (4800.0, 5760.0, 6605.0, 7735.0)  # air Angstrom
 
 
@@ -60,7 +102,7 @@ def _read_galah_ccd(hdul, path, normalised=False, vacuum=True):
     wave = air_to_vacuum(wave_air) if vacuum else wave_air
     sigma = np.abs(rel * flux)  # relative_error is sigma / flux
     ivar = ivar_from_error(flux, sigma)
-    stem = Path(str(path)).stem
+    stem = _split_name(path)[0]
     m = _GALAH_NAME.match(stem)
     if m:
         sobject_id, ccd = m.group(1), int(m.group(2))
@@ -109,8 +151,8 @@ def read_galah_star(sobject_id_or_path_glob, directory=".", normalised=False, va
     Parameters
     ----------
     sobject_id_or_path_glob : str or int
-        A 15-digit sobject_id (files ``<directory>/<id>[1-4].fits``), a glob
-        pattern, or the path of one CCD file (its siblings are found beside it).
+        A 15-digit sobject_id (files ``<directory>/<id>[1-4].fits`` or ``.fits.gz``), a glob
+        pattern, or the path of one CCD file (its siblings, with the same ending, are found beside it).
     directory : str or Path
         Where to look for a bare sobject_id.
     normalised, vacuum : bool
@@ -127,15 +169,16 @@ def read_galah_star(sobject_id_or_path_glob, directory=".", normalised=False, va
     """
     key = str(sobject_id_or_path_glob)
     if re.fullmatch(r"\d{15}", key):
-        paths = sorted(glob.glob(os.path.join(str(directory), f"{key}[1-4].fits")))
+        paths = _ccd_files(directory, key, (".fits", ".fits.gz"))
     elif any(ch in key for ch in "*?["):
         paths = sorted(glob.glob(key))
     else:
         p = Path(key)
-        m = _GALAH_NAME.match(p.stem)
+        stem, ending = _split_name(p)
+        m = _GALAH_NAME.match(stem)
         if not m:
             raise SpectrumFormatError(f"{key}: not a GALAH sobject_id, glob or <sobject_id><ccd>.fits path")
-        paths = sorted(glob.glob(str(p.with_name(f"{m.group(1)}[1-4]{p.suffix}"))))
+        paths = _ccd_files(os.path.dirname(key), m.group(1), (ending,))
     if not paths:
         raise SpectrumFormatError(f"{key}: no GALAH CCD files found")
     specs = [read_galah_ccd(p, normalised=normalised, vacuum=vacuum) for p in paths]

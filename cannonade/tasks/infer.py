@@ -1,0 +1,269 @@
+"""``cannonade infer``: labels for every spectrum of a store, from one model or several.
+
+One row per stored spectrum, in store order, keyed by the store's ``obj_id`` (and
+``store_row``): the model's label names, ``e_<label>`` (calibrated 1σ), ``raw_e_<label>``
+(formal), ``<label>_extrap``, χ², dof, S/N, the bitmask ``flags`` (recommended cut
+``flags == 0``; docs/calibration.md) and ``model``, the name of the model that gave the row.
+
+Several models (e.g. ``dwarf.npz giant.npz``) are chosen per spectrum by a rule:
+
+* ``chi2`` — every model is tried, the lowest χ²/dof wins;
+* ``wheeler2020`` — Wheeler+2020 Eq. 1 on a catalogue's Teff and log g (giant below
+  log g = 4.18 for Teff < 5200 K, else below −6e-4 Teff + 7.3; needs models named ``dwarf``
+  and ``giant``); a spectrum without catalogue Teff/log g falls back to lowest χ²/dof.
+
+Every model is checked against the store's grid, normalisation and survey first
+(:meth:`cannonade.cannon.model.CannonModel.check_spectra`). Work runs in chunks
+(:class:`cannonade.execution.ChunkedMap`): a killed run resumes from its last finished chunk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cannonade.cannon.model import CannonModel
+from cannonade.cannon.spectral_setup import SpectralSetup
+from cannonade.exceptions import ColumnError, ConfigError, ModelFileError
+from cannonade.execution import ChunkedMap
+from cannonade.flags import fits_header_cards
+from cannonade.pipeline.stages.infer import infer_observations
+from cannonade.pipeline.stages.split import EITHER, classify
+from cannonade.provenance import provenance
+from cannonade.spectra.store import SpectraStore
+from cannonade.tables import float_column, read_table, suggest, text_column
+from cannonade.util import atomic_path
+
+__all__ = ["RULES", "InferReport", "load_models", "model_classes", "infer_store", "label_table"]
+
+RULES = ("chi2", "wheeler2020")
+
+
+@dataclass
+class InferReport:
+    path: Path
+    n_spectra: int
+    counts: dict  # spectra per model
+    n_flag_free: int
+    n_chunks: int
+    resumed_chunks: int
+
+    def summary(self):
+        per = ", ".join(f"{k}: {v}" for k, v in self.counts.items())
+        resumed = f"; resumed after {self.resumed_chunks} of {self.n_chunks} chunks" if self.resumed_chunks else ""
+        return (f"labels for {self.n_spectra} spectra ({per}) -> {self.path}; {self.n_flag_free} "
+                f"({self.n_flag_free / max(self.n_spectra, 1):.0%}) pass the recommended cut flags == 0{resumed}")
+
+
+def load_models(paths):
+    """{name: CannonModel} of the model files, named as saved (or by file stem); names must differ."""
+    models = {}
+    for p in paths:
+        m = CannonModel.load(p)
+        name = m.name or Path(p).stem
+        if name in models:
+            raise ModelFileError(f"{p}: two models are called {name!r}; name them apart (cannonade train --name)")
+        m.name, m.show_progress = name, False  # the chunk loop has its own bar
+        models[name] = m
+    return models
+
+
+def catalogue_classes(catalogue, store_ids, id_column=None, teff_column="teff", logg_column="logg"):
+    """Wheeler+2020 Eq. 1 class ('dwarf', 'giant' or 'either') of each stored spectrum from a catalogue.
+
+    The catalogue is joined to the store's ``obj_id`` by ``id_column`` (guessed when None); a
+    spectrum without a catalogue row, or with NaN/sentinel Teff or log g, is 'either'.
+    """
+    from cannonade.tasks.training import guess_id_column
+
+    table = read_table(catalogue)
+    names = table.colnames
+    for c in (teff_column, logg_column):
+        if c not in names:
+            raise ColumnError(f"{catalogue}: no column {c!r}{suggest(c, names)} (--teff-column / --logg-column)")
+    id_column = id_column or guess_id_column(table, store_ids)
+    if id_column is None or id_column not in names:
+        raise ColumnError(f"{catalogue}: no id column matching the store's obj_id; pass --catalogue-id-column")
+    ids = text_column(table, id_column)
+    cls = classify(float_column(table, teff_column), float_column(table, logg_column))
+    lookup = dict(zip(ids.tolist(), cls.tolist()))
+    return np.array([lookup.get(i, EITHER) for i in np.asarray(store_ids).astype(str).tolist()], dtype="U32")
+
+
+def model_classes(models, model_by, store_ids, catalogue=None, **catalogue_options):
+    """The model (or 'either') each stored spectrum is inferred with, by the rule ``model_by``."""
+    names = list(models)
+    if model_by not in RULES:
+        raise ConfigError(f"--model-by {model_by!r}: rules are {', '.join(RULES)}")
+    if len(names) == 1:
+        return np.full(len(store_ids), names[0], dtype="U32")
+    if model_by == "chi2":
+        return np.full(len(store_ids), EITHER, dtype="U32")
+    missing = {"dwarf", "giant"} - set(names)
+    if missing:
+        raise ConfigError(f"--model-by wheeler2020 needs models named 'dwarf' and 'giant'; got {names} "
+                          f"(name them with cannonade train --name, or use --model-by chi2)")
+    if catalogue is None:
+        raise ConfigError("--model-by wheeler2020 needs --catalogue with the spectra's Teff and log g")
+    return catalogue_classes(catalogue, store_ids, **catalogue_options)
+
+
+def infer_chunk(k, part, store_path, start, stop, models, classes, label_names):
+    """One chunk: rows [start, stop) of the store, inferred, written to ``part`` atomically."""
+    with SpectraStore(store_path) as st:
+        flux, ivar = st.read(start, stop)
+    res = infer_observations(models, classes, flux, ivar, label_names, masks={})
+    res.pop("chi2_windows")
+    with atomic_path(part) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **res)
+    return stop - start
+
+
+def label_table(arrays, label_names, meta):
+    """The output table: one row per spectrum, columns of the ``labels`` catalogue schema
+    (units and descriptions: :data:`cannonade.catalogue.schemas.LABELS`)."""
+    from astropy.table import Table
+
+    t = Table()
+    t["obj_id"] = np.asarray(meta["obj_id"]).astype(str)
+    t["store_row"] = np.arange(len(meta))
+    t["source_file"] = np.asarray(meta["source_file"]).astype(str)
+    t["model"] = np.asarray(arrays["model_class"]).astype(str)
+    for i, lab in enumerate(label_names):
+        t[lab] = arrays["labels"][:, i]
+        t[f"e_{lab}"] = arrays["errors"][:, i]
+        t[f"raw_e_{lab}"] = arrays["raw_errors"][:, i]
+        t[f"{lab}_extrap"] = arrays["extrapolated"][:, i]
+    for key in ("chi2", "dof", "snr", "converged", "outside_training", "train_distance", "far_from_training",
+                "kiel_extrap", "flags"):
+        t[key] = arrays[key]
+    return t
+
+
+def write_labels(t, out, prov, label_names):
+    """Write the label table by suffix (.parquet, .fits, .csv/.ecsv), atomically, with provenance."""
+    from cannonade.catalogue.writers import write_catalogue
+
+    out = Path(out)
+    name = out.name.lower()
+    if name.endswith((".parquet", ".fits", ".fits.gz")):
+        return write_catalogue(t, out, schema="labels", label_names=label_names, header_cards=fits_header_cards(),
+                               provenance=prov)
+    if name.endswith((".csv", ".ecsv")):
+        from cannonade.catalogue.schemas import schema_for
+
+        specs = {c.name: c for c in schema_for(label_names, "labels")}
+        for c in t.colnames:
+            t[c].unit = specs[c].unit or None
+            t[c].description = specs[c].description
+        t.meta["provenance"] = prov
+        with atomic_path(out) as tmp:
+            t.write(tmp, format="ascii.ecsv", overwrite=True)  # ECSV: a CSV that keeps units, descriptions, meta
+        return out
+    raise ConfigError(f"--out {out}: write labels as .parquet, .fits or .csv")
+
+
+def infer_store(models, store, out, model_by="chi2", catalogue=None, allow_mismatch=False, chunk_size=2000,
+                stop_after=None, on_done=None, **catalogue_options):
+    """Infer labels for every spectrum of a store and write them to ``out``.
+
+    Parameters
+    ----------
+    models : list of str or Path
+        Model files (``cannonade train`` or a pipeline run's ``models/``).
+    store : str or Path
+        The spectra store.
+    out : str or Path
+        ``.parquet``, ``.fits`` or ``.csv``; parts of an unfinished run live beside it in
+        ``.<name>.parts/``.
+    model_by : {"chi2", "wheeler2020"}
+        The rule choosing a model per spectrum when there are several (module docstring).
+    catalogue : str or Path, optional
+        Teff and log g per spectrum for ``wheeler2020`` (``catalogue_options``: ``id_column``,
+        ``teff_column``, ``logg_column``).
+    allow_mismatch : bool
+        Infer even when a model was trained on spectra prepared differently (a warning).
+    chunk_size : int
+        Spectra per chunk (the resume granularity).
+    stop_after, on_done
+        Test hooks of :meth:`cannonade.execution.ChunkedMap.run`.
+
+    Returns
+    -------
+    InferReport
+
+    Raises
+    ------
+    SpectraMismatchError
+        A model's grid, normalisation or survey differs from the store's (names each difference).
+    ConfigError, ColumnError, ModelFileError, StoreFormatError
+        Bad options, files or columns (named).
+    """
+    out = Path(out)
+    if not out.name.lower().endswith((".parquet", ".fits", ".fits.gz", ".csv", ".ecsv")):
+        raise ConfigError(f"--out {out}: write labels as .parquet, .fits or .csv")
+    chunk_size = int(chunk_size)
+    if chunk_size < 1:
+        raise ConfigError(f"--chunk-size must be >= 1, got {chunk_size}")
+    paths = [str(p) for p in models]
+    models = load_models(paths)
+    store = Path(store)
+    with SpectraStore(store) as st:
+        setup = SpectralSetup.from_store(st)
+        meta = st.meta()
+        n = st.n_spectra
+    for m in models.values():
+        m.check_spectra(setup, allow_mismatch=allow_mismatch, what=f"the spectra of {store}")
+    ids = np.asarray(meta["obj_id"]).astype(str)
+    classes = model_classes(models, model_by, ids, catalogue=catalogue, **catalogue_options)
+    label_names = list(dict.fromkeys(lab for m in models.values() for lab in m.label_names))
+    starts = list(range(0, n, chunk_size))
+    stat = store.stat()
+    fingerprint = {"models": {k: m.training_hash_ for k, m in models.items()}, "calibrated": {k: m.calibration_ is not None for k, m in models.items()},
+                   "store": [str(store.resolve()), stat.st_size, stat.st_mtime_ns], "chunk_size": chunk_size,
+                   "model_by": model_by, "classes": _digest(classes)}
+    cm = ChunkedMap(out.parent / f".{out.name}.parts", fingerprint, len(starts), suffix=".npz")
+    n_before = cm.n_done
+
+    def args(k):
+        s0, s1 = starts[k], min(n, starts[k] + chunk_size)
+        return (str(store), s0, s1, models, classes[s0:s1], label_names)
+
+    cm.run(infer_chunk, args=args, backend="serial", desc="infer", total=n, unit="spec",
+           weight=lambda k: min(n, starts[k] + chunk_size) - starts[k], stop_after=stop_after, on_done=on_done)
+    arrays = _read_parts(cm.parts(), label_names, n)
+    t = label_table(arrays, label_names, meta)
+    prov = provenance(recipe="cannonade infer", input_store=store, training_hash={k: m.training_hash_ for k, m in models.items()},
+                      models=paths, model_by=model_by)
+    write_labels(t, out, prov, label_names)
+    cm.cleanup()
+    used = np.asarray(t["model"])
+    counts = {k: int((used == k).sum()) for k in models}
+    if (used == "").any():
+        counts["none"] = int((used == "").sum())
+    return InferReport(out, n, counts, int((np.asarray(t["flags"]) == 0).sum()), len(starts), n_before)
+
+
+def _digest(values):
+    return hashlib.sha256("\n".join(np.asarray(values).astype(str).tolist()).encode()).hexdigest()[:16]
+
+
+def _read_parts(parts, label_names, n):
+    """The chunks' arrays concatenated in store order (label columns in ``label_names`` order)."""
+    arrays = {}
+    for p in parts:
+        with np.load(p, allow_pickle=False) as d:
+            for k in d.files:
+                if k != "label_names":
+                    arrays.setdefault(k, []).append(d[k])
+    if not arrays:  # an empty store
+        from cannonade.pipeline.stages.infer import empty_result
+
+        out = empty_result(np.array([], dtype="U32"), label_names)
+        out.pop("chi2_windows")
+        return out
+    return {k: np.concatenate(v) for k, v in arrays.items()}
