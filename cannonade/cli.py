@@ -18,6 +18,27 @@ from cannonade.exceptions import CannonadeError
 def cmd_demo(args):
     from cannonade import demo
 
+    if args.recipe == "nandakumar2022":
+        t0 = time.perf_counter()
+        out = args.out if args.out != "cannonade_demo" else "cannonade_demo_nandakumar"
+        run, systematics, clusters = demo.run_scaling_demo(out, n_stars=args.n_target or demo.SCALING_N_STARS,
+                                                           seed=args.seed, keep_mock=args.keep_mock)
+        for c in systematics.colnames[1:]:
+            systematics[c].format = ".3f"
+        print()
+        print("APOGEE - GALAH for the common stars: before scaling (Table 1) and on each survey's scale (Table 3):")
+        systematics.pprint(max_lines=-1, max_width=-1)
+        if len(clusters):
+            print()
+            print("Clusters (tables/clusters.csv):")
+            clusters["median"].format = clusters["sigma"].format = ".3f"
+            clusters.pprint(max_lines=-1, max_width=-1)
+        print()
+        print(f"demo finished in {time.perf_counter() - t0:.0f} s")
+        print(f"catalogues: {run.path('catalogue')}  (combined_*_scale, FITS + Parquet)")
+        print(f"tables:     {run.path('tables')}  (systematics.csv, clusters.csv, residuals_*.csv)")
+        print(f"run log:    {run.path('run.log')}")
+        return 0
     if args.quick:
         table, summary, converged = demo.quick_demo(seed=args.seed)
         print(summary)
@@ -172,6 +193,9 @@ def build_parser():
     p.add_argument("--n-reference", type=int, default=None, help="how many of them are GALAH reference stars (default 10%%)")
     p.add_argument("--seed", type=int, default=0, help="seed of the mock and the run")
     p.add_argument("--quick", action="store_true", help="a small, fast demo of the Cannon core only")
+    p.add_argument("--recipe", choices=["wheeler2020", "nandakumar2022"], default="wheeler2020",
+                   help="wheeler2020: LAMOST x GALAH (30 000 stars); nandakumar2022: APOGEE x GALAH on each other's scale "
+                        "(3000 stars, into cannonade_demo_nandakumar unless --out)")
     p.add_argument("--keep-mock", action=argparse.BooleanOptionalAction, default=False,
                    help="keep the mock survey's spectrum files after they are ingested (its catalogues and truth always stay)")
     p.set_defaults(handler=cmd_demo)
@@ -267,7 +291,7 @@ def build_parser():
     csub = p.add_subparsers(dest="config_command", required=True, help="what to do with a configuration")
     q = csub.add_parser("init", help="write a recipe's documented example configuration", formatter_class=fmt)
     q.add_argument("path", help="where to write it (.toml)")
-    q.add_argument("--recipe", choices=["wheeler2020"], default="wheeler2020", help="the pipeline recipe")
+    q.add_argument("--recipe", choices=["wheeler2020", "nandakumar2022"], default="wheeler2020", help="the pipeline recipe")
     q.add_argument("--force", action="store_true", help="overwrite an existing file")
     q.set_defaults(handler=cmd_config_init)
     return parser

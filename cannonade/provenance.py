@@ -35,6 +35,15 @@ def _plain(obj):
     return str(obj)
 
 
+def _store_text(store):
+    """A store path (or several, e.g. both surveys' stores) as text; None stays None."""
+    if store is None:
+        return None
+    if isinstance(store, (list, tuple)):
+        return [str(Path(p)) for p in store]
+    return str(Path(store))
+
+
 def fingerprint(obj, length=16):
     """A stable hex digest (SHA-256, first ``length`` characters) of JSON-able data.
 
@@ -61,8 +70,8 @@ def provenance(recipe=None, config_fingerprint=None, training_hash=None, input_s
         :func:`fingerprint` of the run's configuration.
     training_hash : str or dict {model name: str}, optional
         SHA-256 of the training labels of the model(s) used.
-    input_store : str or Path, optional
-        The spectra store the labels were inferred from.
+    input_store : str, Path or list of them, optional
+        The spectra store(s) the labels were inferred from.
     created : str, optional
         ISO UTC time; now by default.
     **extra
@@ -75,7 +84,7 @@ def provenance(recipe=None, config_fingerprint=None, training_hash=None, input_s
     """
     rec = dict(software="cannonade", version=__version__, created=created or utc_now(), recipe=recipe,
                config_fingerprint=config_fingerprint, training_hash=training_hash,
-               input_store=str(Path(input_store)) if input_store is not None else None)
+               input_store=_store_text(input_store))
     rec.update(extra)
     return {k: _plain(v) for k, v in rec.items() if v is not None}
 

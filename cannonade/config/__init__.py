@@ -23,6 +23,7 @@ from cannonade.config.sections import (
     ReferenceSection,
     RunConfig,
     RunSection,
+    ScalingSection,
     SplitSection,
     TargetSection,
     TrainingSection,
@@ -31,6 +32,6 @@ from cannonade.config.sections import (
 __all__ = [
     "load_config", "config_from_dict", "as_toml_dict", "RunConfig", "RunSection", "TargetSection",
     "ReferenceSection", "CrossmatchSection", "CutsSection", "CleanSection", "SplitSection", "DerivedLabel",
-    "LabelsSection", "ModelSpec", "TrainingSection", "CalibrationSection", "DynamicsSection", "CatalogueSection",
+    "LabelsSection", "ModelSpec", "TrainingSection", "CalibrationSection", "DynamicsSection", "CatalogueSection", "ScalingSection",
     "DWARF_LABELS", "GIANT_LABELS", "evaluate_cut", "expression_names", "resolve_column", "FUNCTIONS",
 ]

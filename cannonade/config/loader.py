@@ -101,6 +101,12 @@ def _check_rules(cfg):
             raise ConfigError(f"models.{name}.labels must not be empty")
         if len(set(spec.labels)) != len(spec.labels):
             raise ConfigError(f"models.{name}.labels lists a label twice: {list(spec.labels)}")
+    if cfg.recipe == "nandakumar2022":
+        if not cfg.scaling.labels or len(set(cfg.scaling.labels)) != len(cfg.scaling.labels):
+            raise ConfigError(f"scaling.labels must list distinct labels, got {list(cfg.scaling.labels)}")
+        if cfg.target.survey == cfg.reference.survey:
+            raise ConfigError("recipe nandakumar2022 puts two different surveys on each other's scale; "
+                              f"target.survey and reference.survey are both {cfg.target.survey!r}")
     if cfg.split.method == "wheeler2020" and set(cfg.models) != {"dwarf", "giant"}:
         raise ConfigError(f"split.method = 'wheeler2020' needs exactly models.dwarf and models.giant, got {sorted(cfg.models)}")
     if cfg.split.method == "none" and len(cfg.models) != 1:

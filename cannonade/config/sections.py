@@ -43,6 +43,8 @@ class TargetSection:
     logg_column: str = field(default="logg", metadata=doc("target-pipeline log g for the dwarf/giant split"))
     ra_column: str = field(default="ra", metadata=doc("right ascension [deg]"))
     dec_column: str = field(default="dec", metadata=doc("declination [deg]"))
+    error_prefix: str = field(default="e_", metadata=doc("label error columns are <error_prefix><label> (recipe nandakumar2022)"))
+    columns: dict[str, str] = field(default_factory=dict, metadata=doc("aliases: name used in cuts/labels -> this catalogue's column"))
     grid: str = field(default="lamost", metadata=doc("common wavelength grid: lamost | apogee | galah | WMIN:WMAX:NPIX"))
     normalise: Literal["gaussian", "chebyshev"] = field(default="gaussian", metadata=doc("continuum normalisation"))
 
@@ -57,6 +59,8 @@ class ReferenceSection:
     dec_column: str = field(default="dec", metadata=doc("declination [deg]"))
     error_prefix: str = field(default="e_", metadata=doc("label error columns are <error_prefix><label>"))
     columns: dict[str, str] = field(default_factory=dict, metadata=doc("aliases: name used in cuts/labels -> this catalogue's column"))
+    grid: str = field(default="galah", metadata=doc("common grid of the reference spectra when they get labels too (recipe nandakumar2022)"))
+    normalise: Literal["gaussian", "chebyshev", "none"] = field(default="chebyshev", metadata=doc("their continuum normalisation (recipe nandakumar2022)"))
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,7 @@ class CrossmatchSection:
     method: Literal["sky", "id"] = field(default="sky", metadata=doc("sky (radius on the sky) or id (a target column holds the reference id)"))
     radius_arcsec: float = field(default=1.0, metadata=doc("sky-match radius [arcsec]", positive=True))
     target_id_column: str = field(default="", metadata=doc("for method = id: target column holding the reference id"))
+    reference_id_column: str = field(default="", metadata=doc("for method = id: the reference column it is compared with ('' = reference.id_column)"))
 
 
 @dataclass(frozen=True)
@@ -148,6 +153,27 @@ class CatalogueSection:
 
 
 @dataclass(frozen=True)
+class ScalingSection:
+    """The Nandakumar+2022 cross-survey scaling (recipe = "nandakumar2022")."""
+
+    labels: tuple[str, ...] = field(default=("teff", "logg", "fe_h", "alpha_fe", "vmic", "vbroad"),
+                                    metadata=doc("labels of the four models (names as aliased in target.columns / reference.columns)"))
+    censor: dict[str, tuple[str, ...]] = field(default_factory=lambda: {"alpha_fe": ("Si", "Mg", "Ti", "Ca")},
+                                               metadata=doc("label -> elements in whose line windows it may act (Nandakumar+2022 Sec. 3.3)"))
+    target_windows: Path | None = field(default=None, metadata=doc("line windows of the target survey's spectra ('' = shipped for its survey)"))
+    reference_windows: Path | None = field(default=None, metadata=doc("line windows of the reference survey's spectra ('' = shipped for its survey)"))
+    missing_labels: Literal["impute", "drop"] = field(default="impute", metadata=doc("training stars with a missing reference label: impute it from the spectrum, or drop the star"))
+    giant_logg: float = field(default=3.5, metadata=doc("giants have reference log g below this in tables/systematics.csv (Nandakumar+2022 Sec. 3.2)"))
+    clusters: Path | None = field(default=None, metadata=doc("cluster member list ('ID logg cluster' lines, or a table with id and cluster columns); '' skips the cluster table"))
+    target_spectra_flag: str = field(default="STARFLAG", metadata=doc("target column copied to flag_spectra ('' = none)"))
+    target_survey_flag: str = field(default="ASPCAPFLAG", metadata=doc("target column copied to flag_sp_aspcap ('' = none)"))
+    reference_spectra_flag: str = field(default="", metadata=doc("reference column copied to flag_spectra ('' = none)"))
+    reference_survey_flag: str = field(default="flag_sp", metadata=doc("reference column copied to flag_sp_aspcap ('' = none)"))
+    reference_snr_column: str = field(default="snr_c2_iraf", metadata=doc("reference S/N copied to the catalogues' snr"))
+    reference_star_column: str = field(default="star_id", metadata=doc("reference column of the id both surveys share (GALAH star_id = 2MASS; target: target.star_column)"))
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """A validated run configuration (see :func:`cannonade.config.load_config`)."""
 
@@ -167,6 +193,8 @@ class RunConfig:
     calibration: CalibrationSection = field(default_factory=CalibrationSection, metadata=doc("per-star errors and flags"))
     dynamics: DynamicsSection = field(default_factory=DynamicsSection, metadata=doc("Gaia match and orbits"))
     catalogue: CatalogueSection = field(default_factory=CatalogueSection, metadata=doc("output formats"))
+    recipe: Literal["wheeler2020", "nandakumar2022"] = field(default="wheeler2020", metadata=doc("wheeler2020: one survey labelled by another; nandakumar2022: two surveys put on each other's scale"))
+    scaling: ScalingSection = field(default_factory=ScalingSection, metadata=doc("cross-survey scaling (recipe = nandakumar2022)"))
     source: Path | None = field(default=None, metadata=doc("the file this config was read from", internal=True))
 
     @property

@@ -69,6 +69,27 @@ def all_model_labels(cfg):
     return list(dict.fromkeys(n for labs in cfg.model_labels.values() for n in labs))
 
 
+def check_scaling_columns(cfg, target, reference, gaia=None):
+    """The nandakumar2022 recipe's columns: ids, positions, cuts, every scaling label in both catalogues."""
+    t, r = cfg.target, cfg.reference
+    on = {"target": (colnames(target), t.columns, f"target catalogue ({t.catalogue})"),
+          "reference": (colnames(reference), r.columns, f"reference catalogue ({r.catalogue})")}
+    needs = [("target.id_column", t.id_column, on["target"]), ("target.file_column", t.file_column, on["target"]),
+             ("reference.id_column", r.id_column, on["reference"])]
+    for side, sec in (("target", t), ("reference", r)):
+        needs += [(f"{side}.{k}", getattr(sec, k), on[side]) for k in ("ra_column", "dec_column")]
+        needs += [(f"cuts.{side} {expr!r}", n, on[side]) for expr in getattr(cfg.cuts, side) for n in expression_names(expr)]
+        needs += [(f"scaling.labels ({side})", lab, on[side]) for lab in cfg.scaling.labels]
+    if cfg.crossmatch.method == "id":
+        needs.append(("crossmatch.target_id_column", cfg.crossmatch.target_id_column, on["target"]))
+        needs.append(("crossmatch.reference_id_column", cfg.crossmatch.reference_id_column or r.id_column, on["reference"]))
+    for where, name, (columns, aliases, what) in needs:
+        try:
+            resolve_column(name, columns, aliases, what)
+        except ColumnError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+
+
 def check_columns(cfg, target, reference, gaia=None):
     """Fail before any work if a configured column does not exist (names it and the closest column)."""
     t, r = cfg.target, cfg.reference

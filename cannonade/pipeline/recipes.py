@@ -18,25 +18,37 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cannonade.exceptions import ConfigError
+from cannonade.pipeline.inputs import check_columns, check_scaling_columns
 from cannonade.pipeline.stages import (
     catalogue,
     clean,
+    clusters,
     combine,
+    combined,
+    common,
     crossmatch,
     cuts,
     dynamics,
     infer,
     ingest,
+    ingest_reference,
     labels,
+    scaled_infer,
+    scaled_train,
     split,
+    systematics,
     train,
 )
 
 
 @dataclass(frozen=True)
 class Recipe:
+    """A pipeline: its stage modules in order and the check of its configured columns
+    (``check(cfg, target, reference, gaia)``, run before any work)."""
+
     name: str
     stages: tuple
+    check: object = check_columns
 
     @property
     def stage_names(self):
@@ -49,12 +61,20 @@ WHEELER2020 = Recipe(
     (ingest, crossmatch, cuts, clean, split, labels, train, infer, combine, dynamics, catalogue),
 )
 
-RECIPES = {r.name: r for r in (WHEELER2020,)}
+# Nandakumar et al. 2022 §3: APOGEE and GALAH on each other's scale, four models from one
+# training set of common stars, two combined catalogues, systematics and cluster tables.
+NANDAKUMAR2022 = Recipe(
+    "nandakumar2022",
+    (ingest, ingest_reference, common, scaled_train, scaled_infer, systematics, combined, clusters),
+    check_scaling_columns,
+)
+
+RECIPES = {r.name: r for r in (WHEELER2020, NANDAKUMAR2022)}
 
 
 def recipe_for(cfg):
-    """The recipe a config asks for (Wheeler 2020 is the default and, for now, the only one)."""
-    name = getattr(cfg, "recipe", "wheeler2020")
+    """The recipe a config asks for (``recipe = "..."``; Wheeler 2020 by default)."""
+    name = cfg.recipe
     if name not in RECIPES:
         raise ConfigError(f"recipe {name!r} is unknown; recipes are {sorted(RECIPES)}")
     return RECIPES[name]

@@ -25,7 +25,6 @@ from cannonade.config import RunConfig, as_toml_dict, config_from_dict, load_con
 from cannonade.exceptions import ConfigError
 from cannonade.config.toml_writer import toml_text
 from cannonade.pipeline.fingerprints import stage_fingerprint, stage_inputs, unavailable
-from cannonade.pipeline.inputs import check_columns
 from cannonade.pipeline.recipes import recipe_for
 from cannonade.provenance import fingerprint, provenance
 from cannonade.tables import read_table
@@ -86,7 +85,7 @@ class Run:
         self.target_rows_cache = None
         # every configured column must exist before anything is written
         gaia = self.table("gaia") if (self.cfg.dynamics.enabled and self.cfg.dynamics.gaia) else None
-        check_columns(self.cfg, self.table("target"), self.table("reference"), gaia)
+        self.recipe.check(self.cfg, self.table("target"), self.table("reference"), gaia)
         self.path("stages").mkdir(parents=True, exist_ok=True)
 
     @property

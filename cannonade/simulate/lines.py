@@ -13,7 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from cannonade.simulate.instruments import get_instrument
-from cannonade.spectra.linelists import STRONG_LINES, air_to_vacuum, load_line_windows
+from cannonade.spectra.linelists import SURVEY_WINDOWS, STRONG_LINES, air_to_vacuum, load_line_windows
+
+APOGEE_ALPHA_WINDOWS = SURVEY_WINDOWS["apogee"]
 
 __all__ = [
     "ABUNDANCE_ELEMENTS",
@@ -130,11 +132,18 @@ def line_list(instrument="lamost"):
     opt_w = [70, 14, 9, 9, 5, 4, 2.5, 3, 5, 4, 2, 1, 0.3, 0.6, 0.4, 1, 0.2, 0.1, 0.2, 0.05, 0.05]
     w_, e_, i_, c_, l_ = _pseudo_lines(rng, 3650.0, 9150.0, 600.0, opt_el, opt_w, (np.log10(0.003), np.log10(0.3)))
     add(w_, e_, i_, c_, l_, -2.2, False, False)
-    # H-band atomic lines (APOGEE)
+    # H-band atomic lines (APOGEE): ~300 over the three detectors, as many as a real H-band line
+    # list has lines deeper than ~1 % (an earlier 25 per 1000 A left hot dwarfs nearly featureless)
     ir_el = ["Fe", "Si", "Mg", "Al", "Ca", "Ti", "Mn", "Na", "K", "Ni", "Cr", "Co", "V"]
     ir_w = [20, 6, 4, 1, 2, 3, 1, 0.5, 0.5, 3, 1, 1, 1]
-    w_, e_, i_, c_, l_ = _pseudo_lines(rng, 15050.0, 17050.0, 25.0, ir_el, ir_w, (np.log10(0.01), np.log10(0.25)), chi_max=7.0, blue_boost=False)
+    w_, e_, i_, c_, l_ = _pseudo_lines(rng, 15050.0, 17050.0, 150.0, ir_el, ir_w, (np.log10(0.01), np.log10(0.25)), chi_max=7.0, blue_boost=False)
     add(w_, e_, np.zeros_like(i_), np.clip(c_, 3.0, None), l_, -2.0, False, False)
+    # the strong alpha-element lines at the shipped APOGEE windows (data/apogee_alpha_windows.csv)
+    arng = np.random.default_rng(_LINELIST_SEED + 2)
+    for e, wins in load_line_windows(APOGEE_ALPHA_WINDOWS).items():
+        centres = wins.mean(axis=1)
+        add(centres, e, 0, arng.uniform(4.0, 6.5, len(centres)), arng.uniform(np.log10(0.08), np.log10(0.3), len(centres)),
+            -2.0, False, False)
     # H-band molecular forest: OH (O), CN (N), CO (C) lines, strong only in cool stars
     for e, dens, ew_hi in (("O", 120.0, np.log10(0.03)), ("N", 120.0, np.log10(0.02)), ("C", 60.0, np.log10(0.03))):
         w_, _, _, c_, l_ = _pseudo_lines(rng, 15050.0, 17050.0, dens, [e], [1.0], (np.log10(0.002), ew_hi), blue_boost=False)

@@ -35,6 +35,18 @@ __all__ = [
 ]
 
 DEFAULT_WINDOWS_PATH = Path(__file__).resolve().parents[1] / "data" / "galah_windows.csv"
+#: the shipped line windows of each survey's spectra (GALAH: Wheeler+2020 Table 2; APOGEE: the
+#: alpha elements' H-band lines, for Nandakumar+2022's censoring)
+SURVEY_WINDOWS = {"galah": DEFAULT_WINDOWS_PATH, "lamost": DEFAULT_WINDOWS_PATH,
+                  "apogee": Path(__file__).resolve().parents[1] / "data" / "apogee_alpha_windows.csv"}
+
+
+def survey_windows(survey):
+    """Path of the shipped line windows of ``survey``'s spectra (LineListError if none ship)."""
+    key = str(survey).lower()
+    if key not in SURVEY_WINDOWS:
+        raise LineListError(f"no line windows ship for survey {survey!r} (known: {sorted(SURVEY_WINDOWS)}); give a windows file")
+    return SURVEY_WINDOWS[key]
 
 
 def load_line_windows(path=None):

@@ -11,7 +11,7 @@ from cannonade.util import atomic_path
 __all__ = ["EXAMPLES", "write_example_config"]
 
 #: the shipped example configuration of each recipe (cannonade/data/)
-EXAMPLES = {"wheeler2020": "example_lamost_galah.toml"}
+EXAMPLES = {"wheeler2020": "example_lamost_galah.toml", "nandakumar2022": "example_apogee_galah.toml"}
 
 
 def example_text(recipe="wheeler2020"):

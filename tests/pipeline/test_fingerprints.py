@@ -21,6 +21,7 @@ import pytest
 from cannonade.config import as_toml_dict, config_from_dict, load_config
 from cannonade.exceptions import CannonadeError
 from cannonade.pipeline import STAGES, WHEELER2020, run_pipeline
+from cannonade.pipeline.recipes import RECIPES
 from cannonade.config.toml_writer import toml_text
 from cannonade.pipeline.fingerprints import (
     UNTRACKED,
@@ -98,8 +99,9 @@ def test_changes_name_the_keys_and_inputs_that_changed(tmp_path):
 def test_every_configuration_key_is_read_by_some_stage():
     """A new config key must be claimed by the stage that reads it (CONFIG) or be UNTRACKED."""
     data = as_toml_dict(_cfg(Path("/")))
-    claimed = {key for stage in WHEELER2020.stages for key in stage.CONFIG}
-    for stage in WHEELER2020.stages:
+    stages = [stage for recipe in RECIPES.values() for stage in recipe.stages]
+    claimed = {key for stage in stages for key in stage.CONFIG}
+    for stage in stages:
         for key in (*stage.CONFIG, *stage.INPUTS):
             config_value(data, key)  # KeyError for a typo
         for key in stage.INPUTS:

@@ -213,6 +213,10 @@ def test_config_init_writes_a_loadable_example(tmp_path, capsys):
     assert main(["config", "init", str(path)]) == 2  # exists
     assert "exists" in capsys.readouterr().err
     assert main(["config", "init", "--force", str(path)]) == 0
+    nk = tmp_path / "nk.toml"
+    assert main(["config", "init", "--recipe", "nandakumar2022", str(nk)]) == 0
+    cfg = load_config(nk)
+    assert cfg.recipe == "nandakumar2022" and cfg.training.scale == "percentile" and cfg.scaling.censor["alpha_fe"]
 
 
 def test_model_file_keeps_setup_and_provenance_and_old_files_load(model_path, tmp_path):
