@@ -51,11 +51,11 @@ _LAMOST_SPECTRA_PER_STAR = 1.123
 _BYTES = {"lamost_file": 43.3e3, "galah_star": 450.7e3, "store_row": 23.1e3, "mock_tables": 1.1e3, "run_tables": 5.8e3}
 
 
-def write_demo_config(out, mock_dir, run_dir):
-    """The shipped example config with this demo's paths (relative to OUT)."""
+def write_demo_config(out, mock_dir, run_dir, example="example_lamost_galah.toml"):
+    """A shipped example config (``cannonade/data/<example>``) with this demo's paths (relative to OUT)."""
     from importlib.resources import files
 
-    text = (files("cannonade") / "data" / "example_lamost_galah.toml").read_text()
+    text = (files("cannonade") / "data" / example).read_text()
     mock = Path(mock_dir).resolve().relative_to(Path(out).resolve())
     text = text.replace('"mock/', f'"{mock.as_posix()}/').replace('out = "run"', f'out = "{Path(run_dir).name}"')
     path = Path(out) / "run.toml"
@@ -267,19 +267,6 @@ def quick_demo(seed=0):
 SCALING_N_STARS = 3000
 
 
-def write_scaling_config(out, mock_dir, run_dir):
-    """The shipped APOGEE x GALAH example config with this demo's paths (relative to OUT)."""
-    from importlib.resources import files
-
-    text = (files("cannonade") / "data" / "example_apogee_galah.toml").read_text()
-    mock = Path(mock_dir).resolve().relative_to(Path(out).resolve())
-    text = text.replace('"mock/', f'"{mock.as_posix()}/').replace('out = "run"', f'out = "{Path(run_dir).name}"')
-    path = Path(out) / "run.toml"
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
-    return path
-
-
 def systematics_comparison(run_dir):
     """Table 1 beside Table 3: per label, the mean and σ of survey A − B for all common stars,
     before scaling and on each survey's scale (from ``tables/systematics.csv``)."""
@@ -324,7 +311,7 @@ def run_scaling_demo(out="cannonade_demo_nandakumar", n_stars=SCALING_N_STARS, s
             tmp.write_text(json.dumps(params))
         if not same and run_dir.exists():
             shutil.rmtree(run_dir)
-    run = run_pipeline(write_scaling_config(out, mock, run_dir))
+    run = run_pipeline(write_demo_config(out, mock, run_dir, example="example_apogee_galah.toml"))
     if not keep_mock:
         for d in SPECTRA_DIRS:
             if (mock / d).is_dir():

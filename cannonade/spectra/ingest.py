@@ -362,6 +362,14 @@ def _failure_reason(path, exc):
     return reason
 
 
+def put_rows(flux, ivar, metas, rows, batch_flux, batch_ivar):
+    """Place a normalised batch into the chunk's arrays at ``rows`` and count each row's good pixels."""
+    for k, row in enumerate(rows):
+        flux[row] = batch_flux[k]
+        ivar[row] = batch_ivar[k]
+        metas[row]["n_good"] = int(np.count_nonzero(batch_ivar[k] > 0))
+
+
 def prepare_files(files, grid, normalise="gaussian", redshifts=None, norm_kwargs=None):
     """Read, shift to the rest frame and resample files onto ``grid``; normalise in batches.
 
@@ -398,10 +406,7 @@ def prepare_files(files, grid, normalise="gaussian", redshifts=None, norm_kwargs
         if not bf:
             return
         f, i = normalise_batch(grid, np.array(bf), np.array(bi), method=normalise, **norm_kwargs)
-        for k, row in enumerate(brow):
-            flux[row] = f[k]
-            ivar[row] = i[k]
-            metas[row]["n_good"] = int(np.count_nonzero(i[k] > 0))
+        put_rows(flux, ivar, metas, brow, f, i)
         bf.clear()
         bi.clear()
         brow.clear()
@@ -568,10 +573,7 @@ def prepare_stars(files, grid, normalise="gaussian", redshifts=None, norm_kwargs
         for sl in slices:  # each CCD normalised on its own region, as a join='file' row of that CCD is
             if sl.stop > sl.start:
                 nf[:, sl], ni[:, sl] = normalise_batch(grid[sl], rf[:, sl], ri[:, sl], method=normalise, **norm_kwargs)
-        for k, row in enumerate(brow):
-            flux[row] = nf[k]
-            ivar[row] = ni[k]
-            metas[row]["n_good"] = int(np.count_nonzero(ni[k] > 0))
+        put_rows(flux, ivar, metas, brow, nf, ni)
         bf.clear()
         bi.clear()
         brow.clear()
