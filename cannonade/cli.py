@@ -8,6 +8,8 @@ ends the command with one line on stderr and exit status 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import sys
 import time
 
@@ -38,6 +40,7 @@ def cmd_demo(args):
         print(f"catalogues: {run.path('catalogue')}  (combined_*_scale, FITS + Parquet)")
         print(f"tables:     {run.path('tables')}  (systematics.csv, clusters.csv, residuals_*.csv)")
         print(f"run log:    {run.path('run.log')}")
+        print(f"report:     {_demo_report(run)}")
         return 0
     if args.quick:
         table, summary, converged = demo.quick_demo(seed=args.seed)
@@ -60,7 +63,16 @@ def cmd_demo(args):
     print(f"catalogue:  {run.path('catalogue')}  (per_star / per_observation, FITS + Parquet)")
     print(f"CV summary: {run.path('cv', 'cv_summary.csv')}")
     print(f"run log:    {run.path('run.log')}")
+    print(f"report:     {_demo_report(run)}")
     return 0
+
+
+def _demo_report(run):
+    """The demo's last step: the run's HTML report (``cannonade report``); returns index.html's path."""
+    from cannonade.report import write_report
+
+    print("writing the report ...", flush=True)
+    return write_report(run.path())
 
 
 def cmd_simulate(args):
@@ -82,19 +94,58 @@ def cmd_simulate(args):
 def cmd_ingest(args):
     from cannonade.spectra.ingest import ingest
 
-    report = ingest(args.inputs, args.out, grid=args.grid, normalise=args.normalise, redshifts=args.redshift_catalogue,
-                    workers=args.workers, chunk_size=args.chunk_size, join=args.join)
+    with _execution_messages(args.scheduler):
+        report = ingest(args.inputs, args.out, grid=args.grid, normalise=args.normalise, redshifts=args.redshift_catalogue,
+                        workers=args.workers, chunk_size=args.chunk_size, join=args.join, scheduler=args.scheduler or "")
     print(report.summary())
     return 0 if report.n_ok > 0 else 1
+
+
+def _run_config(args):
+    """The config file, or its validated configuration with ``--scheduler`` / ``--workers`` applied."""
+    if args.scheduler is None and args.workers is None:
+        return args.config
+    import dataclasses
+
+    from cannonade.config import load_config
+    from cannonade.execution.backends import validate_workers
+
+    cfg = load_config(args.config)
+    changes = {}
+    if args.scheduler is not None:
+        changes["scheduler"] = args.scheduler.strip()
+    if args.workers is not None:
+        changes["workers"] = validate_workers(args.workers)
+    return dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, **changes))
+
+
+@contextlib.contextmanager
+def _execution_messages(scheduler):
+    """With a dask scheduler, the execution backend's messages (the dashboard's link) on stderr."""
+    if not scheduler:
+        yield
+        return
+    logger = logging.getLogger("cannonade.execution")
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("cannonade: %(message)s"))
+    old_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
 
 
 def cmd_run(args):
     from cannonade.pipeline import run_pipeline
 
-    run = run_pipeline(args.config, from_stage=args.from_stage)
+    run = run_pipeline(_run_config(args), from_stage=args.from_stage)
     print(f"catalogue:  {run.path('catalogue')}")
     print(f"CV summary: {run.path('cv', 'cv_summary.csv')}")
     print(f"run log:    {run.path('run.log')}")
+    print(f"report:     cannonade report {run.path()}")
     return 0
 
 
@@ -140,10 +191,34 @@ def cmd_cv(args):
 def cmd_infer(args):
     from cannonade.tasks.infer import infer_store
 
-    report = infer_store(args.models, args.store, args.out, model_by=args.model_by, catalogue=args.catalogue,
-                         allow_mismatch=args.allow_mismatch, chunk_size=args.chunk_size, id_column=args.catalogue_id_column,
-                         teff_column=args.teff_column, logg_column=args.logg_column)
+    with _execution_messages(args.scheduler):
+        report = infer_store(args.models, args.store, args.out, model_by=args.model_by, catalogue=args.catalogue,
+                             allow_mismatch=args.allow_mismatch, chunk_size=args.chunk_size,
+                             id_column=args.catalogue_id_column, teff_column=args.teff_column,
+                             logg_column=args.logg_column, workers=args.workers, scheduler=args.scheduler or "")
     print(report.summary())
+    return 0
+
+
+def cmd_report(args):
+    import json
+
+    from cannonade.report import write_report
+
+    t0 = time.perf_counter()
+    index = write_report(args.run_dir, out=args.out, seed=args.seed, max_points=args.max_points)
+    summary = json.loads(index.with_name("summary.json").read_text())
+    wb, gr = summary["wide_binaries"], summary["gradient"]
+    print(f"cannonade report: {len(summary['figures'])} figures, {len(summary['not_drawn'])} not drawn, "
+          f"in {time.perf_counter() - t0:.1f} s")
+    if wb.get("p_value") is not None:
+        print(f"wide binaries: {wb['n_pairs']} pairs, p = {wb['p_value']:.3g} (binaries chemically closer than field pairs)")
+    if gr.get("fe_h_per_kpc") is not None:
+        print(f"radial gradient: d[Fe/H]/dR = {gr['fe_h_per_kpc']:+.4f} ± {gr['e_fe_h_per_kpc']:.4f} dex/kpc")
+    for name, why in summary["not_drawn"].items():
+        print(f"not drawn: {name}: {why}")
+    print(f"report:  {index}")
+    print(f"summary: {index.with_name('summary.json')}")
     return 0
 
 
@@ -156,6 +231,9 @@ def cmd_config_init(args):
 
 
 # --------------------------------------------------------------------------- arguments
+SCHEDULER_HELP = ("run the chunks on dask.distributed: 'local' = a LocalCluster of --workers processes, or a running "
+                  "cluster's scheduler address tcp://HOST:PORT or scheduler file (docs/scale.md)")
+
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Every option's help ends with its default: "(required)", "(default: none)" for an unset
     optional value, "(default: off)" for a switch, else the value; help that already says its
@@ -217,7 +295,8 @@ def build_parser():
     p.add_argument("--grid", default="lamost", help="common grid: lamost | apogee | galah | WMIN:WMAX:NPIX")
     p.add_argument("--normalise", default="gaussian", choices=["gaussian", "chebyshev", "none"], help="continuum normalisation")
     p.add_argument("--redshift-catalogue", default=None, help="optional catalogue (id, z) for the rest-frame shift")
-    p.add_argument("--workers", type=int, default=2, help="processes")
+    p.add_argument("--workers", type=int, default=2, help="processes (the dask workers with --scheduler local)")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS|local", help=SCHEDULER_HELP)
     p.add_argument("--chunk-size", type=int, default=1000, help="files per chunk, stars with --join star (resume granularity)")
     p.add_argument("--join", default="auto", choices=["auto", "file", "star"],
                    help="a row per file, or per GALAH star ('star': its four CCD files <sobject_id><ccd>.fits joined on the "
@@ -229,6 +308,11 @@ def build_parser():
     p.add_argument("config", help="path to the run's TOML file")
     p.add_argument("--from", dest="from_stage", default=None, choices=WHEELER2020.stage_names, metavar="STAGE",
                    help=f"force this stage and all after it; stages: {', '.join(WHEELER2020.stage_names)}")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS|local",
+                   help=SCHEDULER_HELP + "; '' = none. Overrides run.scheduler (default: the config's run.scheduler)")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="processes, or dask workers with --scheduler local; overrides run.workers "
+                        "(default: the config's run.workers)")
     p.set_defaults(handler=cmd_run)
 
     def training_options(p):
@@ -285,7 +369,19 @@ def build_parser():
     p.add_argument("--allow-mismatch", action="store_true",
                    help="infer even if the store's grid, normalisation or survey differ from the model's (a warning)")
     p.add_argument("--chunk-size", type=int, default=2000, help="spectra per chunk (a killed run resumes per chunk)")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="parallel workers: processes, or dask workers with --scheduler local "
+                        "(default: 1 process; with --scheduler local, one dask worker per core)")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS|local", help=SCHEDULER_HELP)
     p.set_defaults(handler=cmd_infer)
+
+    p = sub.add_parser("report", help="HTML report of a finished run: figures, tables, summary.json (RUN_DIR/report)",
+                       formatter_class=fmt)
+    p.add_argument("run_dir", help="the run directory (run.out of its configuration)")
+    p.add_argument("--out", default=None, help="report folder (default: RUN_DIR/report)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random stars and field pairs drawn")
+    p.add_argument("--max-points", type=int, default=4000, help="at most this many stars per scatter panel")
+    p.set_defaults(handler=cmd_report)
 
     p = sub.add_parser("config", help="configuration files", formatter_class=fmt)
     csub = p.add_subparsers(dest="config_command", required=True, help="what to do with a configuration")
@@ -303,6 +399,13 @@ def main(argv=None):
         return int(args.handler(args) or 0)
     except CannonadeError as exc:
         print(f"cannonade {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a full disk outside the atomic writes (e.g. the run log): one line too
+        from cannonade.util import is_disk_full
+
+        if not is_disk_full(exc):
+            raise
+        print(f"cannonade {args.command}: error: no space left on device (or disk quota exceeded): {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"cannonade {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)

@@ -19,7 +19,13 @@ class LabelError(CannonadeError, ValueError):
 
 
 class TrainingSetError(CannonadeError, ValueError):
-    """A training set too small or empty for the model asked for."""
+    """A training set too small or empty for the model asked for, or one that leaves the model
+    no usable pixel (names the cause)."""
+
+
+class ParameterError(CannonadeError, ValueError):
+    """A parameter outside its allowed values (names the parameter, the value and what is
+    allowed), e.g. a negative regularisation or ``k < 2`` folds."""
 
 
 class NotFittedError(CannonadeError, RuntimeError):
@@ -61,6 +67,17 @@ class SimulationWriteError(CannonadeError, IOError):
     """A mock-survey file that cannot be written (names the file and the reason)."""
 
 
+class DiskFullError(CannonadeError, OSError):
+    """A write that ran out of disk space or quota (``ENOSPC``/``EDQUOT``). Names the file; the file
+    it would have replaced is unchanged and no partial file is left in its place: free space and
+    rerun (a pipeline run resumes)."""
+
+
 class SpectraMismatchError(CannonadeError, ValueError):
     """Spectra prepared differently from a model's training spectra (wavelength grid,
     continuum normalisation or survey); the message names every difference."""
+
+
+class SelectionError(CannonadeError, ValueError):
+    """A cut, bin or pair sample that leaves too few stars for an analysis (names the cut and
+    the count), e.g. no wide binaries left after the dwarf and ΔT_eff cuts."""

@@ -83,8 +83,15 @@ def load_data(path, n_train=None, n_test=None):
     return d
 
 
-def run_thecannon(d, threads):
-    """Train and test TheCannon 0.7.3; returns (result dict)."""
+THECANNON_MODEL = ("coeffs", "scatters", "chisqs", "pivots", "scales")  # what its inference reads
+
+
+def run_thecannon(d, threads, model_in=None, model_out=None):
+    """Train and test TheCannon 0.7.3; returns (result dict).
+
+    ``model_out``: save the trained model's arrays (npz) there; ``model_in``: load them from
+    there instead of training (``train_s`` is then 0), to time its inference again.
+    """
     import TheCannon
     from TheCannon import dataset, model
 
@@ -97,9 +104,16 @@ def run_thecannon(d, threads):
     md = model.CannonModel(2, useErrors=False)
 
     t0, c0 = time.perf_counter(), cpu_s()
-    md.train(ds)
+    if model_in is None:
+        md.train(ds)
+    else:
+        with np.load(model_in, allow_pickle=False) as f:
+            for k in THECANNON_MODEL:
+                setattr(md, k, f[k])
     t_train, c_train = time.perf_counter() - t0, cpu_s() - c0
     rss_train = peak_rss_mb()
+    if model_out is not None:
+        np.savez(model_out, **{k: np.asarray(getattr(md, k)) for k in THECANNON_MODEL})
 
     t0, c0 = time.perf_counter(), cpu_s()
     errs, chisq = md.infer_labels(ds)
@@ -195,6 +209,10 @@ def main(argv=None):
     ap.add_argument("--n-test", type=int, default=None, help="use only the first M test stars")
     ap.add_argument("--threads", type=int, default=2,
                     help="worker processes for annieslasso's test step (default 2)")
+    ap.add_argument("--save-model", default=None,
+                    help="thecannon: save the trained model's arrays (npz) to this path")
+    ap.add_argument("--model", default=None,
+                    help="thecannon: load the model saved by --save-model instead of training")
     args = ap.parse_args(argv)
 
     t0 = time.perf_counter()
@@ -206,7 +224,10 @@ def main(argv=None):
 
     # The peers print per-pixel / per-star progress bars on stdout; keep them out of the log.
     with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
-        res = PEERS[args.peer](d, args.threads)
+        if args.peer == "thecannon":
+            res = run_thecannon(d, args.threads, model_in=args.model, model_out=args.save_model)
+        else:
+            res = PEERS[args.peer](d, args.threads)
 
     labels = res.pop("labels")
     s2 = res.pop("s2")

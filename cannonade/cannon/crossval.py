@@ -7,8 +7,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cannonade.cannon.checks import as_label_array, check_missing_option, check_rows, check_spectra
-from cannonade.exceptions import TrainingSetError
+from cannonade.cannon.checks import (
+    as_label_array,
+    check_missing_option,
+    check_positive_int,
+    check_spectra,
+    check_training_labels,
+    check_training_set,
+)
+from cannonade.exceptions import CannonadeError, TrainingSetError
 from cannonade.util import progress
 
 
@@ -136,14 +143,39 @@ class CVResult:
 
 def kfold_indices(n, k=12, seed=0):
     """Random partition of range(n) into k folds: (n,) fold number of each star."""
-    if k < 2:
-        raise ValueError(f"cross-validation needs k >= 2 folds, got {k}")
+    k = check_positive_int(k, "k (the number of cross-validation folds)", minimum=2)
     if n < k:
         raise TrainingSetError(f"cannot split {n} stars into {k} folds")
     rng = np.random.default_rng(seed)
     fold = np.empty(n, dtype=int)
     fold[rng.permutation(n)] = np.arange(n) % k
     return fold
+
+
+def full_set_imputation(model, labels):
+    """``labels`` with the missing entries at ``model``'s imputed values, or None.
+
+    None unless ``model`` was fitted with ``missing="impute"`` on exactly these labels
+    (same shape, missing where it imputed, equal elsewhere).
+
+    Parameters
+    ----------
+    model : CannonModel
+    labels : (N, L) float
+
+    Returns
+    -------
+    (N, L) float or None
+        A new array (NaN stays where the model dropped a star without any label).
+    """
+    imputed = getattr(model, "imputed_", None)
+    if imputed is None or imputed.shape != labels.shape or not imputed.any():
+        return None
+    missing = ~np.isfinite(labels)
+    dropped = getattr(model, "dropped_", np.zeros(labels.shape[0], bool))
+    if not np.array_equal(imputed | (missing & dropped[:, None]), missing):
+        return None
+    return np.where(imputed, model.imputed_values_, labels)
 
 
 def cross_validate(model, labels, flux, ivar, k=12, seed=0, missing="refuse"):
@@ -161,19 +193,30 @@ def cross_validate(model, labels, flux, ivar, k=12, seed=0, missing="refuse"):
     seed : int
         Seed of the random partition.
     missing : {"refuse", "impute"}
-        Passed to every fold's ``fit``: with "impute", NaN labels are unknowns (estimated from
-        the spectra, see ``CannonModel.fit``). A held-out star's missing label has no truth:
-        its prediction is kept, its ``truth`` is NaN, and that label's statistics use only
-        the stars that have it.
+        With "impute", NaN labels are unknowns (estimated from the spectra, see
+        ``CannonModel.fit``). When ``model`` was fitted with ``missing="impute"`` on these
+        labels, each fold trains on the full set's imputed values, held fixed (one θ, s² fit
+        per fold, as with complete labels, instead of an impute-and-refit loop per fold: a
+        held-out star's spectrum moved the other stars' imputed values only through θ, by
+        ~1/N); otherwise every fold imputes afresh. A held-out star's missing label has no
+        truth: its prediction is kept, its ``truth`` is NaN, and that label's statistics use
+        only the stars that have it.
 
     Returns
     -------
     CVResult
+
+    Raises
+    ------
+    The errors of ``CannonModel.fit``, checked on the whole training set first, so that a
+    message naming a star gives its row in the arrays passed here (never its row inside a
+    fold); an error only one fold's training set has is prefixed with the fold.
     """
     lab = as_label_array(labels, model.label_names)
     check_missing_option(missing)
     flux, ivar = check_spectra(flux, ivar)  # fit and infer clean bad pixels themselves, chunk by chunk
-    check_rows(lab, flux)
+    check_training_set(lab, flux, model.label_names, model.n_terms, missing=missing)  # star = the caller's row
+    check_training_labels(lab, model.label_names)
     fold = kfold_indices(lab.shape[0], k, seed)
     N = lab.shape[0]
     pred = np.full_like(lab, np.nan)
@@ -183,11 +226,20 @@ def cross_validate(model, labels, flux, ivar, k=12, seed=0, missing="refuse"):
                     singular=np.ones(N, dtype=bool), missing_fraction=np.full(N, np.nan))
     # a fitted model's s² (same pixels) warm-starts each fold's own s² search
     init = model.s2_ if getattr(model, "is_fitted", False) and model.s2_.shape == (flux.shape[1],) else None
+    train_lab, fold_missing = lab, missing
+    filled = full_set_imputation(model, lab) if missing == "impute" else None
+    if filled is not None:
+        train_lab = filled
+        fold_missing = "refuse" if np.isfinite(filled).all() else "impute"  # a dropped star: impute its folds
     quiet = model.clone()
     quiet.show_progress = False  # one bar for the folds, not one per fold
     for f in progress(range(k), desc=f"{k}-fold CV", total=k):
         test = fold == f
-        m = quiet.clone().fit(lab[~test], flux[~test], ivar[~test], init_s2=init, missing=missing)
+        try:
+            m = quiet.clone().fit(train_lab[~test], flux[~test], ivar[~test], init_s2=init, missing=fold_missing)
+        except CannonadeError as exc:  # a problem of this fold's training set only (the whole set passed)
+            raise type(exc)(f"cross-validation fold {f} of {k} (trained on the {int((~test).sum())} stars outside "
+                            f"it): {exc}") from exc
         r = m.infer(flux[test], ivar[test])
         pred[test], err[test], conv[test] = r.labels, r.raw_errors, r.converged
         for key, values in per_star.items():

@@ -174,7 +174,8 @@ def conditional_fit(problem, exponents, x0, free, max_iter=50, tol_chi2=1e-3):
     x = np.array(x0, dtype=float, copy=True)
     fm = free.astype(float)
     eye = np.eye(L)
-    M, b, c = problem.M, problem.b, problem.c
+    # χ² − c, the label-dependent part (as levenberg_marquardt: a huge c would round the steps away)
+    M, b, c = problem.M, problem.b, np.zeros_like(problem.c)
     chi2, Meta = _chi2(M, b, c, design_matrix(x, exponents)[:, None, :])
     chi2, Meta = chi2[:, 0], Meta[:, 0]
     lam = np.full(B, 1e-3)
@@ -195,16 +196,19 @@ def conditional_fit(problem, exponents, x0, free, max_iter=50, tol_chi2=1e-3):
         shift = lam[live, None, None] * eye * diag[:, None, :] + eye * (1.0 - f)[:, None, :]
         H = np.stack([H_gn + shift, H_full + shift], axis=1)  # (B', 2, L, L)
         steps = _solve_steps(H, np.broadcast_to(grad[:, None, :], (live.size, 2, L)))
+        step_ok = np.all(np.isfinite(steps), axis=-1)  # a non-finite step is no candidate (never "converged")
         steps = np.where(np.isfinite(steps), steps, 0.0) * f[:, None, :]
         xc = xl[:, None, :] + steps
         chic, Metac = _chi2(Ml, b[live], c[live], design_matrix(xc, exponents))
-        chic = np.where(np.isfinite(chic), chic, np.inf)
+        chic = np.where(np.isfinite(chic) & step_ok, chic, np.inf)
         pick = np.argmin(chic, axis=1)
         rows = np.arange(live.size)
         chi_new = chic[rows, pick]
         better = chi_new <= chi2[live]
-        small = np.max(np.abs(steps[rows, pick]), axis=1) < 1e-9
-        done = (better & (chi2[live] - chi_new < tol_chi2 * np.maximum(1.0, 1e-9 * chi_new))) | small
+        small = (np.max(np.abs(steps[rows, pick]), axis=1) < 1e-9) & np.isfinite(chi_new)
+        with np.errstate(invalid="ignore", over="ignore"):
+            scale = np.minimum(np.abs(chi_new), np.abs(chi_new + problem.c[live]))  # rounding scale of χ² − c
+        done = (better & (chi2[live] - chi_new < tol_chi2 * np.maximum(1.0, 1e-9 * scale))) | small
         acc = live[better]
         x[acc], chi2[acc], Meta[acc] = xc[rows, pick][better], chi_new[better], Metac[rows, pick][better]
         lam[live] = np.where(better, np.maximum(lam[live] / 3.0, 1e-12), lam[live] * 4.0)

@@ -69,7 +69,12 @@ def levenberg_marquardt(problem, exponents, starts, max_iter=100, tol_chi2=1e-3,
     (quadratic convergence near it, where Gauss–Newton alone crawls on spectra the polynomial
     does not fit exactly), and keeps the better; the damping λ shrinks after a success and grows
     after a failure (Levenberg–Marquardt). A start has converged when an accepted step lowers χ²
-    by less than ``tol_chi2`` (or moves less than ``tol_step`` in scaled labels).
+    by less than ``tol_chi2`` (or moves less than ``tol_step`` in scaled labels). Steps are
+    judged on the label-dependent part of χ², q = −2 b·η + ηᵀMη (χ² = c + q), and the
+    tolerance grows only with min(|q|, χ²) (``tol_chi2 · max(1, 1e-9 min(|q|, χ²))``, a rounding
+    floor), never with c alone: an absurd spectrum (flux 1e30, c ~ 1e60) cannot round its steps away and "converge" at
+    its start; it is minimised like any other, to absurd labels (flagged OUTSIDE_TRAINING) or
+    to ``max_iter`` (NOT_CONVERGED).
 
     Starts of one star that come within ``merge_tol`` (scaled labels, max norm) of each other
     are in the same basin and would reach the same minimum: the one with the higher χ² stops
@@ -91,7 +96,11 @@ def levenberg_marquardt(problem, exponents, starts, max_iter=100, tol_chi2=1e-3,
     B, S, L = starts.shape
     x = starts.copy()
     lam = np.full((B, S), 1e-3)
-    chi2, Meta = _eval_chi2(_flat(design_matrix, x, exponents), problem.M, problem.b, problem.c)
+    # the minimiser works on q = χ² − c, the label-dependent part: c (Σ w f², independent of the
+    # labels) can exceed it by any factor (flux 1e30: c ~ 1e60), and c + q would round every
+    # step's change away and "converge" at the start
+    zero = np.zeros_like(problem.c)
+    chi2, Meta = _eval_chi2(_flat(design_matrix, x, exponents), problem.M, problem.b, zero)
     flags = dict(
         converged=np.zeros((B, S), dtype=bool),
         stalled=~np.isfinite(chi2),
@@ -111,12 +120,15 @@ def levenberg_marquardt(problem, exponents, starts, max_iter=100, tol_chi2=1e-3,
                   M32=None if problem.M32 is None else problem.M32[rows], **opts)
         for k, v in sub.items():
             state[k][rows, cols] = v[:, 0]
-    return state["x"], state["chi2"], state["converged"] | state["merged"], state["n_iter"]
+    return state["x"], state["chi2"] + problem.c[:, None], state["converged"] | state["merged"], state["n_iter"]
 
 
 def _lm_phase(M, b, c, st, exponents, max_iter, tol_chi2, tol_step, merge_tol, switch_below=None, newton=True, M32=None):
     """Iterate the batched LM on state ``st`` (arrays (B, S, ...), updated in place) until every
     start is done, ``max_iter`` iterations, or (if given) fewer than ``switch_below`` live starts.
+    ``st["chi2"]`` is q = χ² − c (see :func:`levenberg_marquardt`); ``c`` only sets the
+    convergence tolerance, tol_chi2 · max(1, 1e-9 min(|q|, |χ²|)): the old χ²-relative rounding
+    floor for every usual star (χ² ≪ c), q's own for a star whose c would round the steps away.
     Returns the number of iterations run."""
     x, chi2, Meta, lam = st["x"], st["chi2"], st["Meta"], st["lam"]
     converged, stalled, merged, n_iter = st["converged"], st["stalled"], st["merged"], st["n_iter"]
@@ -146,7 +158,8 @@ def _lm_phase(M, b, c, st, exponents, max_iter, tol_chi2, tol_step, merge_tol, s
         D32 = _flat(lambda xx, e: design_jacobian(xx, e, np.float32), xw, exponents)  # (B', S, K, L)
         Dt32 = np.swapaxes(D32, -1, -2)
         r = bw[:, None, :] - Meta[work]
-        grad = (Dt32 @ r.astype(np.float32)[..., None])[..., 0].astype(np.float64)  # Jᵀ W r
+        with np.errstate(over="ignore", invalid="ignore"):  # an absurd spectrum overflows float32: no step
+            grad = (Dt32 @ r.astype(np.float32)[..., None])[..., 0].astype(np.float64)  # Jᵀ W r
         H_gn = (Dt32 @ _star_matmul(Mw32, D32)).astype(np.float64)  # Jᵀ W J
         diag = np.maximum(np.diagonal(H_gn, axis1=-2, axis2=-1), 1e-12)
         damp = lamw[..., None, None] * eye * diag[..., None, :]
@@ -162,10 +175,14 @@ def _lm_phase(M, b, c, st, exponents, max_iter, tol_chi2, tol_step, merge_tol, s
             steps = np.zeros(H2.shape[:-1])
             for idx in np.ndindex(H2.shape[:3]):
                 steps[idx] = np.linalg.lstsq(H2[idx], g2[idx][:, 0], rcond=None)[0]
+        # a step that is not finite (e.g. JᵀWr overflowed float32 on an absurd spectrum) is no
+        # candidate: never a zero step that would count as converged at the start
+        step_ok = np.all(np.isfinite(steps), axis=-1)  # (B', S, N_CAND)
         steps = np.where(np.isfinite(steps), steps, 0.0)
         xc = (xw[:, :, None, :] + steps).reshape(len(work), N_CAND * S, L)
-        chic, Metac = _eval_chi2(_flat(design_matrix, xc, exponents), Mw, bw, cw)
+        chic, Metac = _eval_chi2(_flat(design_matrix, xc, exponents), Mw, bw, np.zeros_like(cw))
         chic = np.where(np.isfinite(chic), chic, np.inf).reshape(len(work), S, N_CAND)
+        chic = np.where(step_ok, chic, np.inf)
         pick = np.argmin(chic, axis=2)  # 0: Gauss–Newton, 1: Newton
         rows = np.arange(len(work))[:, None]
         cols = np.arange(S)[None, :]
@@ -176,8 +193,10 @@ def _lm_phase(M, b, c, st, exponents, max_iter, tol_chi2, tol_step, merge_tol, s
         step = steps[rows, cols, pick]
         better = busy & np.isfinite(chi2_new) & (chi2_new <= chiw)
         dchi2 = chiw - chi2_new
-        small_step = np.max(np.abs(step), axis=-1) < tol_step
-        done = busy & ((better & (dchi2 < tol_chi2 * np.maximum(1.0, 1e-9 * chi2_new))) | small_step)
+        small_step = (np.max(np.abs(step), axis=-1) < tol_step) & np.isfinite(chi2_new)
+        with np.errstate(invalid="ignore", over="ignore"):
+            scale = np.minimum(np.abs(chi2_new), np.abs(chi2_new + cw[:, None]))  # rounding scale of q
+        done = busy & ((better & (dchi2 < tol_chi2 * np.maximum(1.0, 1e-9 * scale))) | small_step)
         xw[better], chiw[better] = x_new[better], chi2_new[better]
         Mw_eta = Meta[work]
         Mw_eta[better] = Meta_new[better]

@@ -21,10 +21,16 @@ from cannonade.cannon.checks import (
     check_fixed_s2,
     check_missing_labels,
     check_label_names,
+    check_model_params,
     check_pixel_array,
+    check_positive_int,
+    check_regularization,
     check_rows,
     check_spectra,
+    check_training_labels,
     check_training_set,
+    dependent_columns,
+    usable_pixels_error,
 )
 from cannonade.cannon.imputation import MAX_MISSING_FRACTION, fit_scaler, impute_and_train
 from cannonade.cannon.inference import START_NAMES, infer_spectra, pixel_chi2, theta_products
@@ -244,6 +250,7 @@ class CannonModel:
     def __init__(self, label_names, order=2, scale="standard", censors=None, regularization=0.0, scatter="reml",
                  terms=None, pixel_chunk=None, star_chunk=None, show_progress=True, name=None):
         self.label_names = check_label_names(label_names)
+        check_model_params(order, scale, regularization, scatter, pixel_chunk, star_chunk, terms)
         self.order = order
         self.scale = scale
         self.censors = censors
@@ -326,7 +333,17 @@ class CannonModel:
         Returns
         -------
         self
+
+        Raises
+        ------
+        ShapeError, LabelError, TrainingSetError, ParameterError
+            Shapes that disagree; a non-finite (missing, masked) label (names label and star);
+            a constant label or collinear labels (names them); too few stars; a fit that leaves
+            the model no usable pixel (names why: e.g. no pixel has data in ≥ K stars); a
+            parameter outside its allowed values (names it).
         """
+        check_model_params(self.order, self.scale, self.regularization, self.scatter, self.pixel_chunk,
+                           self.star_chunk, self.terms)
         lab = as_label_array(labels, self.label_names)
         if wavelength is None and setup is not None:
             wavelength = setup.wavelength
@@ -340,10 +357,12 @@ class CannonModel:
             lab, flux, ivar, known = lab[keep], flux[keep], ivar[keep], known[keep]
             check_training_set(lab, flux, self.label_names, self.n_terms, missing=missing)
         incomplete = not known.all()
+        check_training_labels(lab, self.label_names, known)  # constant or collinear labels: named here
+        regularization = check_regularization(self.regularization, P)
         wavelength = check_pixel_array(wavelength, P, "wavelength")
         s2 = None if s2 is None else check_fixed_s2(s2, P)
         active = active_terms(self.exponents, self.label_names, check_censors(self.censors, self.label_names, P), P)
-        scaler = fit_scaler(self.scale, lab, known, self.label_names) if incomplete else LabelScaler(self.scale).fit(lab)
+        scaler = fit_scaler(self.scale, lab, known, self.label_names) if incomplete else LabelScaler(self.scale).fit(lab, self.label_names)
         # the training-set hash: shape, the reference labels (NaN where missing), the spectra
         digest = hashlib.sha256(str(lab.shape).encode() + np.ascontiguousarray(np.where(known, lab, np.nan)).tobytes())
 
@@ -354,9 +373,16 @@ class CannonModel:
             f, i = (flux, ivar) if rows is None else (flux[rows], ivar[rows])
             dig = None if rows is not None or hashed["spectra"] else digest
             hashed["spectra"] |= dig is not None
-            return train_pixels(X, self.exponents, f, i, active, method=self.scatter, s2=s2, init_s2=start_s2,
-                                regularization=self.regularization, pixel_chunk=self.pixel_chunk, digest=dig,
-                                show_progress=self.show_progress)
+            out = train_pixels(X, self.exponents, f, i, active, method=self.scatter, s2=s2, init_s2=start_s2,
+                               regularization=regularization, pixel_chunk=self.pixel_chunk, digest=dig,
+                               show_progress=self.show_progress)
+            n_ok = int(out[2].sum())
+            if n_ok <= len(self.label_names):  # nothing inference could use: say why now, not in infer()
+                with np.errstate(invalid="ignore"):
+                    n_valid = ((i > 0) & np.isfinite(i) & np.isfinite(f)).sum(axis=0)
+                raise usable_pixels_error(n_ok, len(self.label_names), self.n_terms, n_valid,
+                                          dependent_columns(X, self.term_names))
+            return out
 
         imputed_values = np.full((N, lab.shape[1]), np.nan)
         if incomplete:
@@ -456,7 +482,8 @@ class CannonModel:
         Parameters
         ----------
         flux, ivar : (M, P) float
-            Non-finite values count as ivar = 0.
+            Non-finite values count as ivar = 0. A float32 pair (as a store holds spectra) is
+            used as it is, with the same results as its float64 copy.
         max_iter : int
             Levenberg–Marquardt iterations per start at most.
 
@@ -465,7 +492,9 @@ class CannonModel:
         InferenceResult
         """
         self._require_fitted("infer")
-        flux, ivar = check_spectra(flux, ivar, n_pixels=self.theta_.shape[0])
+        max_iter = check_positive_int(max_iter, "max_iter")
+        # float32 spectra (a store's) are read block by block as they are, never copied whole to float64
+        flux, ivar = check_spectra(flux, ivar, n_pixels=self.theta_.shape[0], keep_float32=True)
         ok = self.pixel_ok_
         all_ok = bool(ok.all())
         theta, s2 = (self.theta_, self.s2_) if all_ok else (self.theta_[ok], self.s2_[ok])

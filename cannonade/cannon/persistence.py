@@ -30,12 +30,15 @@ its arrays as ``calibration_<name>`` (``Calibration.to_arrays``). A model withou
 files written before the calibration existed. A reader older than the calibration ignores it.
 
 Files are written atomically and read with ``allow_pickle=False``; :func:`load_model`
-checks the format name, the version and every shape, and names what is wrong.
+checks the format name, the version and every shape and dtype — from the arrays' headers, which
+must account for exactly the bytes each member holds, before any array is read (a crafted header
+cannot make the reader allocate more than the file holds) — and names what is wrong.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import zipfile
 from pathlib import Path
 
@@ -46,7 +49,7 @@ from cannonade.cannon.calibration import Calibration
 from cannonade.cannon.checks import check_censors
 from cannonade.cannon.spectral_setup import SpectralSetup
 from cannonade.cannon.vectorizer import LabelScaler, active_terms
-from cannonade.exceptions import ModelFileError, NotFittedError
+from cannonade.exceptions import ModelFileError, NotFittedError, ParameterError
 from cannonade.util import atomic_path
 
 MODEL_FORMAT = "cannonade-model"
@@ -134,15 +137,73 @@ def save_model(model, path, overwrite=True):
         raise FileExistsError(f"{path} exists (pass overwrite=True to replace it)")
     arrays = model_arrays(model)
     if path.suffix != ".npz":
-        raise ValueError(f"model files are .npz; got {path}")
+        raise ParameterError(f"model files are .npz; got {path}")
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
             np.savez_compressed(fh, **arrays)
     return path
 
 
+#: dtype kinds of the arrays of a model file (calibration arrays: numbers; their shapes are checked
+#: by ``Calibration.from_file``)
+ARRAY_KINDS = {"theta": "f", "s2": "f", "label_offset": "f", "label_scale": "f", "label_min": "f", "label_max": "f",
+               "regularization": "f", "wavelength": "f", "exponents": "iu", "pixel_ok": "b", "censor_masks": "b",
+               "metadata": "U"}
+#: the most a member of a model file may inflate when decompressed: deflate itself cannot exceed
+#: about 1032:1, so a member claiming more is crafted (a "zip bomb" header)
+MAX_INFLATION = 1100
+_NPY_MAGIC = b"\x93NUMPY"
+
+
+def _npy_header(fh, version):
+    if version == (1, 0):
+        return np.lib.format.read_array_header_1_0(fh)
+    if version == (2, 0):
+        return np.lib.format.read_array_header_2_0(fh)
+    return np.lib.format._read_array_header(fh, version)  # 3.0: utf-8 field names (no public reader)
+
+
+def npz_headers(zf, path):
+    """{array name: (shape, dtype)} of the members of an open ``.npz`` (a ``zipfile.ZipFile``), from
+    their ``.npy`` headers only: no array is read.
+
+    Each member must be an array without Python objects whose header's shape and dtype account
+    for exactly the bytes the member holds, and no member may claim to inflate more than deflate
+    can: so reading the file afterwards allocates at most what the file itself can hold, whatever
+    a crafted header says.
+
+    Raises
+    ------
+    ModelFileError
+        Names the member and what is wrong.
+    """
+    out = {}
+    for info in zf.infolist():
+        if not info.filename.endswith(".npy"):
+            raise ModelFileError(f"{path}: member {info.filename!r} is not an array (.npy); not a Cannonade model file")
+        name = info.filename[:-4]
+        if info.file_size > MAX_INFLATION * max(info.compress_size, 1) + 4096:
+            raise ModelFileError(f"{path}: array {name!r} claims to inflate from {info.compress_size} to {info.file_size} "
+                                 "bytes, more than any deflate stream can: refusing to read it")
+        with zf.open(info) as fh:
+            shape, _, dtype = _npy_header(fh, np.lib.format.read_magic(fh))
+            held = info.file_size - fh.tell()
+        if dtype.hasobject:
+            raise ModelFileError(f"{path}: array {name!r} holds Python objects ({dtype}); model files never do")
+        claimed = math.prod(shape) * dtype.itemsize  # Python integers: no overflow
+        if claimed != held:
+            raise ModelFileError(f"{path}: array {name!r} claims shape {tuple(shape)} of {dtype} ({claimed} bytes) but "
+                                 f"holds {held} bytes")
+        out[name] = (tuple(shape), dtype)
+    return out
+
+
 def read_model_file(path):
     """The checked arrays and metadata of a model file.
+
+    Every array's shape and dtype are checked, from the headers, before any array is read (and
+    those headers against the bytes the file holds: :func:`npz_headers`), so a crafted file can
+    make the reader allocate no more than the file's own contents.
 
     Returns
     -------
@@ -153,7 +214,8 @@ def read_model_file(path):
     Raises
     ------
     ModelFileError
-        Missing, unreadable, another format or version, missing arrays, wrong shapes.
+        Missing, unreadable, another format or version, missing arrays, wrong shapes or dtypes,
+        headers that disagree with the file.
     """
     path = Path(path)
     if not path.exists():
@@ -162,19 +224,37 @@ def read_model_file(path):
         # the file handle is ours, so it is closed even when the zip is corrupt (np.load(path)
         # leaves its own handle open when the zip directory cannot be read)
         with open(path, "rb") as fh:
-            npz = np.load(fh, allow_pickle=False)
-            if not isinstance(npz, np.lib.npyio.NpzFile):
+            if fh.read(len(_NPY_MAGIC)) == _NPY_MAGIC:
                 raise ModelFileError(f"{path} holds a single array, not a Cannonade model file (.npz)")
-            with npz:
+            fh.seek(0)
+            with zipfile.ZipFile(fh) as zf:
+                headers = npz_headers(zf, path)
+                if "metadata" not in headers:
+                    raise ModelFileError(f"{path} has no 'metadata' entry; it is not a Cannonade model file")
+                if headers["metadata"][1].kind != "U" or headers["metadata"][0] != ():
+                    raise ModelFileError(f"{path}: 'metadata' is an array {headers['metadata']}, expected one JSON string")
+                with zf.open("metadata.npy") as member:
+                    meta = _parse_metadata(path, str(np.lib.format.read_array(member, allow_pickle=False)))
+                _check_arrays(path, {k: v[0] for k, v in headers.items()}, meta)
+                _check_kinds(path, headers)
+            fh.seek(0)
+            with np.load(fh, allow_pickle=False) as npz:
                 data = {k: npz[k] for k in npz.files}
+    except ModelFileError:
+        raise
     except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as exc:
         raise ModelFileError(f"{path} is not a readable Cannonade model file (truncated or corrupt?): {exc}") from exc
-    if "metadata" not in data:
-        raise ModelFileError(f"{path} has no 'metadata' entry; it is not a Cannonade model file")
+    return data, meta
+
+
+def _parse_metadata(path, text):
+    """The metadata's JSON, its format and version checked, and the entries the checks use typed."""
     try:
-        meta = json.loads(str(data["metadata"]))
+        meta = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ModelFileError(f"{path}: metadata is not valid JSON: {exc}") from exc
+    if not isinstance(meta, dict):
+        raise ModelFileError(f"{path}: metadata is not a JSON object")
     if meta.get("format") != MODEL_FORMAT:
         raise ModelFileError(f"{path}: format is {meta.get('format')!r}, expected {MODEL_FORMAT!r}")
     version = meta.get("format_version")
@@ -183,26 +263,46 @@ def read_model_file(path):
             f"{path}: model file format version {version!r} is not supported by cannonade {__version__} "
             f"(which reads version {MODEL_FORMAT_VERSION})"
         )
-    _check_arrays(path, data, meta)
-    return data, meta
+    names = meta.get("label_names")
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise ModelFileError(f"{path}: metadata label_names is {names!r}, expected a list of label names")
+    for key in ("n_pixels", "n_terms", "order", "n_train"):
+        value = meta.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ModelFileError(f"{path}: metadata {key} is {value!r}, expected a non-negative integer")
+    if not isinstance(meta.get("calibration", {}), dict):
+        raise ModelFileError(f"{path}: metadata calibration is {meta.get('calibration')!r}, expected a JSON object")
+    return meta
 
 
-def _check_arrays(path, data, meta):
-    """ModelFileError naming the first missing array or wrong shape."""
-    missing = [k for k in REQUIRED_ARRAYS if k not in data]
+def _check_kinds(path, headers):
+    """ModelFileError naming the first array whose dtype is not of its kind (float, integer, bool)."""
+    for name, (_, dtype) in headers.items():
+        kinds = ARRAY_KINDS.get(name, "fiub" if name.startswith("calibration_") else "")
+        if dtype.kind not in kinds:
+            what = {"f": "float", "iu": "integer", "b": "bool", "U": "str", "fiub": "numbers"}.get(kinds, "no such array in a model file")
+            raise ModelFileError(f"{path}: array {name!r} has dtype {dtype}, expected {what}")
+
+
+def _check_arrays(path, shapes, meta):
+    """ModelFileError naming the first missing array or wrong shape (``shapes``: name -> shape)."""
+    missing = [k for k in REQUIRED_ARRAYS if k not in shapes]
     if missing:
         raise ModelFileError(f"{path}: missing arrays {missing}")
-    P, K = data["theta"].shape
+    if len(shapes["theta"]) != 2:
+        raise ModelFileError(f"{path}: array 'theta' has shape {shapes['theta']}, expected (pixels, terms)")
+    P, K = shapes["theta"]
     L = len(meta["label_names"])
-    expect = dict(s2=(P,), exponents=(K, L), label_offset=(L,), label_scale=(L,), pixel_ok=(P,), label_min=(L,), label_max=(L,))
+    expect = dict(s2=(P,), exponents=(K, L), label_offset=(L,), label_scale=(L,), pixel_ok=(P,), label_min=(L,), label_max=(L,),
+                  regularization=(P,), wavelength=(P,))
     for k, shape in expect.items():
-        if data[k].shape != shape:
-            raise ModelFileError(f"{path}: array {k!r} has shape {data[k].shape}, expected {shape} (theta is {(P, K)})")
+        if k in shapes and shapes[k] != shape:
+            raise ModelFileError(f"{path}: array {k!r} has shape {shapes[k]}, expected {shape} (theta is {(P, K)})")
     if P != meta.get("n_pixels") or K != meta.get("n_terms"):
         raise ModelFileError(f"{path}: theta shape {(P, K)} disagrees with metadata ({meta.get('n_pixels')}, {meta.get('n_terms')})")
     if meta.get("censored_labels"):
-        masks = data.get("censor_masks")
-        if masks is None or masks.shape != (len(meta["censored_labels"]), P):
+        masks = shapes.get("censor_masks")
+        if masks is None or masks != (len(meta["censored_labels"]), P):
             raise ModelFileError(f"{path}: censor masks missing or of the wrong shape")
 
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cannonade.cannon.checks import clean_spectra
+from cannonade.exceptions import ParameterError
 from cannonade.cannon.vectorizer import collapse_to_monomials, monomial_plan, pair_indices, symmetric_gather_index
 from cannonade.util import progress
 
@@ -349,7 +350,7 @@ def fit_scatter(X, y, ivar, active=None, method="reml", s_min=1e-6, plan=None, i
         θ̂ at the last iterate, whose s differs from the returned one by the last step.
     """
     if method not in ("reml", "ml"):
-        raise ValueError(f"scatter method must be 'reml' or 'ml', got {method!r}")
+        raise ParameterError(f"scatter method must be 'reml' or 'ml', got {method!r}")
     plan = plan if plan is not None else normal_plan(X)
     P = y.shape[1]
     K = X.shape[1]

@@ -12,7 +12,7 @@ import itertools
 
 import numpy as np
 
-from cannonade.exceptions import LabelError, ShapeError
+from cannonade.exceptions import LabelError, ParameterError, ShapeError
 
 
 def term_exponents(n_labels, order=2):
@@ -28,7 +28,7 @@ def term_exponents(n_labels, order=2):
     if n_labels < 1:
         raise LabelError("a Cannon model needs at least one label")
     if order not in (1, 2, 3) and not (isinstance(order, int) and order >= 1):
-        raise ValueError(f"order must be a positive integer, got {order!r}")
+        raise ParameterError(f"order must be a positive integer, got {order!r}")
     rows = [np.zeros(n_labels, dtype=np.int64)]
     for degree in range(1, order + 1):
         for combo in itertools.combinations_with_replacement(range(n_labels), degree):
@@ -71,10 +71,10 @@ def with_constant(exponents):
     """
     exponents = np.atleast_2d(np.asarray(exponents, dtype=np.int64))
     if np.any(exponents < 0):
-        raise ValueError("term exponents must be non-negative")
+        raise ParameterError(f"term exponents must be non-negative, got {exponents.tolist()}")
     const = np.all(exponents == 0, axis=1)
     if const.sum() > 1:
-        raise ValueError("term exponents contain the constant term more than once")
+        raise ParameterError("term exponents contain the constant term more than once")
     rest = exponents[~const]
     return np.vstack([np.zeros((1, exponents.shape[1]), dtype=np.int64), rest])
 
@@ -368,7 +368,8 @@ class LabelScaler:
     def __init__(self, method="standard"):
         self.method = method
 
-    def fit(self, labels):
+    def fit(self, labels, label_names=None):
+        """Fit offset and scale to ``labels`` (N, L); ``label_names`` name them in errors."""
         labels = np.asarray(labels, dtype=float)
         m = self.method
         if isinstance(m, dict):
@@ -382,10 +383,12 @@ class LabelScaler:
         elif m == "none":
             offset, scale = np.zeros(labels.shape[1]), np.ones(labels.shape[1])
         else:
-            raise ValueError(f"scale must be 'standard', 'percentile', 'none' or a dict, got {m!r}")
+            raise ParameterError(f"scale must be 'standard', 'percentile', 'none' or a dict, got {m!r}")
         if np.any(~np.isfinite(scale)) or np.any(scale <= 0):
-            bad = np.flatnonzero(~(scale > 0))
-            raise LabelError(f"labels at columns {bad.tolist()} have no spread in the training set; cannot scale them")
+            bad = np.flatnonzero(~(scale > 0)).tolist()
+            which = [label_names[b] for b in bad] if label_names is not None else f"at columns {bad}"
+            raise LabelError(f"labels {which} have no spread in the training set (scale {m!r}: "
+                             f"{np.asarray(scale)[bad].tolist()}); cannot scale them")
         self.offset_, self.scale_ = offset, scale
         return self
 

@@ -4,12 +4,21 @@
   Nandakumar+2022 Table A1), expanded for a label set by :func:`schema_for`;
 * :mod:`~cannonade.catalogue.writers`: :func:`write_catalogue`, :class:`CatalogueWriter`;
 * :mod:`~cannonade.catalogue.readers`: :func:`read_catalogue`;
-* :mod:`~cannonade.catalogue.formats`: the file formats and layout version they share.
+* :mod:`~cannonade.catalogue.formats`: the file formats and layout version they share;
+* :mod:`~cannonade.catalogue.hats`: :func:`write_hats`, the per-star catalogue as a HATS
+  catalogue (HEALPix-partitioned Parquet for LSDB; the optional ``hats`` extra).
 
 See ``docs/catalogue.md``.
 """
 
-from cannonade.catalogue.formats import CATALOGUE_FORMATS, FORMAT_VERSION, catalogue_format
+from cannonade.catalogue.formats import (
+    CATALOGUE_FORMATS,
+    FORMAT_VERSION,
+    HATS_FORMAT,
+    OUTPUT_FORMATS,
+    catalogue_format,
+)
+from cannonade.catalogue.hats import write_hats
 from cannonade.catalogue.readers import read_catalogue
 from cannonade.catalogue.schemas import (
     COMMON_EXTRAS,
@@ -32,7 +41,9 @@ __all__ = [
     "COMMON_EXTRAS",
     "DIMENSIONLESS",
     "FORMAT_VERSION",
+    "HATS_FORMAT",
     "NANDAKUMAR2022",
+    "OUTPUT_FORMATS",
     "SCHEMAS",
     "WHEELER2020",
     "CatalogueWriter",
@@ -46,4 +57,5 @@ __all__ = [
     "read_catalogue",
     "schema_for",
     "write_catalogue",
+    "write_hats",
 ]

@@ -2,7 +2,9 @@
 
 A catalogue is FITS or Parquet, told by the file suffix (:data:`cannonade.tables.FITS_SUFFIXES`,
 :data:`cannonade.tables.PARQUET_SUFFIXES`) or an explicit ``fmt``; CSV is refused because it
-cannot carry units and descriptions.
+cannot carry units and descriptions. A run can also write its per-star catalogue as a HATS
+catalogue (a directory of HEALPix-partitioned Parquet, :mod:`cannonade.catalogue.hats`):
+:data:`OUTPUT_FORMATS` are what ``[catalogue] formats`` may list.
 """
 
 from __future__ import annotations
@@ -10,13 +12,18 @@ from __future__ import annotations
 from cannonade.exceptions import CatalogueError
 from cannonade.tables import table_format
 
-__all__ = ["CATALOGUE_FORMATS", "FORMAT_VERSION", "catalogue_format", "fits_unit", "parse_unit", "unit_string"]
+__all__ = ["CATALOGUE_FORMATS", "FORMAT_VERSION", "HATS_FORMAT", "OUTPUT_FORMATS", "catalogue_format", "fits_unit", "parse_unit",
+           "unit_string"]
 
 #: Version of the catalogue file layout (FITS header keyword ``CNDFMTV``, Parquet ``format_version``).
 FORMAT_VERSION = 1
 
 #: The formats a catalogue can be written in.
 CATALOGUE_FORMATS = ("fits", "parquet")
+#: The HATS layout: a directory, not a file (per-star catalogue only; :func:`cannonade.catalogue.write_hats`).
+HATS_FORMAT = "hats"
+#: What a run's ``[catalogue] formats`` may list: the file formats, and the HATS directory.
+OUTPUT_FORMATS = CATALOGUE_FORMATS + (HATS_FORMAT,)
 
 
 def catalogue_format(path, fmt=None):
@@ -36,6 +43,9 @@ def catalogue_format(path, fmt=None):
     """
     if fmt is not None:
         fmt = str(fmt).lower()
+        if fmt == HATS_FORMAT:
+            raise CatalogueError(f"{path}: a HATS catalogue is a directory, not a file: write it with "
+                                 "cannonade.catalogue.write_hats")
         if fmt not in CATALOGUE_FORMATS:
             raise CatalogueError(f"unknown catalogue format {fmt!r} for {path}: use 'fits' or 'parquet'")
         return fmt

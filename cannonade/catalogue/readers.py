@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cannonade.catalogue.formats import catalogue_format, parse_unit
+from cannonade.catalogue.formats import FORMAT_VERSION, catalogue_format, parse_unit
+from cannonade.catalogue.schemas import SCHEMAS, infer_label_names
 from cannonade.exceptions import CatalogueError
 from cannonade.provenance import PROVENANCE_KEY
 
@@ -46,6 +47,13 @@ def _read_fits(path):
         hdu = hdul["CATALOGUE"] if "CATALOGUE" in hdul else next((h for h in hdul if isinstance(h, fits.BinTableHDU)), None)
         if hdu is None:
             raise CatalogueError(f"{path} has no binary-table HDU")
+        # the rows the header declares must be in the file (checked before any is read)
+        h = hdu.header
+        declared = int(h.get("NAXIS1", 0)) * int(h.get("NAXIS2", 0)) + int(h.get("PCOUNT", 0))
+        start = hdul.fileinfo(hdul.index(hdu))["datLoc"]
+        if start + declared > Path(path).stat().st_size:
+            raise CatalogueError(f"{path}: HDU {hdu.name or hdul.index(hdu)} declares {h.get('NAXIS2')} rows ({declared} bytes) "
+                                 f"but the file holds {Path(path).stat().st_size - start} bytes of data (truncated or crafted)")
         header = hdu.header.copy()
         if "COMMENT" in hdu.header:
             # astropy's serialized-column block (for plain astropy readers): the columns are
@@ -137,15 +145,42 @@ def read_catalogue(path, fmt=None):
     Raises
     ------
     CatalogueError
-        Missing, corrupt or truncated file, or an unknown format (names the file).
+        Missing, corrupt or truncated file (rows declared beyond its end), an unknown format,
+        a layout version newer than this reader's, or a column of a known schema whose dtype is
+        not the schema's (names the file and the column).
     """
     path = Path(path)
     if not path.exists():
         raise CatalogueError(f"catalogue {path} does not exist")
     fmt = catalogue_format(path, fmt)
     try:
-        return _read_fits(path) if fmt == "fits" else _read_parquet(path)
+        table = _read_fits(path) if fmt == "fits" else _read_parquet(path)
     except CatalogueError:
         raise
     except Exception as exc:  # corrupt / truncated file
         raise CatalogueError(f"cannot read catalogue {path}: {exc}") from exc
+    _check_version_and_dtypes(table, path)
+    return table
+
+
+#: numpy dtype kinds a column of each schema dtype reads back as
+_READ_KINDS = {"float64": "f", "int64": "iu", "bool": "b", "str": "US"}
+
+
+def _check_version_and_dtypes(table, path):
+    """CatalogueError for a layout version newer than this reader's, or a column of a known
+    schema whose dtype is not the schema's (names the column, its dtype and the schema's)."""
+    version = table.meta.get("format_version")
+    if version is not None and (not isinstance(version, int) or isinstance(version, bool) or version > FORMAT_VERSION):
+        raise CatalogueError(f"{path}: catalogue format version {version!r} is not supported (this cannonade reads "
+                             f"versions up to {FORMAT_VERSION})")
+    schema = SCHEMAS.get(table.meta.get("schema")) if isinstance(table.meta.get("schema"), str) else None
+    if schema is None:
+        return
+    specs = {c.name: c for c in schema.columns(infer_label_names(table.colnames, schema))}
+    for name in table.colnames:
+        spec = specs.get(name)
+        kind = np.ma.getdata(table[name]).dtype.kind
+        if spec is not None and kind not in _READ_KINDS.get(spec.dtype, kind):
+            raise CatalogueError(f"{path}: column {name!r} has dtype {np.ma.getdata(table[name]).dtype}, but schema "
+                                 f"{schema.name!r} declares {spec.dtype} ({spec.description})")

@@ -85,7 +85,7 @@ def _conform(col, spec, path):
     )
 
 
-def _prepare(table, schema, label_names, path):
+def conform_table(table, schema, label_names, path):
     """Reorder, conform dtypes and fill units/descriptions. Returns (Table, Schema)."""
     import astropy.units as u
     from astropy.table import Table
@@ -126,7 +126,7 @@ def _meta_json(meta):
     return keep
 
 
-def _provenance_record(t, provenance):
+def provenance_record(t, provenance):
     """The provenance record to write: ``provenance``, else the table's ``meta['provenance']``.
 
     Returns a JSON-able dict, or None when there is none.
@@ -312,7 +312,7 @@ def _astropy_yaml(t, provenance):
     return "\n".join(table_meta.get_yaml_from_table(empty))
 
 
-def _arrow_table(t, schema, provenance=None):
+def arrow_table(t, schema, provenance=None):
     """The pyarrow Table of ``t`` with its file metadata (see the module docstring)."""
     import pyarrow as pa
 
@@ -392,13 +392,13 @@ def write_catalogue(table, path, schema="wheeler2020", fmt=None, label_names=Non
 
     path = Path(path)
     fmt = catalogue_format(path, fmt)
-    t, s = _prepare(table, schema, label_names, path)
-    prov = _provenance_record(t, provenance)
+    t, s = conform_table(table, schema, label_names, path)
+    prov = provenance_record(t, provenance)
     with atomic_path(path) as tmp:
         if fmt == "fits":
             _write_fits(t, tmp, s, header_cards, prov)
         else:
-            pq.write_table(_arrow_table(t, s, prov), tmp)
+            pq.write_table(arrow_table(t, s, prov), tmp)
     log.info("wrote %d rows x %d columns to %s", len(t), len(t.colnames), path)
     return path
 
@@ -490,15 +490,15 @@ class CatalogueWriter:
 
         if self._ctx is None:
             raise CatalogueError(f"CatalogueWriter for {self.path} used outside its 'with' block")
-        t, s = _prepare(table, self.schema, self.label_names, self.path)
+        t, s = conform_table(table, self.schema, self.label_names, self.path)
         if self.label_names is None:
             self.label_names = infer_label_names(t.colnames, s)
         if self.provenance is None and self.n_rows == 0 and not self._chunks:
-            self.provenance = _provenance_record(t, None)
+            self.provenance = provenance_record(t, None)
         if self.fmt == "fits":
             self._chunks.append(t)
         else:
-            at = _arrow_table(t, s, _provenance_record(t, self.provenance))
+            at = arrow_table(t, s, provenance_record(t, self.provenance))
             if self._writer is None:
                 self._arrow_schema = at.schema
                 self._writer = pq.ParquetWriter(self._tmp, at.schema)
@@ -531,13 +531,13 @@ class CatalogueWriter:
             if self._chunks:
                 t = vstack(self._chunks, metadata_conflicts="silent")
             else:
-                t = _prepare(Table(), self.schema, [], self.path)[0]
-            _write_fits(t, self._tmp, self.schema, self.header_cards, _provenance_record(t, self.provenance))
+                t = conform_table(Table(), self.schema, [], self.path)[0]
+            _write_fits(t, self._tmp, self.schema, self.header_cards, provenance_record(t, self.provenance))
         elif self._writer is None:
             import pyarrow.parquet as pq
 
-            t = _prepare(Table(), self.schema, [], self.path)[0]
-            pq.write_table(_arrow_table(t, self.schema, _provenance_record(t, self.provenance)), self._tmp)
+            t = conform_table(Table(), self.schema, [], self.path)[0]
+            pq.write_table(arrow_table(t, self.schema, provenance_record(t, self.provenance)), self._tmp)
         else:
             md = self._arrow_schema.metadata or {}
             declared = {n: int(md.get(f"table::len::{n}".encode(), b"0")) for n in self._lengths}

@@ -10,7 +10,8 @@ An expression is a small subset of Python over column names::
 ``and``/``or``/``not`` are logical. ``&``, ``|``, ``^``, ``~``, ``<<``, ``>>`` are bitwise on integer
 columns and constants (logical on booleans, which is what ``(a < 1) & (b > 2)`` means); on float
 columns they are an error naming the expression. Attribute access, subscripts, calls other than
-the few functions below, names with double underscores, lambdas and comprehensions are refused.
+the few functions below, names with double underscores, lambdas and comprehensions are refused,
+and so are cuts longer than :data:`MAX_LENGTH` characters or nested deeper than :data:`MAX_DEPTH`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ from cannonade.exceptions import ColumnError, ConfigError
 from cannonade.tables import colnames, mask_sentinels, suggest
 
 FUNCTIONS = {"abs": np.abs, "log10": np.log10, "sqrt": np.sqrt, "isfinite": np.isfinite}
+#: the longest cut accepted (characters) and its deepest nesting: a cut is a line of a config, and
+#: Python's parser gives a MemoryError or RecursionError on thousands of nested operators
+MAX_LENGTH = 1000
+MAX_DEPTH = 100
 
 _ALLOWED_NODES = (
     ast.Expression, ast.BoolOp, ast.BinOp, ast.UnaryOp, ast.Compare, ast.Name, ast.Load, ast.Constant,
@@ -53,10 +58,20 @@ def expression_names(expr, where="expression"):
     """
     if not isinstance(expr, str):
         raise ConfigError(f"{where}: a cut must be a string, got {expr!r}")
+    if len(expr) > MAX_LENGTH:
+        raise ConfigError(f"{where}: a cut of {len(expr)} characters ({expr[:40]!r}...) is longer than the {MAX_LENGTH} allowed")
     try:
         tree = ast.parse(expr, mode="eval")
     except SyntaxError as exc:
         raise ConfigError(f"{where}: cannot parse {expr!r}: {exc.msg}") from None
+    except (ValueError, RecursionError, MemoryError) as exc:  # a NUL byte; nesting beyond the parser's stack
+        raise ConfigError(f"{where}: cannot parse {expr!r}: {type(exc).__name__} {exc}".rstrip()) from None
+    stack = [(tree, 1)]
+    while stack:  # iteratively: evaluating a deeper tree would exhaust the recursion limit
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise ConfigError(f"{where}: {expr!r} is nested deeper than {MAX_DEPTH} levels")
+        stack.extend((child, depth + 1) for child in ast.iter_child_nodes(node))
     names = set()
     for node in ast.walk(tree):
         if not isinstance(node, _ALLOWED_NODES):
@@ -164,6 +179,11 @@ def evaluate_cut(expr, table, aliases=None, what="catalogue"):
             return FUNCTIONS[node.func.id](*[ev(a) for a in node.args])
         raise ConfigError(f"{what}: unsupported expression {expr!r}")  # pragma: no cover
 
-    with np.errstate(invalid="ignore", divide="ignore"):
-        result = np.asarray(ev(ast.parse(expr, mode="eval")), dtype=bool)
+    try:
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            result = np.asarray(ev(ast.parse(expr, mode="eval")), dtype=bool)
+    except ConfigError:
+        raise
+    except (ArithmeticError, ValueError, TypeError) as exc:  # e.g. 9**9**9 on integers: a negative power
+        raise ConfigError(f"{what}: cannot evaluate {expr!r}: {exc}") from None
     return np.broadcast_to(result, (len(table),)) & ~missing

@@ -8,6 +8,8 @@ config file's folder, and the cross-field rules of the pipeline are checked here
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+import re
 import tomllib
 import types
 import typing
@@ -19,6 +21,10 @@ from cannonade.exceptions import ConfigError
 from cannonade.tables import suggest
 
 _TYPE_NAMES = {str: "str", int: "int", float: "float", bool: "bool"}
+# config values that become file names in the run directory (models/NAME.npz, cv/NAME_summary.csv,
+# catalogue/combined_SURVEY_scale.fits): no path separator, no '..', so no write lands outside run.out
+# (and model names fit the 32-character model_class column of the inference)
+_FILE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,31}")
 
 
 def _type_name(tp):
@@ -96,6 +102,12 @@ def _check_rules(cfg):
         raise ConfigError(f"clean.percentile must be in (0, 100], got {cfg.clean.percentile}")
     if not cfg.models:
         raise ConfigError("at least one [models.NAME] table is needed")
+    for key, value in [(f"[models.{name!r}]", name) for name in cfg.models] + [
+            (f"target.survey = {cfg.target.survey!r}", cfg.target.survey),
+            (f"reference.survey = {cfg.reference.survey!r}", cfg.reference.survey)]:
+        if not _FILE_NAME.fullmatch(value):
+            raise ConfigError(f"{key}: this name becomes file names in the run directory; use 1 to 32 letters, "
+                              "digits, '_' or '-' (no path separator, no '..', no leading '-')")
     for name, spec in cfg.models.items():
         if not spec.labels:
             raise ConfigError(f"models.{name}.labels must not be empty")
@@ -117,6 +129,22 @@ def _check_rules(cfg):
     for side in ("target", "reference"):
         for expr in getattr(cfg.cuts, side):
             expression_names(expr, f"cuts.{side}")
+    formats = cfg.catalogue.formats
+    if "hats" in formats:
+        if not {"fits", "parquet"} & set(formats):
+            raise ConfigError(f"catalogue.formats = {list(formats)}: 'hats' writes the per-star catalogue only, beside "
+                              "a FITS or Parquet catalogue (the later stages and the report read those); add 'fits' or 'parquet'")
+        if not _installed("hats"):
+            raise ConfigError("catalogue.formats lists 'hats', but the optional hats package is not installed: "
+                              "pip install cannonade[hats]")
+
+
+def _installed(module):
+    """Whether ``module`` can be imported (without importing it)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def config_from_dict(raw, base_dir=".", source=None):

@@ -26,7 +26,11 @@ class RunSection:
     out: Path = field(default=Path("run"), metadata=doc("run directory (relative to the config file)"))
     seed: int = field(default=0, metadata=doc("seed for cross-validation folds and Monte-Carlo resamples"))
     chunk_size: int = field(default=2000, metadata=doc("spectra per inference chunk (resume granularity)", minimum=1))
-    workers: int = field(default=2, metadata=doc("processes for ingest and reading reference spectra", minimum=1))
+    workers: int = field(default=2, metadata=doc("processes for ingest and reading reference spectra; the dask workers with run.scheduler = 'local'", minimum=1))
+    scheduler: str = field(default="", metadata=doc("where the chunked stages (ingest, infer) run: '' = processes for ingest, "
+                                                     "in-process inference; 'local' = a dask LocalCluster of run.workers "
+                                                     "processes; tcp://HOST:PORT or a scheduler file = a running dask "
+                                                     "cluster (docs/scale.md); results do not depend on it"))
 
 
 @dataclass(frozen=True)
@@ -149,7 +153,10 @@ class DynamicsSection:
 
 @dataclass(frozen=True)
 class CatalogueSection:
-    formats: tuple[Literal["fits", "parquet"], ...] = field(default=("fits", "parquet"), metadata=doc("fits and/or parquet"))
+    formats: tuple[Literal["fits", "parquet", "hats"], ...] = field(
+        default=("fits", "parquet"),
+        metadata=doc("fits and/or parquet; add hats for the per-star catalogue as a HATS catalogue, catalogue/per_star_hats/ "
+                     "(HEALPix-partitioned Parquet for LSDB; pip install cannonade[hats])"))
 
 
 @dataclass(frozen=True)
@@ -171,6 +178,8 @@ class ScalingSection:
     reference_survey_flag: str = field(default="flag_sp", metadata=doc("reference column copied to flag_sp_aspcap ('' = none)"))
     reference_snr_column: str = field(default="snr_c2_iraf", metadata=doc("reference S/N copied to the catalogues' snr"))
     reference_star_column: str = field(default="star_id", metadata=doc("reference column of the id both surveys share (GALAH star_id = 2MASS; target: target.star_column)"))
+    target_visits: bool = field(default=True, metadata=doc("calibrate the target-spectra models on the visits inside the target's files (APOGEE apStar), up to calibration.repeat_stars stars"))
+    reference_visits: Path | None = field(default=None, metadata=doc("per-exposure reference catalogue (GALAH allspec: reference.id_column and reference_star_column) whose repeat exposures in the store calibrate the reference-spectra models ('' = none)"))
 
 
 @dataclass(frozen=True)

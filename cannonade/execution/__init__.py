@@ -17,14 +17,25 @@ when all exist. :class:`ChunkedMap` is that shape, once::
 ``func(k, part_path, *args(k))`` writes chunk ``k``'s part through
 :func:`cannonade.util.atomic_path`, so a kill never leaves half a part. Where the
 chunks run is a backend (:mod:`cannonade.execution.backends`): ``'serial'`` (this
-process) or ``'process'`` (a process pool created per run); a Dask backend is
-one more class in that module, registered in ``BACKENDS``.
+process), ``'process'`` (a process pool created per run) or ``'dask'`` (a
+``dask.distributed`` cluster: an embedded ``LocalCluster`` or a running scheduler;
+docs/scale.md). :func:`choose_backend` turns a ``scheduler`` setting
+(``run.scheduler``, ``--scheduler``) into a backend name and its options.
 
 Layering: this package imports only the base modules (``cannonade.exceptions``,
 ``cannonade.util``); it knows nothing about spectra, models or catalogues.
 """
 
-from cannonade.execution.backends import BACKENDS, ProcessBackend, SerialBackend, get_backend, mp_context
+from cannonade.execution.backends import (
+    BACKENDS,
+    LOCAL_SCHEDULER,
+    DaskBackend,
+    ProcessBackend,
+    SerialBackend,
+    choose_backend,
+    get_backend,
+    mp_context,
+)
 from cannonade.execution.chunked import ChunkedMap, StopRequested
 
 __all__ = [
@@ -33,6 +44,9 @@ __all__ = [
     "get_backend",
     "SerialBackend",
     "ProcessBackend",
+    "DaskBackend",
     "BACKENDS",
+    "LOCAL_SCHEDULER",
+    "choose_backend",
     "mp_context",
 ]

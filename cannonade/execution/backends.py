@@ -14,6 +14,13 @@ any number of chunks. When the consumer stops iterating (an exception, a
 :class:`~cannonade.execution.StopRequested`), leaving the ``with`` block lets
 the calls already running finish and cancels the queued ones.
 
+Every backend runs the calls with the native thread pools (BLAS/OpenMP) limited to
+``threads_per_worker`` (default 1; through ``threadpoolctl``): besides not
+oversubscribing the cores, this keeps the results the same whichever backend runs
+them -- a multi-threaded BLAS sums in another order, and an iterative fit (the
+Cannon's label inference) then stops a rounding error elsewhere, ~1e-5 of a label's
+scale.
+
 Backends
 --------
 ``serial``
@@ -29,28 +36,51 @@ Backends
     overriding values the user set), so ``workers`` processes do not oversubscribe
     the cores.
 
-Adding a backend (e.g. Dask)
-----------------------------
+``dask``
+    :class:`DaskBackend`: the tasks run on a ``dask.distributed`` cluster -- an
+    embedded ``LocalCluster`` of ``workers`` single-threaded worker processes
+    (``scheduler=None`` or ``'local'``), or an existing cluster reached by its
+    scheduler's address (``'tcp://host:8786'``) or scheduler file. The initializer
+    runs on every worker, also on workers that join or are restarted later; at most
+    ``2 x`` the cluster's threads are in flight; a worker that dies loses only its
+    running task, which the scheduler reruns elsewhere. The dashboard's address is
+    logged (logger ``cannonade.execution.backends``) and kept as ``dashboard_link``.
+    See docs/scale.md.
+
+Choosing a backend from the user's settings: :func:`choose_backend` (a ``scheduler``
+setting, ``run.scheduler`` or ``--scheduler``: ``''`` = the default backend,
+``'local'`` or an address = ``'dask'``).
+
+Adding a backend
+----------------
 Write one more class here with the same four members -- ``__init__(workers=1,
 initializer=None, initargs=(), **options)``, ``__enter__``, ``__exit__`` and
-``imap_unordered(fn, tasks)`` -- and add it to :data:`BACKENDS`. A Dask version
-would take ``client=`` in ``__init__`` (or create a ``LocalCluster`` on enter),
-run the initializer on every worker (``client.register_worker_callbacks``),
-submit ``client.submit(fn, k, *args, pure=False)`` keeping at most
-``2 * workers`` futures (``distributed.as_completed`` plus ``.add``) and cancel
-the rest on exit. Nothing in :class:`~cannonade.execution.ChunkedMap` or its
-callers changes: they pass ``backend="dask"``.
+``imap_unordered(fn, tasks)`` -- and add it to :data:`BACKENDS`. Nothing in
+:class:`~cannonade.execution.ChunkedMap` or its callers changes: they pass
+``backend=NAME`` (and the backend's options as keywords of ``ChunkedMap.run``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
+import logging
 import multiprocessing as mp
 import os
+import time
+import uuid
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from pathlib import Path
 
-from cannonade.exceptions import ConfigError
+from cannonade.exceptions import CannonadeError, ConfigError
 
-__all__ = ["SerialBackend", "ProcessBackend", "BACKENDS", "get_backend", "mp_context", "validate_workers"]
+__all__ = ["SerialBackend", "ProcessBackend", "DaskBackend", "BACKENDS", "get_backend", "choose_backend", "mp_context",
+           "validate_workers", "native_threads", "LOCAL_SCHEDULER"]
+
+log = logging.getLogger(__name__)
+
+#: the ``scheduler`` value (``run.scheduler``, ``--scheduler``) asking for an embedded dask LocalCluster
+LOCAL_SCHEDULER = "local"
 
 #: environment variables that size the native thread pools of numpy/scipy's BLAS and OpenMP
 THREAD_ENV_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
@@ -73,6 +103,25 @@ def validate_workers(workers):
     return workers
 
 
+@contextlib.contextmanager
+def native_threads(threads):
+    """Limit the native thread pools (BLAS/OpenMP) of this process to ``threads`` inside the block
+    (``threadpoolctl``; nothing without it)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        yield
+        return
+    with threadpool_limits(limits=int(threads)):
+        yield
+
+
+def _call_with_threads(threads, fn, k, *args):
+    """``fn(k, *args)`` with the native thread pools limited to ``threads`` (a dask task)."""
+    with native_threads(threads):
+        return fn(k, *args)
+
+
 class SerialBackend:
     """Run every task in this process, lazily, in the order given.
 
@@ -83,15 +132,18 @@ class SerialBackend:
     initializer : callable, optional
         Called once, as ``initializer(*initargs)``, on ``__enter__``.
     initargs : tuple
+    threads_per_worker : int
+        Native (BLAS/OpenMP) threads of each call (the rest of this process is left alone); default 1.
     """
 
     name = "serial"
 
-    def __init__(self, workers=1, initializer=None, initargs=()):
+    def __init__(self, workers=1, initializer=None, initargs=(), threads_per_worker=1):
         self.workers = 1
         validate_workers(workers)
         self.initializer = initializer
         self.initargs = tuple(initargs)
+        self.threads_per_worker = max(1, int(threads_per_worker))
         self.max_in_flight = 1
 
     def __enter__(self):
@@ -105,7 +157,9 @@ class SerialBackend:
     def imap_unordered(self, fn, tasks):
         """Yield ``(k, fn(k, *args))`` for each ``(k, args)`` of ``tasks``, one call per ``next()``."""
         for k, args in tasks:
-            yield k, fn(k, *args)
+            with native_threads(self.threads_per_worker):
+                result = fn(k, *args)
+            yield k, result
 
 
 def _worker_bootstrap(threads, initializer, initargs):
@@ -204,8 +258,275 @@ class ProcessBackend:
             top_up()
 
 
+def _worker_setup_plugin(name, threads, initializer, initargs):
+    """A ``distributed.WorkerPlugin`` running :func:`_worker_bootstrap` on every worker (current,
+    joining or restarted). Built here so that ``distributed`` is imported only when used."""
+    from distributed import WorkerPlugin
+
+    class CannonadeWorkerSetup(WorkerPlugin):
+        def __init__(self):
+            self.name = name
+            self.idempotent = False
+
+        def setup(self, worker):
+            _worker_bootstrap(threads, initializer, initargs)
+
+    return CannonadeWorkerSetup()
+
+
+def _task_prefix(fn):
+    """A readable task-name prefix for the dashboard: the chunk function's name, without dashes."""
+    inner = getattr(fn, "func", fn)  # functools.partial
+    return str(getattr(inner, "__name__", "chunk")).replace("-", "_") or "chunk"
+
+
+class DaskBackend:
+    """Run tasks on a ``dask.distributed`` cluster: an embedded ``LocalCluster``, or an existing one.
+
+    Parameters
+    ----------
+    workers : int
+        Worker processes of the embedded ``LocalCluster`` (one thread each); with an existing
+        cluster, the least number of tasks kept in flight is ``2 * workers`` (the cluster's own
+        thread count when larger).
+    initializer : callable, optional
+        Run once in every worker process, as ``initializer(*initargs)``: the workers there are
+        now and any that join or are restarted later (a ``distributed.WorkerPlugin``).
+    initargs : tuple
+    scheduler : str, optional
+        ``None``, ``''`` or ``'local'``: start a ``LocalCluster`` on ``__enter__`` (closed on
+        ``__exit__``). Else the address of a running scheduler (``'tcp://host:8786'``) or the
+        path of its scheduler file (``dask scheduler --scheduler-file``, dask-jobqueue); the
+        cluster is left running on ``__exit__``.
+    threads_per_worker : int
+        Native (BLAS/OpenMP) threads of each task; default 1. Each worker runs one task at a
+        time whatever this is.
+    client : distributed.Client, optional
+        Use this client (and its cluster) instead; neither is closed on ``__exit__``.
+    retries : int
+        Times a task that *raised* is resubmitted before its exception reaches the caller
+        (default 0: the original exception at once). A task whose worker *died* is rerun by the
+        scheduler on another worker regardless; once its workers died more than
+        ``distributed.scheduler.allowed-failures`` times (default 3), a ``CannonadeError``
+        naming the chunk stops the run.
+    max_in_flight : int, optional
+        Submitted but unfinished tasks at most; default ``2 x`` the cluster's threads (at least
+        ``2 * workers``), re-read every few seconds as workers come and go.
+    dashboard : bool
+        Report the dashboard's link (False: none). The embedded cluster serves it on a free port;
+        its pages need ``bokeh`` (without it, no link is reported).
+    **options
+        More keywords of ``distributed.LocalCluster`` (e.g. ``memory_limit='4GiB'``,
+        ``local_directory``).
+
+    Attributes
+    ----------
+    client : distributed.Client or None
+        While inside the ``with`` block.
+    dashboard_link : str or None
+        The cluster dashboard's URL (also logged at INFO), None without a dashboard.
+    """
+
+    name = "dask"
+
+    def __init__(self, workers=1, initializer=None, initargs=(), scheduler=None, threads_per_worker=1, client=None,
+                 retries=0, max_in_flight=None, dashboard=True, **options):
+        self.workers = validate_workers(workers)
+        self.initializer = initializer
+        self.initargs = tuple(initargs)
+        self.scheduler = None if scheduler is None else str(scheduler).strip()
+        self.threads_per_worker = max(1, int(threads_per_worker))
+        self.retries = int(retries)
+        if self.retries < 0:
+            raise ConfigError(f"retries must be >= 0, got {retries}")
+        self._fixed_in_flight = int(max_in_flight) if max_in_flight else None
+        self.dashboard = bool(dashboard)
+        self.options = options
+        self.client = None
+        self.dashboard_link = None
+        self._given_client = client
+        self._cluster = None  # the LocalCluster this backend started (closed on exit)
+        self._own_client = False
+        self._plugin = None
+        self._pending = {}
+        self._threads = 0
+        self._threads_checked = -float("inf")
+
+    @property
+    def local(self):
+        """True if this backend starts its own ``LocalCluster``."""
+        return self._given_client is None and self.scheduler in (None, "", LOCAL_SCHEDULER)
+
+    @property
+    def max_in_flight(self):
+        """Submitted but unfinished tasks at most (see the class docstring)."""
+        if self._fixed_in_flight:
+            return self._fixed_in_flight
+        if self.client is not None and time.monotonic() - self._threads_checked > 5.0:
+            try:
+                self._threads = int(sum(self.client.nthreads().values()))
+            except Exception:  # a scheduler that does not answer now: keep the last count
+                pass
+            self._threads_checked = time.monotonic()
+        return 2 * max(self.workers, self._threads)
+
+    def __enter__(self):
+        try:
+            import distributed  # noqa: F401
+        except ImportError:
+            raise ConfigError("the dask backend needs the 'distributed' package (pip install distributed)") from None
+        try:
+            self._connect()
+            if self.initializer is not None:
+                self._plugin = f"cannonade-setup-{uuid.uuid4().hex[:12]}"
+                self.client.register_plugin(
+                    _worker_setup_plugin(self._plugin, self.threads_per_worker, self.initializer, self.initargs),
+                    name=self._plugin,
+                )
+        except BaseException:
+            self._close()
+            raise
+        return self
+
+    def _connect(self):
+        from distributed import Client, LocalCluster
+
+        if self._given_client is not None:
+            self.client = self._given_client
+            where = f"the given client's cluster ({self.client.scheduler.address})"
+        elif self.local:
+            options = dict(self.options)
+            options.setdefault("env", {var: str(self.threads_per_worker) for var in THREAD_ENV_VARS})
+            # the dashboard on a free port (never a clash with another cluster on this machine)
+            self._cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1, processes=True,
+                                         dashboard_address=":0", **options)
+            self.client = Client(self._cluster)
+            self._own_client = True
+            where = f"a local dask cluster of {self.workers} worker process(es)"
+        else:
+            target = self.scheduler
+            try:
+                if "://" not in target and Path(target).is_file():
+                    self.client = Client(scheduler_file=target)
+                else:
+                    self.client = Client(target)
+            except (OSError, TimeoutError, ValueError) as exc:
+                raise ConfigError(f"cannot reach the dask scheduler {target!r} (run.scheduler / --scheduler: "
+                                  f"'local', a scheduler address tcp://HOST:PORT or a scheduler file): {exc}") from None
+            self._own_client = True
+            where = f"the dask scheduler at {self.client.scheduler.address}"
+        self.dashboard_link = self._dashboard()
+        self._threads_checked = -float("inf")
+        log.info("running chunks on %s; dashboard: %s", where,
+                 self.dashboard_link or "none (pip install bokeh for the dask dashboard)")
+
+    def _dashboard(self):
+        if not self.dashboard or (self.local and importlib.util.find_spec("bokeh") is None):
+            return None  # the dashboard's pages need bokeh
+        try:
+            if "dashboard" not in self.client.scheduler_info().get("services", {}):
+                return None  # no dashboard service on this scheduler (bokeh missing, or switched off)
+            link = self.client.dashboard_link
+        except Exception:
+            return None
+        return link or None
+
+    def __exit__(self, *exc):
+        self._close()
+        return False
+
+    def _close(self):
+        client, self.client = self.client, None
+        pending, self._pending = list(self._pending), {}
+        try:
+            if client is not None and pending:
+                # queued tasks are dropped; a running one may finish (its part is written atomically)
+                client.cancel(pending)
+            if client is not None and self._plugin is not None and self._cluster is None:
+                try:  # leave a cluster we only connected to as we found it
+                    client.unregister_worker_plugin(self._plugin)
+                except Exception:
+                    pass
+        finally:
+            self._plugin = None
+            if client is not None and self._own_client:
+                client.close()
+            self._own_client = False
+            cluster, self._cluster = self._cluster, None
+            if cluster is not None:
+                cluster.close()
+
+    def imap_unordered(self, fn, tasks):
+        """Yield ``(k, fn(k, *args))`` as the calls finish, keeping at most ``max_in_flight`` submitted.
+
+        An exception raised by a call is re-raised here as it was raised (after ``retries``
+        resubmissions); the other calls are cancelled when the ``with`` block is left.
+        """
+        if self.client is None:
+            raise RuntimeError("DaskBackend.imap_unordered used outside its 'with' block")
+        from distributed import KilledWorker, as_completed
+
+        client = self.client
+        tasks = iter(tasks)
+        pending = self._pending
+        prefix = f"{_task_prefix(fn)}-{uuid.uuid4().hex[:8]}"
+        done_iter = as_completed()
+
+        def top_up():
+            while len(pending) < self.max_in_flight:
+                try:
+                    k, args = next(tasks)
+                except StopIteration:
+                    return
+                fut = client.submit(_call_with_threads, self.threads_per_worker, fn, k, *args, key=f"{prefix}-{k}",
+                                    pure=False, retries=self.retries)
+                pending[fut] = k
+                done_iter.add(fut)
+
+        try:
+            top_up()
+            for fut in done_iter:
+                k = pending.pop(fut)
+                try:
+                    result = fut.result()  # the task's own exception, re-raised here
+                except KilledWorker as exc:
+                    raise CannonadeError(
+                        f"chunk {k}: every dask worker that ran it died (out of memory? lower the chunk size or "
+                        f"give the workers more memory); finished chunks are kept, a rerun resumes ({exc})") from None
+                fut.release()
+                yield k, result
+                top_up()
+        finally:
+            if pending and self.client is not None:
+                self.client.cancel(list(pending))
+                pending.clear()
+
+
+def choose_backend(scheduler="", default="serial"):
+    """The backend for a ``scheduler`` setting (``run.scheduler``, ``--scheduler``).
+
+    Parameters
+    ----------
+    scheduler : str or None
+        ``''``/None: ``default``; ``'local'``: an embedded dask ``LocalCluster``; anything else: the
+        address (or scheduler file) of a running dask scheduler.
+    default : str
+        The backend used without a scheduler (``'serial'`` or ``'process'``).
+
+    Returns
+    -------
+    name : str
+    options : dict
+        Keywords for :func:`get_backend` / :meth:`ChunkedMap.run` (``{'scheduler': ...}`` for dask).
+    """
+    scheduler = str(scheduler or "").strip()
+    if not scheduler:
+        return default, {}
+    return "dask", {"scheduler": scheduler}
+
+
 #: backend name -> class; one more entry (e.g. ``"dask"``) adds a backend
-BACKENDS = {"serial": SerialBackend, "process": ProcessBackend}
+BACKENDS = {"serial": SerialBackend, "process": ProcessBackend, "dask": DaskBackend}
 
 
 def get_backend(name="serial", workers=1, initializer=None, initargs=(), **options):
@@ -213,7 +534,7 @@ def get_backend(name="serial", workers=1, initializer=None, initargs=(), **optio
 
     Parameters
     ----------
-    name : {'serial', 'process'}
+    name : {'serial', 'process', 'dask'}
         A key of :data:`BACKENDS`.
     workers : int
         Parallel workers (>= 1).
@@ -221,11 +542,13 @@ def get_backend(name="serial", workers=1, initializer=None, initargs=(), **optio
         Run once per worker (in this process for ``serial``) as ``initializer(*initargs)``.
     initargs : tuple
     **options
-        Backend-specific (``threads_per_worker``, ``max_in_flight`` for ``process``).
+        Backend-specific: ``threads_per_worker``, ``max_in_flight`` (``process``, ``dask``);
+        ``scheduler``, ``client``, ``retries``, ``dashboard`` and ``LocalCluster`` keywords
+        (``dask``).
 
     Returns
     -------
-    SerialBackend or ProcessBackend
+    SerialBackend, ProcessBackend or DaskBackend
         Use it as a context manager; see the module docstring.
 
     Raises

@@ -208,7 +208,7 @@ class ChunkedMap:
 
     # ---- running
     def run(self, func, args=None, backend="serial", workers=1, initializer=None, initargs=(),
-            desc=None, total=None, unit="chunk", weight=None, stop_after=None, on_done=None):
+            desc=None, total=None, unit="chunk", weight=None, stop_after=None, on_done=None, **backend_options):
         """Run ``func`` on every pending chunk.
 
         Parameters
@@ -221,10 +221,10 @@ class ChunkedMap:
             ``args(k) -> tuple`` of extra arguments of chunk ``k``; evaluated in this
             process, lazily (at most the backend's in-flight bound ahead).
         backend : str or backend object
-            ``'serial'``, ``'process'`` (see :func:`~cannonade.execution.get_backend`), or
-            an unentered backend instance (then ``workers``/``initializer`` are its own).
+            ``'serial'``, ``'process'``, ``'dask'`` (see :func:`~cannonade.execution.get_backend`),
+            or an unentered backend instance (then ``workers``/``initializer`` are its own).
         workers : int
-            Parallel workers; the process backend uses ``min(workers, pending)``.
+            Parallel workers; the process and dask backends use ``min(workers, pending)``.
         initializer, initargs
             Run once per worker (in this process for ``'serial'``).
         desc, unit : str
@@ -239,6 +239,10 @@ class ChunkedMap:
             backend, chunks already running finish too, queued ones are cancelled.
         on_done : callable, optional
             ``on_done(k, result)`` in this process after each finished chunk.
+        **backend_options
+            Passed to :func:`~cannonade.execution.get_backend` when ``backend`` is a name, e.g.
+            ``scheduler='tcp://host:8786'`` for ``'dask'`` (see
+            :func:`~cannonade.execution.choose_backend`).
 
         Returns
         -------
@@ -263,7 +267,7 @@ class ChunkedMap:
             raise StopRequested(f"{self.parts_dir}: stopped before any chunk (stop_after=0)", 0, len(todo))
         if isinstance(backend, str):
             n_workers = min(validate_workers(workers), len(todo))
-            backend = get_backend(backend, workers=n_workers, initializer=initializer, initargs=initargs)
+            backend = get_backend(backend, workers=n_workers, initializer=initializer, initargs=initargs, **backend_options)
         total = sum(weight(k) for k in range(self.n_chunks)) if total is None else total
         initial = total - sum(weight(k) for k in todo)
         tasks = ((k, (str(self.part(k)),) + tuple(args(k))) for k in todo)

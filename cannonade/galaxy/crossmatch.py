@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from cannonade.exceptions import ColumnError, ShapeError
+from cannonade.exceptions import ColumnError, ParameterError, ShapeError
 from cannonade.tables import as_table, is_pandas, require_columns
 
 log = logging.getLogger(__name__)
@@ -155,7 +155,7 @@ def best_match(ra1, dec1, ra2, dec2, radius_arcsec=1.0, rank=None, prefer="min",
     BestMatch
     """
     if prefer not in ("min", "max"):
-        raise ValueError(f"prefer must be 'min' or 'max', got {prefer!r}")
+        raise ParameterError(f"prefer must be 'min' or 'max', got {prefer!r}")
     n1 = np.asarray(ra1).shape[0]
     pairs = sky_match(ra1, dec1, ra2, dec2, radius_arcsec)
     index = np.full(n1, -1, dtype=np.int64)

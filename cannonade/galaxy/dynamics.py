@@ -35,7 +35,7 @@ import logging
 
 import numpy as np
 
-from cannonade.exceptions import ShapeError
+from cannonade.exceptions import CatalogueError, ParameterError
 from cannonade.tables import colnames, float_column, is_pandas, require_columns
 from cannonade.util import progress
 
@@ -72,6 +72,9 @@ _ERROR_NAMES = {
     "pmra": ("pmra_error", "pmra_err", "e_pmra"),
     "pmdec": ("pmdec_error", "pmdec_err", "e_pmdec"),
 }
+#: A survey's median heliocentric distance above this (kpc) is a column in pc read as kpc.
+MAX_MEDIAN_DISTANCE_KPC = 100.0
+
 _REQUIRED = {
     "ra": "deg",
     "dec": "deg",
@@ -173,6 +176,50 @@ def _galactocentric_arrays(ra, dec, distance, pmra, pmdec, radial_velocity):
     return dict(x=x, y=y, z=z, vx=vx, vy=vy, vz=vz, R=R, phi=phi, vR=vR, vT=vT)
 
 
+def _usable_distance(distance):
+    """Distances [kpc] with every value that is negative or infinite set to NaN (missing).
+
+    A negative distance (e.g. 1/parallax of a negative parallax) would put the star on the
+    other side of the Sun, and an infinite one (1/parallax of a zero parallax) has no
+    position: never a number here. 0 is the Sun's own position.
+    """
+    with np.errstate(invalid="ignore"):
+        return np.where(np.isfinite(distance) & (distance >= 0), distance, np.nan)
+
+
+def check_distances(table, what="input table"):
+    """Look at the whole ``distance`` column once: the unit, and the rows that cannot be used.
+
+    Returns
+    -------
+    (n,) bool
+        Rows whose distance is given but negative or infinite (their outputs will be NaN);
+        a warning names the first of them.
+
+    Raises
+    ------
+    CatalogueError
+        The column's median is above ``MAX_MEDIAN_DISTANCE_KPC`` kpc: it holds parsecs (or
+        another unit) without saying so; names the column, its median and the unit expected.
+    """
+    d = float_column(table, "distance", "kpc")
+    with np.errstate(invalid="ignore"):
+        bad = ~np.isnan(d) & ~(np.isfinite(d) & (d >= 0))
+        good = np.isfinite(d) & (d >= 0)
+    if good.any():
+        median = float(np.median(d[good]))
+        if median > MAX_MEDIAN_DISTANCE_KPC:
+            raise CatalogueError(
+                f"{what} column 'distance' has a median of {median:g} but is read in kpc (its unit: "
+                f"{getattr(table['distance'], 'unit', None) or 'none given'}); a survey's stars are not "
+                f"> {MAX_MEDIAN_DISTANCE_KPC:g} kpc away: parsecs? divide by 1000 or set the column's unit to 'pc'")
+    if bad.any():
+        idx = np.flatnonzero(bad)
+        log.warning("%d of %d stars have a negative or infinite distance (rows %s%s): treated as missing, their dynamics "
+                    "are NaN", idx.size, d.size, idx[:5].tolist(), "..." if idx.size > 5 else "")
+    return bad
+
+
 def galactocentric(table):
     """Galactocentric positions and velocities of the rows of ``table``.
 
@@ -188,12 +235,22 @@ def galactocentric(table):
     astropy Table, n rows
         x, y, z [kpc] (right-handed, Sun at (-8, 0, 0.025)), vx, vy, vz [km/s],
         R [kpc], phi [rad], vR, vT [km/s] (galpy convention: vT > 0 prograde).
-        NaN where any input is NaN.
+        NaN where any input is NaN, and where the distance is negative or infinite
+        (missing: never mirrored through the Sun).
+
+    Raises
+    ------
+    ColumnError
+        A required column is missing.
+    CatalogueError
+        The distance column is evidently not in kpc (see :func:`check_distances`).
     """
     from astropy.table import Table
 
     require_columns(table, list(_REQUIRED), what="input table")
+    check_distances(table)
     cols = [float_column(table, n, u) for n, u in _REQUIRED.items()]
+    cols[2] = _usable_distance(cols[2])
     out = _galactocentric_arrays(*cols)
     units = dict(x="kpc", y="kpc", z="kpc", vx="km / s", vy="km / s", vz="km / s", R="kpc", phi="rad", vR="km / s", vT="km / s")
     t = Table()
@@ -400,6 +457,7 @@ def _sample_uniforms(rng, n, n_samples, k=4):
 def _read_inputs(table, rows):
     """Nominal values and error columns for ``rows`` as dict of float arrays."""
     d = {name: float_column(table, name, unit, rows) for name, unit in _REQUIRED.items()}
+    d["distance"] = _usable_distance(d["distance"])  # < 0 or inf: missing, never mirrored through the Sun
     have = set(colnames(table))
     for name, cands in _ERROR_NAMES.items():
         col = next((c for c in cands if c in have), None)
@@ -505,7 +563,9 @@ def orbits(table, n_samples=20, seed=0, chunk_size=50_000, delta=DELTA, show_pro
         Distance draws are truncated at 0. A missing or NaN error means that
         quantity is not resampled. Masked cells and survey sentinels (<= -9998, e.g.
         a -9999 radial velocity) are missing values (NaN), read through
-        :func:`cannonade.tables.float_column`.
+        :func:`cannonade.tables.float_column`; so is a negative or infinite distance
+        (e.g. 1/parallax of a parallax <= 0): that star's outputs are NaN (a warning names
+        the rows), never a position mirrored through the Sun.
     n_samples : int
         Monte-Carlo resamples per star (Wheeler+2020: 20); 0 gives NaN e_ columns.
     seed : int
@@ -528,11 +588,28 @@ def orbits(table, n_samples=20, seed=0, chunk_size=50_000, delta=DELTA, show_pro
     computed from the nominal inputs. Rows with a NaN input get NaN outputs (with
     only the RV missing, R, phi, z are still given). Existing columns with these
     names (e.g. a redshift called ``z``) are replaced, with a logged warning.
+
+    Raises
+    ------
+    ColumnError
+        A required column is missing.
+    CatalogueError
+        The distance column's median is above 100 kpc: not kpc (names the column and the
+        unit; :func:`check_distances`).
+    ParameterError
+        ``chunk_size`` < 1 or ``n_samples`` < 0.
     """
     require_columns(table, list(_REQUIRED), what="input table")
     n = len(table)
-    if chunk_size < 1:
-        raise ShapeError(f"chunk_size must be >= 1, got {chunk_size}")
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
+        raise ParameterError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
+    try:
+        ok = not isinstance(n_samples, bool) and int(n_samples) == n_samples and n_samples >= 0
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok:
+        raise ParameterError(f"n_samples must be an integer >= 0, got {n_samples!r}")
+    check_distances(table)
     n_samples = int(n_samples)
     rng = np.random.default_rng(seed)
     names = list(DYNAMICS_COLUMNS)

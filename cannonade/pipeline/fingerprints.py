@@ -20,8 +20,9 @@ from cannonade.config import as_toml_dict
 from cannonade.exceptions import CannonadeError
 from cannonade.provenance import fingerprint
 
-#: configuration keys no stage's results depend on: where the run is written, how many processes
-UNTRACKED = ("run.out", "run.workers")
+#: configuration keys no stage's results depend on: where the run is written, how many processes, on
+#: which cluster
+UNTRACKED = ("run.out", "run.workers", "run.scheduler")
 
 def config_value(data, key):
     """The value of a dotted key (``"cuts"``, ``"run.seed"``) in a configuration's TOML form.

@@ -28,7 +28,7 @@ from cannonade.pipeline.fingerprints import stage_fingerprint, stage_inputs, una
 from cannonade.pipeline.recipes import recipe_for
 from cannonade.provenance import fingerprint, provenance
 from cannonade.tables import read_table
-from cannonade.util import atomic_path
+from cannonade.util import atomic_path, remove_stale_temporaries
 
 log = logging.getLogger("cannonade.pipeline")
 
@@ -207,6 +207,10 @@ class Run:
         try:
             t_run = time.perf_counter()
             self.log.info("cannonade run (%s recipe): %s -> %s", self.recipe.name, self.cfg.source or "<dict>", self.out)
+            stale = remove_stale_temporaries(self.out)  # half-written files of a killed run (never a finished one)
+            if stale:
+                self.log.info("removed %d temporary file(s) left by an interrupted run (%s%s)", len(stale), stale[0].name,
+                              ", ..." if len(stale) > 1 else "")
             self.keep_config()
             self.log.info("configuration fingerprint %s (copy in %s)", self.config_fingerprint, self.path(CONFIG_COPY))
             if from_stage is not None:

@@ -123,7 +123,7 @@ def _strength_terms(lines):
     g_coef = np.where(dominant, -1.0 / 3.0, 0.0)
     logt = np.where(dominant, 2.5, 0.0)
     # molecules: dissociation equilibrium makes them far stronger in cool, low-gravity atmospheres
-    t_coef = np.where(lines.molecular, 6.0, t_coef)
+    t_coef = np.where(lines.molecular, 4.0, t_coef)
     g_coef = np.where(lines.molecular, -0.25, g_coef)
     logt = np.where(lines.molecular, 0.0, logt)
     return t_coef, g_coef, logt

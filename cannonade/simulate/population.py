@@ -37,6 +37,9 @@ _DISPERSIONS = np.array([(35.0, 25.0, 18.0), (60.0, 45.0, 40.0), (150.0, 100.0, 
 ASYMMETRIC_DRIFT_KMS = (10.0, 40.0)
 #: mean rotation of the halo [km/s]
 HALO_ROTATION_KMS = 20.0
+#: the thin disc's radial [Fe/H] gradient (dex/kpc; [Fe/H] = −0.05 at the Sun's radius); the thick
+#: disc and the halo have none
+THIN_DISC_FEH_GRADIENT = -0.06
 STAGES = np.array(["dwarf", "subgiant", "rgb", "rc"])
 POPULATIONS = ("thin", "thick", "halo")
 
@@ -175,7 +178,7 @@ def _chemistry(rng, comp, R):
     n = len(comp)
     feh = np.select(
         [comp == 0, comp == 1],
-        [rng.normal(-0.05 - 0.06 * (R - R0_KPC), 0.20), rng.normal(-0.55, 0.25, n)],
+        [rng.normal(-0.05 + THIN_DISC_FEH_GRADIENT * (R - R0_KPC), 0.20), rng.normal(-0.55, 0.25, n)],
         default=rng.normal(-1.5, 0.45, n),
     )
     feh = np.clip(feh, -2.5, 0.55)

@@ -26,6 +26,9 @@ __all__ = ["normalised_model", "R_MAX_METAL", "R_MAX_HYDROGEN"]
 # Milne-Eddington-like depth limits of saturated lines (the line source function is not zero)
 R_MAX_METAL = 0.88
 R_MAX_HYDROGEN = 0.7
+# largest optical-depth scale of a molecular band (TiO may black out an M dwarf's optical bands;
+# CO bandheads in the H band stay partial even in the coolest giants)
+MAX_BAND_STRENGTH = {"CO": 0.6}
 
 
 # ----------------------------------------------------------------------------- rendering
@@ -84,7 +87,9 @@ def _molecular_strength(species, s):
     if species == "CH":
         return 0.3 * 10.0 ** (xh[:, ELEMENT_INDEX["C"]] + 2.0 * (theta - THETA_SUN))
     if species == "CO":
-        return 0.35 * 10.0 ** (xh[:, ELEMENT_INDEX["C"]] + 5.0 * (theta - 5040.0 / 4500.0) - 0.2 * (g - 2.5))
+        # second-overtone bandheads in the H band: ~20 % deep at 4000 K, ~40 % in the coolest giants
+        # (an earlier 0.35 made the H band of a 3750 K giant a 97 %-deep trough no continuum fit survives)
+        return 0.06 * 10.0 ** (xh[:, ELEMENT_INDEX["C"]] + 5.0 * (theta - 5040.0 / 4500.0) - 0.2 * (g - 2.5))
     raise KeyError(species)
 
 
@@ -201,7 +206,7 @@ def _render(s, inst, rv):
         if hi_b < grid[0] or lo_b > grid[-1]:
             continue
         i0, i1 = np.searchsorted(grid, [lo_b * d_mid - shift_max, hi_b * d_mid + shift_max])
-        amp = rel_b * np.minimum(_molecular_strength(species, s), 4.0)
+        amp = rel_b * np.minimum(_molecular_strength(species, s), MAX_BAND_STRENGTH.get(species, 4.0))
         u = grid[None, i0:i1] - head * doppler[:, None]
         tau_band[:, i0:i1] += amp[:, None] * _band_shape(u, length, direction, float(inst.lsf_sigma(head)))
 

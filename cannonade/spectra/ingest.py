@@ -5,7 +5,7 @@
 in input order and mapped with :class:`cannonade.execution.ChunkedMap`: each
 chunk is read, shifted to the rest frame, resampled, normalised and written to
 its own part file ``<out>.parts/part_000012.h5`` (atomically), in a process pool
-when ``workers > 1``. A rerun after a kill skips the finished chunks; the parts
+when ``workers > 1``, or on a dask cluster with ``scheduler`` (docs/scale.md). A rerun after a kill skips the finished chunks; the parts
 depend on a fingerprint of the file list and every setting, and are discarded
 when either changes. When all parts exist they are copied one at a time into the
 final store (atomically), each part deleted as soon as it is copied, so the parts and
@@ -47,7 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from cannonade.exceptions import CannonadeError, ColumnError, ConfigError, StoreFormatError
-from cannonade.execution import ChunkedMap
+from cannonade.execution import ChunkedMap, choose_backend
 from cannonade.spectra import store
 from cannonade.spectra.store import META_COLUMNS, STORE_FORMAT, STORE_VERSION, SpectraStore
 from cannonade.tables import FITS_SUFFIXES, float_column, text_column
@@ -127,6 +127,21 @@ class IngestReport:
 
 # ---------------------------------------------------------------------------
 # inputs
+
+
+def default_norm_kwargs(normalise, grid_name, norm_kwargs=None):
+    """The continuum parameters of a store: a Chebyshev series per detector on a survey's grid.
+
+    APOGEE's grid is one contiguous log-linear run over its three detectors; its continuum is
+    fitted per detector (``surveys.detector_regions``), each with its own flux-calibration
+    shape, unless ``norm_kwargs`` names ``regions`` itself. Returns a new dict.
+    """
+    from cannonade.spectra.surveys import DETECTOR_REGIONS
+
+    out = dict(norm_kwargs or {})
+    if normalise == "chebyshev" and "regions" not in out and str(grid_name).lower() in DETECTOR_REGIONS:
+        out["regions"] = [list(r) for r in DETECTOR_REGIONS[str(grid_name).lower()]]
+    return out
 
 
 def expand_inputs(inputs):
@@ -727,6 +742,7 @@ def ingest(
     stop_after=None,
     chunk_func=None,
     join="auto",
+    scheduler="",
 ):
     """Read survey spectra into a chunked HDF5 store on a common grid.
 
@@ -744,7 +760,8 @@ def ingest(
     redshifts : dict, table or path, optional
         Rest-frame redshifts overriding the files' own (:func:`load_redshift_catalogue`).
     workers : int
-        Processes (1 = run in this process).
+        Processes (1 = run in this process); the workers of the dask ``LocalCluster`` with
+        ``scheduler='local'``.
     chunk_size : int
         Files per chunk (= per part file, and the memory bound per worker); stars per chunk
         with ``join='star'`` (a star's files always share a chunk).
@@ -770,6 +787,11 @@ def ingest(
         2, 4``). ``'auto'`` (default): ``'star'`` on the ``'galah'`` grid when every input
         is named as a GALAH CCD file, else ``'file'`` (:func:`resolve_join`). The store
         records the mode in its ``join`` attribute.
+    scheduler : str
+        ``''`` (default): a process pool of ``workers`` (in this process for one). ``'local'``: an
+        embedded dask ``LocalCluster`` of ``workers`` processes; else the address (or scheduler
+        file) of a running dask scheduler (:func:`cannonade.execution.choose_backend`;
+        docs/scale.md). The store is the same whichever runs the chunks.
 
     Returns
     -------
@@ -796,7 +818,7 @@ def ingest(
     grid_name = grid if isinstance(grid, str) else "custom"
     grid_arr = common_grid(grid)
     z_map = load_redshift_catalogue(redshifts)
-    norm_kwargs = dict(norm_kwargs or {})
+    norm_kwargs = default_norm_kwargs(normalise, grid_name, norm_kwargs)
     files = expand_inputs(inputs)
     if not files:
         raise ConfigError(f"no input files found in {inputs}")
@@ -835,7 +857,7 @@ def ingest(
         return min((k + 1) * chunk_size, n_units) - k * chunk_size
 
     _map_chunks(cm, chunk_files, chunk_units, n_units, "star" if join == "star" else "spec", max(1, int(workers)), settings,
-                chunk_func or process_chunk, stop_after)
+                chunk_func or process_chunk, stop_after, scheduler)
     attrs = {"grid": grid_name, "normalise": normalise, "norm_kwargs": json.dumps(norm_kwargs, sort_keys=True, default=str),
              "ingest_key": key, "join": join}
     n_ok, failures = _assemble(out, cm.parts(), grid_arr, attrs, error_report, chunk_rows)
@@ -843,14 +865,16 @@ def ingest(
     return report(n_ok, failures, n_done_before)
 
 
-def _map_chunks(cm, chunk_files, chunk_units, total, unit, workers, settings, chunk_func, stop_after):
+def _map_chunks(cm, chunk_files, chunk_units, total, unit, workers, settings, chunk_func, stop_after, scheduler=""):
     """Run ``chunk_func(k, part, chunk_files(k))`` over the pending chunks of ``cm`` (a process pool
-    when workers > 1); the progress bar counts ``chunk_units(k)`` files or stars per chunk."""
+    when workers > 1, a dask cluster with a ``scheduler``); the progress bar counts
+    ``chunk_units(k)`` files or stars per chunk."""
+    backend, options = choose_backend(scheduler, default="process" if workers > 1 and len(cm.pending()) > 1 else "serial")
     try:
         cm.run(
             chunk_func,
             args=lambda k: (chunk_files(k),),
-            backend="process" if workers > 1 and len(cm.pending()) > 1 else "serial",
+            backend=backend,
             workers=workers,
             initializer=_init_worker,
             initargs=settings,
@@ -859,6 +883,7 @@ def _map_chunks(cm, chunk_files, chunk_units, total, unit, workers, settings, ch
             total=total,
             weight=chunk_units,
             stop_after=stop_after,
+            **options,
         )
     finally:
         _WORKER.clear()  # the serial backend set it in this process
@@ -941,7 +966,9 @@ def _assemble(out, parts, grid, attrs, error_report, chunk_rows=64):
                 dst,
                 dict(attrs, n_failed=len(failures), cannonade_version=__version__, created=time.strftime("%Y-%m-%dT%H:%M:%S")),
             )
-    _write_error_report(error_report, failures)
+        # before the store appears: a finished store is never read back without its report (a kill
+        # in between leaves no finished store, and the rerun writes both)
+        _write_error_report(error_report, failures)
     return n, failures
 
 

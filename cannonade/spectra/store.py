@@ -93,6 +93,9 @@ META_COLUMNS = STR_COLUMNS + F8_COLUMNS + I8_COLUMNS
 
 _ROW_CHUNK = 64  # HDF5 chunk = 64 rows x P pixels (~1 MB for LAMOST)
 _CHUNK_CACHE = 16 << 20  # bytes of HDF5 chunk cache per dataset when reading (a chunk read twice is decoded once)
+#: the most pixels a store's grid may have (a survey grid has thousands; the limit bounds what
+#: opening a store reads before anything else is checked)
+MAX_PIXELS = 1 << 22
 
 #: The lossless HDF5 filters a store's ``flux`` and ``ivar`` can be written with (h5py keyword
 #: arguments by name; measured in the module docstring and by ``benchmarks/bench_store.py``).
@@ -357,14 +360,84 @@ class SpectraStore:
         if fmt != STORE_FORMAT:
             self.close()
             raise StoreFormatError(f"{self.path}: not a cannonade spectra store (format={fmt!r})")
-        if int(attrs.get("version", -1)) > STORE_VERSION:
+        version = attrs.get("version", -1)
+        try:
+            version = int(version)
+        except (TypeError, ValueError):
+            self.close()
+            raise StoreFormatError(f"{self.path}: store version {version!r} is not a number") from None
+        if version > STORE_VERSION:
             self.close()
             raise StoreFormatError(f"{self.path}: store version {attrs.get('version')} is newer than supported ({STORE_VERSION})")
         for name in ("wavelength", "flux", "ivar", "meta"):
             if name not in self._h5:
                 self.close()
                 raise StoreFormatError(f"{self.path}: store lacks {name!r}")
+        try:
+            self._check_layout()
+        except BaseException:
+            self.close()
+            raise
         self._wavelength = self._h5["wavelength"][:]
+
+    def _check_layout(self):
+        """StoreFormatError naming the first dataset of another shape or dtype than the format's,
+        linked from another file, or declaring more data than the file stores; nothing is read."""
+        import h5py
+
+        h5, path = self._h5, self.path
+
+        def dataset(name):
+            link = h5.get(name, getlink=True)
+            obj = h5.get(name)
+            if not isinstance(link, h5py.HardLink) or not isinstance(obj, h5py.Dataset):
+                raise StoreFormatError(f"{path}: {name!r} is not a dataset of this file ({type(link).__name__})")
+            if obj.is_virtual or obj.external:
+                raise StoreFormatError(f"{path}: {name!r} keeps its data in other files; a store holds its own")
+            checked.append((name, obj))
+            return obj
+
+        def stored(name, obj):
+            if obj.chunks is None:
+                held, declared = obj.id.get_storage_size(), obj.size * obj.dtype.itemsize
+                complete = held >= declared or obj.id.get_create_plist().get_layout() == h5py.h5d.COMPACT
+            else:  # every chunk written: unwritten ones would read as fill values, from no data at all
+                held = obj.id.get_num_chunks()
+                declared = math.prod(-(-n // c) for n, c in zip(obj.shape, obj.chunks))
+                complete = held == declared
+            if not complete:
+                unit = "bytes" if obj.chunks is None else "chunks"
+                raise StoreFormatError(f"{path}: {name!r} declares shape {obj.shape} ({declared} {unit}) but the file "
+                                       f"stores {held} {unit} of it (truncated or crafted)")
+
+        checked = []
+
+        wl = dataset("wavelength")
+        if wl.ndim != 1 or wl.dtype.kind != "f" or not 1 <= wl.shape[0] <= MAX_PIXELS:
+            raise StoreFormatError(f"{path}: 'wavelength' is {wl.shape} {wl.dtype}; expected (n_pixels,) float, "
+                                   f"1 to {MAX_PIXELS} pixels")
+        P = wl.shape[0]
+        flux, ivar = dataset("flux"), dataset("ivar")
+        for name, ds in (("flux", flux), ("ivar", ivar)):
+            if ds.ndim != 2 or ds.dtype.kind != "f" or ds.shape[1] != P:
+                raise StoreFormatError(f"{path}: {name!r} is {ds.shape} {ds.dtype}; expected (n_spectra, {P}) float "
+                                       f"({P} pixels: the wavelength grid's)")
+        if ivar.shape != flux.shape:
+            raise StoreFormatError(f"{path}: 'ivar' is {ivar.shape} but 'flux' is {flux.shape}")
+        N = flux.shape[0]
+        if not isinstance(h5.get("meta"), h5py.Group):
+            raise StoreFormatError(f"{path}: 'meta' is not a group")
+        kinds = {**{c: "string" for c in STR_COLUMNS}, **{c: "f" for c in F8_COLUMNS}, **{c: "iu" for c in I8_COLUMNS}}
+        for name in h5["meta"]:
+            ds = dataset(f"meta/{name}")
+            if ds.ndim < 1 or ds.shape[0] != N:
+                raise StoreFormatError(f"{path}: 'meta/{name}' has shape {ds.shape}; expected ({N},), one value per spectrum")
+            kind = kinds.get(name)
+            if kind is not None and ((kind == "string") != h5_is_string(ds) or (kind != "string" and ds.dtype.kind not in kind)):
+                want = {"string": "strings", "f": "float", "iu": "integers"}[kind]
+                raise StoreFormatError(f"{path}: 'meta/{name}' has dtype {ds.dtype}; expected {want}")
+        for name, ds in checked:  # shapes and dtypes fine: is the data they declare in the file?
+            stored(name, ds)
 
     # context manager / cleanup
     def close(self):
@@ -428,20 +501,23 @@ class SpectraStore:
             out[k] = v.decode() if isinstance(v, bytes) else (v.item() if isinstance(v, np.generic) else v)
         return out
 
-    def read(self, start=0, stop=None):
-        """Rows ``start:stop`` as float64.
+    def read(self, start=0, stop=None, dtype=np.float64):
+        """Rows ``start:stop`` as float64 (or ``dtype``).
+
+        ``dtype=np.float32`` returns the stored values as they are, without a float64 copy
+        (``CannonModel.infer`` reads float32 spectra as they are, with the same results).
 
         Returns
         -------
-        flux, ivar : (stop - start, n_pixels) float64
+        flux, ivar : (stop - start, n_pixels) float64 (or ``dtype``)
         """
         n = self.n_spectra
         stop = n if stop is None else min(int(stop), n)
         start = max(0, int(start))
         if start > stop:
             raise ShapeError(f"{self.path}: read({start}, {stop}) with start > stop")
-        flux = self._h5["flux"][start:stop].astype(np.float64)
-        ivar = self._h5["ivar"][start:stop].astype(np.float64)
+        flux = self._h5["flux"][start:stop].astype(dtype, copy=False)
+        ivar = self._h5["ivar"][start:stop].astype(dtype, copy=False)
         return flux, ivar
 
     def read_rows(self, rows, block=2000):

@@ -14,12 +14,15 @@ Several models (e.g. ``dwarf.npz giant.npz``) are chosen per spectrum by a rule:
 
 Every model is checked against the store's grid, normalisation and survey first
 (:meth:`cannonade.cannon.model.CannonModel.check_spectra`). Work runs in chunks
-(:class:`cannonade.execution.ChunkedMap`): a killed run resumes from its last finished chunk.
+(:class:`cannonade.execution.ChunkedMap`): a killed run resumes from its last finished chunk. The
+chunks run in this process, in a pool of ``workers`` processes, or on a dask cluster
+(``scheduler``: ``'local'`` or a scheduler's address; docs/scale.md) -- the labels are the same.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +31,8 @@ import numpy as np
 from cannonade.cannon.model import CannonModel
 from cannonade.cannon.spectral_setup import SpectralSetup
 from cannonade.exceptions import ColumnError, ConfigError, ModelFileError
-from cannonade.execution import ChunkedMap
+from cannonade.execution import LOCAL_SCHEDULER, ChunkedMap, choose_backend
+from cannonade.execution.backends import validate_workers
 from cannonade.flags import fits_header_cards
 from cannonade.pipeline.stages.infer import infer_observations
 from cannonade.pipeline.stages.split import EITHER, classify
@@ -114,7 +118,7 @@ def model_classes(models, model_by, store_ids, catalogue=None, **catalogue_optio
 def infer_chunk(k, part, store_path, start, stop, models, classes, label_names):
     """One chunk: rows [start, stop) of the store, inferred, written to ``part`` atomically."""
     with SpectraStore(store_path) as st:
-        flux, ivar = st.read(start, stop)
+        flux, ivar = st.read(start, stop, dtype=np.float32)  # as stored: inference reads float32 as it is
     res = infer_observations(models, classes, flux, ivar, label_names, masks={})
     res.pop("chi2_windows")
     with atomic_path(part) as tmp:
@@ -168,7 +172,7 @@ def write_labels(t, out, prov, label_names):
 
 
 def infer_store(models, store, out, model_by="chi2", catalogue=None, allow_mismatch=False, chunk_size=2000,
-                stop_after=None, on_done=None, **catalogue_options):
+                stop_after=None, on_done=None, workers=None, scheduler="", **catalogue_options):
     """Infer labels for every spectrum of a store and write them to ``out``.
 
     Parameters
@@ -188,7 +192,14 @@ def infer_store(models, store, out, model_by="chi2", catalogue=None, allow_misma
     allow_mismatch : bool
         Infer even when a model was trained on spectra prepared differently (a warning).
     chunk_size : int
-        Spectra per chunk (the resume granularity).
+        Spectra per chunk (the resume granularity, and what one worker holds in memory).
+    workers : int, optional
+        Parallel workers. Without ``scheduler``: processes (None or 1: this process). With
+        ``scheduler='local'``: the workers of the embedded dask ``LocalCluster`` (None: one per
+        core). With a scheduler address: unused beyond sizing the tasks in flight.
+    scheduler : str
+        ``''`` (default): no dask; ``'local'``: an embedded dask ``LocalCluster``; else the
+        address (``tcp://HOST:PORT``) or scheduler file of a running dask scheduler.
     stop_after, on_done
         Test hooks of :meth:`cannonade.execution.ChunkedMap.run`.
 
@@ -233,8 +244,12 @@ def infer_store(models, store, out, model_by="chi2", catalogue=None, allow_misma
         s0, s1 = starts[k], min(n, starts[k] + chunk_size)
         return (str(store), s0, s1, models, classes[s0:s1], label_names)
 
-    cm.run(infer_chunk, args=args, backend="serial", desc="infer", total=n, unit="spec",
-           weight=lambda k: min(n, starts[k] + chunk_size) - starts[k], stop_after=stop_after, on_done=on_done)
+    workers = None if workers is None else validate_workers(workers)
+    backend, options = choose_backend(scheduler, default="process" if workers is not None and workers > 1 else "serial")
+    if workers is None:
+        workers = (os.cpu_count() or 1) if str(scheduler or "").strip() == LOCAL_SCHEDULER else 1
+    cm.run(infer_chunk, args=args, backend=backend, workers=workers, desc="infer", total=n, unit="spec",
+           weight=lambda k: min(n, starts[k] + chunk_size) - starts[k], stop_after=stop_after, on_done=on_done, **options)
     arrays = _read_parts(cm.parts(), label_names, n)
     t = label_table(arrays, label_names, meta)
     prov = provenance(recipe="cannonade infer", input_store=store, training_hash={k: m.training_hash_ for k, m in models.items()},

@@ -38,6 +38,14 @@ def test_check_spectra():
         checks.check_spectra(flux, np.ones((3, 4)))
     with pytest.raises(ShapeError, match="6"):
         checks.check_spectra(flux, np.ones((3, 5)), n_pixels=6)
+    # float32 spectra (a store's): kept as they are for inference only, converted otherwise
+    f32, i32 = np.ones((3, 5), np.float32), np.ones((3, 5), np.float32)
+    f, i = checks.check_spectra(f32, i32, keep_float32=True)
+    assert f is f32 and i is i32
+    f, i = checks.check_spectra(f32, i32)
+    assert f.dtype == i.dtype == np.float64
+    f, i = checks.check_spectra(f32, np.ones((3, 5)), keep_float32=True)  # a mixed pair: float64
+    assert f.dtype == i.dtype == np.float64
 
 
 def test_clean_spectra_and_label_checks():

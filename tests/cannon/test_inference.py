@@ -151,3 +151,71 @@ def test_covariance_flags_directions_lost_in_rounding():
         out[gap] = singular[0]
         assert np.isnan(cov[0]).all() == singular[0]
     assert out == {1e-1: False, 1e-2: False, 1e-5: True}
+
+
+# ----------------------------------------------------------------------------- issue 15: the fast paths
+
+
+def test_theta_products_are_the_float64_products_rounded_once():
+    """The row-by-row θ products are bit for bit the gathered float64 products cast to float32."""
+    rng = np.random.default_rng(15)
+    for K in (2, 6, 21, 28):
+        theta = rng.normal(0.0, 0.3, (50, K)) * 10.0 ** rng.integers(-6, 2, (50, K))
+        i, j = np.triu_indices(K - 1)
+        ref = (theta[:, 1:][:, i] * theta[:, 1:][:, j]).astype(np.float32)
+        got = inference.theta_products(theta)
+        assert got.dtype == np.float32 and got.flags.c_contiguous
+        assert np.array_equal(got, ref)
+
+
+def spectra_with_bad_pixels(n_stars=40, n_pixels=300, seed=5):
+    """A quadratic model's θ, s² and noisy spectra with every kind of bad pixel."""
+    draw = poly_data(3, n_pixels, n_stars, seed=seed)
+    lab, flux, ivar = draw(n_stars)
+    m = CannonModel(["a", "b", "c"], show_progress=False).fit(lab, flux, ivar)
+    _, flux, ivar = draw(n_stars)
+    rng = np.random.default_rng(seed)
+    ivar = ivar * rng.uniform(0.5, 2.0, ivar.shape)
+    flux[rng.random(flux.shape) < 0.01] = np.nan
+    ivar[rng.random(ivar.shape) < 0.01] = 0.0
+    ivar[3, :7] = np.inf  # the slow path of the preparation: ivar not finite ...
+    ivar[4, 2:5] = -1.0   # ... or negative
+    ivar[5] = 0.0         # a star without data
+    return m, flux, ivar
+
+
+def test_reduction_shared_by_threads_and_of_float32_spectra_is_unchanged():
+    """Preparing a group on several threads, and float32 spectra read as they are, give bit for
+    bit the reduction of one thread on their float64 copy."""
+    m, flux, ivar = spectra_with_bad_pixels()
+    f32, i32 = flux.astype(np.float32), ivar.astype(np.float32)
+    f64, i64 = f32.astype(np.float64), i32.astype(np.float64)
+    pairs = inference.theta_products(m.theta_)
+    kw = dict(block_elements=3 * flux.shape[1], gemm_rows=13)  # blocks of 3 stars, groups of 12
+    ref = inference.reduce_chi2(m.theta_, m.s2_, f64, i64, pairs, **kw)
+    with inference.WorkerThreads(3) as threads:
+        for f, i in ((f64, i64), (f32, i32)):
+            got = inference.reduce_chi2(m.theta_, m.s2_, f, i, pairs, threads=threads, **kw)
+            for key in ("M", "M32", "b", "c", "n_pixels", "snr"):
+                assert np.array_equal(getattr(got, key), getattr(ref, key), equal_nan=True), key
+    assert inference.reduce_chi2(m.theta_, m.s2_, f64, i64, **kw).M.tobytes() == ref.M.tobytes()  # products made here
+
+
+def test_infer_of_float32_spectra_and_cached_products_match_the_reference_path():
+    """``CannonModel.infer`` on float32 spectra (no float64 copy) with its cached θ products gives
+    the results of the reference path: float64 spectra, products computed for the call."""
+    m, flux, ivar = spectra_with_bad_pixels(n_stars=30)
+    f32, i32 = flux.astype(np.float32), ivar.astype(np.float32)
+    r1 = m.infer(f32, i32)
+    assert m._theta_pairs[0] is m.theta_  # the products are cached on the model ...
+    cached = m._theta_pairs[1]
+    r2 = m.infer(f32.astype(float), i32.astype(float))
+    assert m._theta_pairs[1] is cached  # ... and reused, not recomputed
+    ref = inference.infer_spectra(m.theta_, m.s2_, m.exponents, f32.astype(float), i32.astype(float),
+                                  theta_pairs=None, show_progress=False)
+    for r in (r1, r2):
+        assert np.array_equal(r.labels, m.scaler_.inverse(ref["labels"]), equal_nan=True)
+        for key in ("chi2", "dof", "converged", "singular", "snr"):
+            assert np.array_equal(getattr(r, key), ref[key], equal_nan=True), key
+    assert np.array_equal(r1.cov, r2.cov, equal_nan=True) and np.array_equal(r1.flags, r2.flags)
+    assert np.isnan(r1.labels[5]).all() and np.isfinite(r1.labels[6:]).all()

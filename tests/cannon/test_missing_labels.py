@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from cannonade import CannonModel, LabelError, TrainingSetError, cross_validate
+from cannonade.cannon.crossval import full_set_imputation
 from cannonade.cannon.checks import check_missing_labels
 from cannonade.cannon.imputation import conditional_fit, initial_guess
 from cannonade.cannon.inference import reduce_chi2
@@ -195,6 +196,17 @@ def test_cross_validation_with_missing_labels(fits):
     miss = u["missing"]
     imputed_rms = rms(fits["imputed"].imputed_values_[miss, FEH] - u["lab"][miss, FEH])
     assert imputed_rms < 2.0 * cv.scatter[FEH]
+    # a model fitted on these labels: the folds reuse its imputed values (one fit per fold)
+    fitted = fits["imputed"]
+    filled = full_set_imputation(fitted, blank)
+    assert filled is not None and np.isfinite(filled).all()
+    np.testing.assert_array_equal(filled[~miss], blank[~miss])
+    np.testing.assert_array_equal(filled[miss, FEH], fitted.imputed_values_[miss, FEH])
+    assert full_set_imputation(fitted, u["lab"]) is None  # not the labels it imputed
+    fixed = cross_validate(fitted, blank, u["flux"], u["ivar"], k=4, seed=0, missing="impute")
+    print(f"CV scatter, folds on the full set's imputed values {np.asarray(fixed.scatter).round(4)}")
+    np.testing.assert_allclose(fixed.scatter, cv.scatter, rtol=0.1)
+    assert list(fixed.table()["n"]) == [600, 600, 480]
     # calibrate() uses, per label, the stars that have it
     m = CannonModel(NAMES, show_progress=False).fit(blank, u["flux"], u["ivar"], missing="impute")
     with _no_training_warning():

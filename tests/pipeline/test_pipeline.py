@@ -402,3 +402,25 @@ def test_catalogue_units_descriptions_and_provenance(finished):
     for col in star.colnames:
         if star[col].unit is not None and star[col].unit.physical_type == "length":
             assert star[col].unit == u.kpc, col
+
+
+def test_report_of_the_run_recovers_the_injected_gradient(finished):
+    """`cannonade report` on the finished run: the page, its figures, and summary.json whose
+    radial [Fe/H] gradient has the mock thin disc's sign and lies within 2σ of it (Wheeler §5.3)."""
+    import json
+
+    from cannonade.report import write_report
+    from cannonade.simulate.population import THIN_DISC_FEH_GRADIENT
+
+    _, run = finished
+    index = write_report(run.path())
+    assert index == run.path("report", "index.html") and index.stat().st_size > 0
+    html = index.read_text()
+    pngs = sorted(p.name for p in index.parent.glob("*.png"))
+    assert len(pngs) >= 10 and all(f'src="{p}"' in html for p in pngs)
+    summary = json.loads(index.with_name("summary.json").read_text())
+    g = summary["gradient"]
+    print(f"gradient {g['fe_h_per_kpc']:+.4f} ± {g['e_fe_h_per_kpc']:.4f} dex/kpc (injected {THIN_DISC_FEH_GRADIENT})")
+    assert g["fe_h_per_kpc"] < 0
+    assert abs(g["fe_h_per_kpc"] - THIN_DISC_FEH_GRADIENT) < 2 * g["e_fe_h_per_kpc"]
+    assert set(summary["wide_binaries"]) >= {"n_pairs", "p_value"}

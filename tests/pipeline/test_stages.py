@@ -50,7 +50,6 @@ def test_visits_of_another_model_are_not_averaged():
 
 
 def test_combined_error_falls_back_to_equal_weights():
-    ids = np.array(["a", "a"])
     err = combine_errors(np.array([0, 0]), np.array([np.nan, np.nan]), np.array([[3.0], [4.0]]), np.array([True, True]), 1)
     np.testing.assert_allclose(err[0, 0], 2.5)  # sqrt(9 + 16) / 2
 

@@ -1,8 +1,6 @@
 """The user's commands on their own store: train / cv / infer / match / config init, the
 grid and normalisation guard, provenance, resume. Small synthetic stores (seconds)."""
 
-import json
-import warnings
 
 import numpy as np
 import pytest

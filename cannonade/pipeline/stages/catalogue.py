@@ -1,5 +1,8 @@
 """Stage 11, ``catalogue``: per-star and per-observation catalogues, FITS and/or Parquet (Wheeler+2020 Table 1).
 
+With ``hats`` among ``[catalogue] formats`` the per-star catalogue is also written as a HATS
+catalogue, ``catalogue/per_star_hats/`` (HEALPix-partitioned Parquet that LSDB opens).
+
 Every column has a unit (``""``: dimensionless) and a description (``docs/catalogue.md``), and
 every file carries the run's provenance (version, recipe, config fingerprint, the models'
 training hashes, the input store, creation time; :mod:`cannonade.provenance`). The per-star
@@ -12,7 +15,13 @@ and its distances in kpc only (Gaia's ``r_est``, ``r_lo``, ``r_hi`` in pc are th
 from __future__ import annotations
 
 from cannonade.cannon.model import CannonModel
-from cannonade.catalogue import infer_label_names, schema_for, write_catalogue
+from cannonade.catalogue import (
+    HATS_FORMAT,
+    infer_label_names,
+    schema_for,
+    write_catalogue,
+    write_hats,
+)
 from cannonade.flags import FLAG_TABLE, RECOMMENDED_CUT, fits_header_cards
 from cannonade.pipeline.stages.combine import rv_columns
 
@@ -84,6 +93,10 @@ def execute(run):
         table.meta["flag_cut"] = RECOMMENDED_CUT
         describe_rv(run, table)
     for fmt in run.cfg.catalogue.formats:
+        if fmt == HATS_FORMAT:  # the per-star catalogue only, a directory (docs/catalogue.md, "HATS output")
+            path = run.path("catalogue", "per_star_hats")
+            written.append(str(write_hats(star, path, catalog_name="per_star", schema=SCHEMA, provenance=prov, overwrite=True)))
+            continue
         for name, table in (("per_star", star), ("per_observation", obs)):
             path = run.path("catalogue", f"{name}.{fmt}")
             written.append(str(write_catalogue(table, path, schema=SCHEMA, header_cards=fits_header_cards(), provenance=prov)))

@@ -67,6 +67,7 @@ def cluster_labels(labels):
 def execute(run):
     from astropy.table import Table
 
+    from cannonade.catalogue.formats import CATALOGUE_FORMATS
     from cannonade.catalogue.readers import read_catalogue
 
     cfg = run.cfg
@@ -76,7 +77,7 @@ def execute(run):
     ids, cls = read_members(cfg.scaling.clusters)
     member = dict(zip((twomass_key(i) for i in ids.tolist()), cls.tolist()))
     labs = cluster_labels(cfg.scaling.labels)
-    fmt = cfg.catalogue.formats[0]
+    fmt = next(f for f in cfg.catalogue.formats if f in CATALOGUE_FORMATS)  # a file format ('hats' is a directory)
     rows = []
     for scale_side in ("target", "reference"):
         survey = getattr(cfg, scale_side).survey

@@ -46,7 +46,7 @@ def side_rows(run, side, scale_side, training_rows):
     sec = getattr(cfg, side)
     sc = cfg.scaling
     table = run.table(side)
-    with np.load(run.path("store_rows.npz")) as d:
+    with np.load(run.path("store_rows.npz"), allow_pickle=False) as d:
         srow = d[side]
     have = np.flatnonzero(srow >= 0)
     res = read_model_result(run, model_name(cfg, side, scale_side))
@@ -91,6 +91,7 @@ def execute(run):
     training_rows = {"target": np.asarray(cs["target_row"])[train], "reference": np.asarray(cs["reference_row"])[train]}
     run.path("catalogue").mkdir(exist_ok=True)
     written, info = [], {}
+    from cannonade.catalogue.formats import CATALOGUE_FORMATS
     from cannonade.catalogue.writers import write_catalogue
 
     hashes = {}
@@ -105,7 +106,7 @@ def execute(run):
             hashes[n] = CannonModel.load(run.path("models", f"{n}.npz")).training_hash_
         prov = run.provenance(training_hash={n: hashes[n] for n in names},
                               input_store=[str(run.path("target.h5")), str(run.path("reference.h5"))])
-        for fmt in cfg.catalogue.formats:
+        for fmt in [f for f in cfg.catalogue.formats if f in CATALOGUE_FORMATS]:  # files ('hats': wheeler2020's per-star only)
             path = run.path("catalogue", f"combined_{survey}_scale.{fmt}")
             written.append(str(write_catalogue(table, path, schema="nandakumar2022", label_names=list(cfg.scaling.labels),
                                                header_cards=fits_header_cards(), provenance=prov)))

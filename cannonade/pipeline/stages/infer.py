@@ -1,7 +1,8 @@
 """Stage 8, ``infer``: labels of every target spectrum with its class's model, chunk by chunk.
 
 Chunks run through :class:`cannonade.execution.ChunkedMap`: each finished chunk is an atomic part
-file, a rerun after a kill skips finished chunks, and parts from other models are discarded.
+file, a rerun after a kill skips finished chunks, and parts from other models are discarded. They
+run in this process, or on a dask cluster with ``run.scheduler`` (docs/scale.md).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import numpy as np
 
 from cannonade.cannon.model import CannonModel
 from cannonade.cannon.spectral_setup import SpectralSetup
-from cannonade.execution import ChunkedMap
+from cannonade.execution import ChunkedMap, choose_backend
 from cannonade.pipeline.inputs import all_model_labels
 from cannonade.pipeline.stages.ingest import target_rows
 from cannonade.pipeline.stages.split import EITHER, read_classes
@@ -74,12 +75,13 @@ def infer_observations(models, classes, flux, ivar, label_names, masks):
     """
     out = empty_result(classes, label_names)
     best_rchi2 = np.full(len(classes), np.inf)
-    valid = (ivar > 0) & np.isfinite(flux)
+    valid = None  # the valid pixels, only where line windows need them
     for name, m in models.items():
         sel = np.flatnonzero((classes == name) | (classes == EITHER))
         if sel.size == 0:
             continue
-        r = m.infer(flux[sel], ivar[sel])
+        # every spectrum of the chunk (one model): the arrays themselves, no copy of the chunk
+        r = m.infer(flux, ivar) if sel.size == len(classes) else m.infer(flux[sel], ivar[sel])
         rchi2 = np.where(np.isfinite(r.chi2), r.chi2 / np.maximum(r.dof, 1), np.inf)
         take = (rchi2 < best_rchi2[sel]) | (~np.isfinite(best_rchi2[sel]) & (classes[sel] == name))
         rows = sel[take]
@@ -100,6 +102,9 @@ def infer_observations(models, classes, flux, ivar, label_names, masks):
             continue
         # reduced χ² in each label's line windows (Wheeler+2020 Table 1 chi2_x_fe); a star that
         # failed (NaN labels) gets NaN, not a prediction at made-up labels
+        if valid is None:
+            with np.errstate(invalid="ignore"):
+                valid = (ivar > 0) & np.isfinite(flux)
         pix = m.pixel_chi2(r.labels[take], flux[rows], ivar[rows])
         pix = np.where(valid[rows] & m.pixel_ok_[None, :], pix, np.nan)
         for lab in m.label_names:
@@ -118,7 +123,7 @@ def load_models(run):
 def infer_chunk(k, part, store_path, start, stop, models, classes, label_names, masks):
     """One chunk: read store rows [start, stop), infer, write the part atomically."""
     with SpectraStore(store_path) as st:
-        flux, ivar = st.read(start, stop)
+        flux, ivar = st.read(start, stop, dtype=np.float32)  # as stored: inference reads float32 as it is
     res = infer_observations(models, classes, flux, ivar, label_names, masks)
     res["store_row"] = np.arange(start, stop)
     with atomic_path(part) as tmp:
@@ -158,9 +163,10 @@ def execute(run):
         s0, s1 = starts[k], min(n_store, starts[k] + chunk)
         return (str(store_path), s0, s1, models, cls[s0:s1], labels, masks)
 
-    cm.run(infer_chunk, args=args, backend="serial", desc="infer", total=n_store, unit="spec",
+    backend, options = choose_backend(cfg.run.scheduler, default="serial")  # run.scheduler: docs/scale.md
+    cm.run(infer_chunk, args=args, backend=backend, workers=cfg.run.workers, desc="infer", total=n_store, unit="spec",
            weight=lambda k: min(n_store, starts[k] + chunk) - starts[k], stop_after=run.stop_after_chunks,
-           on_done=run.chunk_hook)
+           on_done=run.chunk_hook, **options)
     return {"n_spectra": int(n_store), "n_chunks": len(starts), "resumed_chunks": n_before}
 
 

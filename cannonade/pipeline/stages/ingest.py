@@ -68,6 +68,7 @@ def execute(run):
         workers=run.cfg.run.workers,
         chunk_size=max(200, min(2000, run.cfg.run.chunk_size)),
         stop_after=run.stop_after_chunks,
+        scheduler=run.cfg.run.scheduler,
     )
     run.log.info("[ingest] %d target spectra stored, %d unreadable (report: %s)", rep.n_ok, rep.n_failed, rep.error_report)
     if rep.n_ok == 0:

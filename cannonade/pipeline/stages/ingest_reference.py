@@ -23,7 +23,7 @@ def execute(run):
         raise ConfigError("reference.spectra is required by the nandakumar2022 recipe (its spectra get labels too)")
     rep = ingest([str(r.spectra)], run.path("reference.h5"), grid=r.grid, normalise=r.normalise, join="auto",
                  workers=run.cfg.run.workers, chunk_size=max(100, min(1000, run.cfg.run.chunk_size)),
-                 stop_after=run.stop_after_chunks)
+                 stop_after=run.stop_after_chunks, scheduler=run.cfg.run.scheduler)
     run.log.info("[ingest_reference] %d %s spectra stored (%s), %d unreadable (report: %s)", rep.n_ok, r.survey,
                  "one row per star" if rep.join == "star" else "one row per file", rep.n_failed, rep.error_report)
     if rep.n_ok == 0:

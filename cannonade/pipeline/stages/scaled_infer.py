@@ -11,7 +11,7 @@ import numpy as np
 
 from cannonade.cannon.model import CannonModel
 from cannonade.cannon.spectral_setup import SpectralSetup
-from cannonade.execution import ChunkedMap
+from cannonade.execution import ChunkedMap, choose_backend
 from cannonade.pipeline.stages.infer import infer_observations
 from cannonade.pipeline.stages.scaled_train import model_names
 from cannonade.spectra.store import SpectraStore
@@ -25,7 +25,7 @@ INPUTS = ()
 
 def infer_chunk(k, part, store_path, start, stop, model):
     with SpectraStore(store_path) as st:
-        flux, ivar = st.read(start, stop)
+        flux, ivar = st.read(start, stop, dtype=np.float32)  # as stored: inference reads float32 as it is
     res = infer_observations({model.name: model}, np.full(stop - start, model.name, dtype="U32"), flux, ivar,
                              list(model.label_names), masks={})
     res.pop("chi2_windows")
@@ -37,6 +37,7 @@ def infer_chunk(k, part, store_path, start, stop, model):
 
 def execute(run):
     chunk = run.cfg.run.chunk_size
+    backend, options = choose_backend(run.cfg.run.scheduler, default="serial")  # run.scheduler: docs/scale.md
     info = {}
     for name, (side, _) in model_names(run.cfg).items():
         m = CannonModel.load(run.path("models", f"{name}.npz"))
@@ -51,9 +52,9 @@ def execute(run):
         def args(k, store=store, m=m, n=n, starts=starts):
             return (str(store), starts[k], min(n, starts[k] + chunk), m)
 
-        cm.run(infer_chunk, args=args, backend="serial", desc=f"infer {name}", total=n, unit="spec",
-               weight=lambda k, n=n, starts=starts: min(n, starts[k] + chunk) - starts[k],
-               stop_after=run.stop_after_chunks, on_done=run.chunk_hook)
+        cm.run(infer_chunk, args=args, backend=backend, workers=run.cfg.run.workers, desc=f"infer {name}", total=n,
+               unit="spec", weight=lambda k, n=n, starts=starts: min(n, starts[k] + chunk) - starts[k],
+               stop_after=run.stop_after_chunks, on_done=run.chunk_hook, **options)
         info[name] = {"n_spectra": n}
         run.log.info("[scaled_infer] %s: %d %s spectra", name, n, side)
     return info

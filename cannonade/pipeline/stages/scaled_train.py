@@ -18,14 +18,18 @@ from cannonade.cannon.crossval import cross_validate
 from cannonade.cannon.model import CannonModel
 from cannonade.cannon.spectral_setup import SpectralSetup
 from cannonade.exceptions import ConfigError
-from cannonade.pipeline.stages.common import read_common
+from cannonade.pipeline.inputs import column
+from cannonade.pipeline.stages.common import read_common, store_rows
+from cannonade.pipeline.stages.ingest import spectrum_files
 from cannonade.spectra.linelists import load_line_windows, survey_windows, window_mask
 from cannonade.spectra.store import SpectraStore
+from cannonade.spectra.visits import prepare_visits
 
 NAME = "scaled_train"
 CONFIG = ("scaling", "training", "calibration.enabled", "calibration.distance_threshold", "calibration.low_snr",
-          "calibration.max_missing_fraction", "run.seed", "target.survey", "reference.survey")
-INPUTS = ("scaling.target_windows", "scaling.reference_windows")
+          "calibration.max_missing_fraction", "calibration.error_model", "calibration.repeat_stars", "run.seed",
+          "target.survey", "reference.survey", "target.spectra", "target.file_column", "reference.id_column")
+INPUTS = ("scaling.target_windows", "scaling.reference_windows", "scaling.reference_visits", "target.spectra")
 
 #: (spectra side, labels side) of the four models, in the paper's order
 PAIRS = (("target", "reference"), ("target", "target"), ("reference", "target"), ("reference", "reference"))
@@ -86,7 +90,74 @@ def residual_table(model, labels, flux, ivar, wavelength):
     return t
 
 
-def train_pair(run, name, spectra_side, label_side, cs):
+def target_repeats(run):
+    """Visits inside the target's files (APOGEE apStar) of up to ``calibration.repeat_stars`` stars.
+
+    A seeded random subset of the target stars with a stored spectrum; their visits are
+    prepared as the store's spectra (``spectra.visits.prepare_visits``). Returns
+    ``(flux (R, P), ivar (R, P), star_id (R,))`` of the stars with at least two visits, or None.
+    """
+    cfg = run.cfg
+    t = cfg.target
+    n_max = cfg.calibration.repeat_stars
+    if not cfg.scaling.target_visits or n_max == 0 or not t.spectra:
+        return None
+    tgt = run.table("target")
+    rows = np.flatnonzero(store_rows(run, "target") >= 0)
+    if len(rows) > n_max:
+        rows = np.sort(np.random.default_rng(cfg.run.seed).choice(rows, n_max, replace=False))
+    files = spectrum_files(t.spectra, column(tgt, t.file_column, kind="text")[rows])
+    with SpectraStore(run.path("target.h5")) as st:
+        setup = SpectralSetup.from_store(st)
+    flux, ivar, src, failures = prepare_visits(files, setup.wavelength, setup.normalise, setup.norm_params)
+    if failures:
+        run.log.warning("[scaled_train] %d target files without readable visits (first: %s)", len(failures), failures[0][1])
+    ids = column(tgt, t.star_column or t.id_column, kind="text")[rows][src]
+    return _with_repeats(flux, ivar, ids)
+
+
+def reference_repeats(run):
+    """Repeat exposures of one star in the reference store (GALAH: another sobject_id, same star_id).
+
+    ``scaling.reference_visits`` lists every exposure (``reference.id_column``) with its star
+    (``scaling.reference_star_column``); at most ``calibration.repeat_stars`` stars (seeded).
+    Returns ``(flux, ivar, star_id)`` or None.
+    """
+    from cannonade.tables import read_table
+
+    cfg = run.cfg
+    path = cfg.scaling.reference_visits
+    if not path or cfg.calibration.repeat_stars == 0:
+        return None
+    visits = read_table(path)
+    exposure = column(visits, cfg.reference.id_column, kind="text")
+    star = column(visits, cfg.scaling.reference_star_column, kind="text")
+    star_of = dict(zip(exposure.tolist(), star.tolist()))
+    with SpectraStore(run.path("reference.h5")) as st:
+        obj = np.asarray(st.meta()["obj_id"]).astype(str)
+        ids = np.array([star_of.get(o, "") for o in obj.tolist()])
+        uniq, inv, counts = np.unique(ids, return_inverse=True, return_counts=True)
+        multi = np.flatnonzero((counts > 1) & (uniq != ""))
+        if len(multi) > cfg.calibration.repeat_stars:
+            multi = np.random.default_rng(cfg.run.seed).choice(multi, cfg.calibration.repeat_stars, replace=False)
+        rows = np.flatnonzero(np.isin(inv, multi))
+        if len(rows) == 0:
+            return None
+        flux, ivar = st.read_rows(rows)
+    return np.asarray(flux, float), np.asarray(ivar, float), ids[rows]
+
+
+def _with_repeats(flux, ivar, ids):
+    """Only the spectra of stars with at least two of them (None when there are none)."""
+    ids = np.asarray(ids).astype(str)
+    uniq, inv, counts = np.unique(ids, return_inverse=True, return_counts=True)
+    keep = counts[inv] > 1
+    if not keep.any():
+        return None
+    return flux[keep], ivar[keep], ids[keep]
+
+
+def train_pair(run, name, spectra_side, label_side, cs, repeats=None):
     cfg, tcfg = run.cfg, run.cfg.training
     train = np.asarray(cs["in_training"], bool)
     labs = list(cfg.scaling.labels)
@@ -107,7 +178,13 @@ def train_pair(run, name, spectra_side, label_side, cs):
     cv = cross_validate(m, labels, flux, ivar, k=tcfg.cv_folds, seed=cfg.run.seed, missing=missing)
     if cfg.calibration.enabled:
         c = cfg.calibration
-        m.calibrate(cv, label_errors=errors, distance_threshold=c.distance_threshold or None, low_snr=c.low_snr,
+        run.log.info("[scaled_train] %s: calibrating from %d CV stars and %d repeat spectra of %d stars", name, len(cv.truth),
+                     0 if repeats is None else len(repeats[2]), 0 if repeats is None else len(np.unique(repeats[2])))
+        if repeats is None and c.error_model == "nandakumar":
+            raise ConfigError(f"model {name!r}: calibration.error_model = 'nandakumar' needs repeat spectra of the "
+                              f"{getattr(cfg, spectra_side).survey} survey (scaling.target_visits / scaling.reference_visits)")
+        m.calibrate(cv, label_errors=errors, repeats=repeats, error_model=c.error_model,
+                    distance_threshold=c.distance_threshold or None, low_snr=c.low_snr,
                     max_missing_fraction=c.max_missing_fraction)
         t = m.calibration_.table()
         t["model"] = name
@@ -132,8 +209,11 @@ def execute(run):
         run.path(d).mkdir(exist_ok=True)
     cs = read_common(run)
     summaries, info = [], {}
+    repeats = {}
+    if run.cfg.calibration.enabled:  # each survey's repeat spectra, read once for its two models
+        repeats = {"target": target_repeats(run), "reference": reference_repeats(run)}
     for name, (s, lab) in model_names(run.cfg).items():
-        sm = train_pair(run, name, s, lab, cs)
+        sm = train_pair(run, name, s, lab, cs, repeats=repeats.get(s))
         summaries.append(sm)
         info[name] = {"scatter": dict(zip(sm["label"], np.round(sm["scatter"], 5)))}
     run.write_table(vstack(summaries), "cv/cv_summary.csv")

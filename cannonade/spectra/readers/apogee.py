@@ -22,6 +22,7 @@ from cannonade.exceptions import SpectrumFormatError
 from cannonade.spectra import surveys
 from cannonade.spectra.readers.fits import (
     Loader,
+    check_wavelength,
     header_of,
     is_image,
     ivar_from_error,
@@ -194,6 +195,7 @@ def _read_apvisit(hdul, path, pixmask_bits=surveys.APOGEE_PIXMASK_DEFAULT):
         raise SpectrumFormatError(f"{path}: apVisit HDU1-4 shapes differ")
     wave = wave.astype(np.float64).ravel()
     order = np.argsort(wave, kind="stable")  # chips run red -> blue and decreasing in each chip
+    check_wavelength(wave[order], path, "the apVisit wavelength image (HDU4)")
     flux = flux.astype(np.float64).ravel()[order]
     bad = (mask.astype(np.int64).ravel()[order] & int(pixmask_bits)) != 0
     ivar = ivar_from_error(flux, err.astype(np.float64).ravel()[order], bad, bad_error=surveys.APOGEE_BAD_ERROR)

@@ -46,6 +46,7 @@ __all__ = [
     "log_linear_wavelength",
     "ivar_from_error",
     "clean_ivar",
+    "check_wavelength",
     "std_meta",
     "as_format_error",
     "with_hdul",
@@ -204,14 +205,42 @@ def clean_ivar(flux, ivar, bad=None):
     return np.where(good, ivar, 0.0)
 
 
+def check_wavelength(wave, path, source="wavelength"):
+    """``wave`` if it is finite and strictly increasing, else SpectrumFormatError naming the file
+    and ``source`` (the header keys or column it came from) and the first bad pixel."""
+    wave = np.asarray(wave, dtype=np.float64)
+    bad = ~np.isfinite(wave)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise SpectrumFormatError(f"{path}: wavelength from {source} is not finite at pixel {i} ({wave[i]})")
+    step = np.diff(wave)
+    if wave.size > 1 and not np.all(step > 0):
+        i = int(np.flatnonzero(~(step > 0))[0])
+        kind = "constant" if np.all(step == 0) else "not increasing"
+        raise SpectrumFormatError(f"{path}: wavelength from {source} is {kind} (pixel {i}: {wave[i]!r}, pixel {i + 1}: "
+                                  f"{wave[i + 1]!r}); a spectrum's wavelengths must increase")
+    return wave
+
+
 def header_axis(header, npix, path, what="wavelength solution"):
-    """CRVAL1 + CDELT1 * (i + 1 - CRPIX1) for i in range(npix): a FITS header's linear axis."""
+    """CRVAL1 + CDELT1 * (i + 1 - CRPIX1) for i in range(npix): a FITS header's linear axis.
+
+    SpectrumFormatError naming the file and key when a key is missing or not a number, or
+    the step (CDELT1, or CD1_1) is not positive (a constant or reversed axis).
+    """
+    step_key = "CDELT1" if "CDELT1" in header else "CD1_1"
     try:
         crval = float(header["CRVAL1"])
         cdelt = float(header.get("CDELT1", header.get("CD1_1")))
         crpix = float(header.get("CRPIX1", 1.0))
     except (KeyError, TypeError, ValueError):
         raise SpectrumFormatError(f"{path}: no {what} (CRVAL1/CDELT1) in the header") from None
+    for key, value in (("CRVAL1", crval), (step_key, cdelt), ("CRPIX1", crpix)):
+        if not math.isfinite(value):
+            raise SpectrumFormatError(f"{path}: {what}: header key {key} is not a number ({value})")
+    if not cdelt > 0:
+        raise SpectrumFormatError(f"{path}: {what}: header key {step_key} = {cdelt!r}; the wavelength step must be "
+                                  "positive (0 is a constant wavelength, < 0 a reversed axis)")
     return crval + cdelt * (np.arange(npix) + 1.0 - crpix)
 
 
@@ -443,14 +472,21 @@ def load_file(path, loaders, unknown="unknown spectrum layout", **kwargs):
             layout = loader.identify_header(h0)
             if layout:
                 with as_format_error(path):
-                    return loader.load_raw(raw, h0, data_start, path, layout, **kwargs)
+                    return _checked(loader.load_raw(raw, h0, data_start, path, layout, **kwargs), path, loader)
     hdul = open_fits(path, raw)
     try:
         with as_format_error(path):
             for loader in loaders:
                 layout = loader.identify(hdul)
                 if layout:
-                    return loader.load(hdul, path, layout, **kwargs)
+                    return _checked(loader.load(hdul, path, layout, **kwargs), path, loader)
             raise SpectrumFormatError(f"{path}: {unknown}")
     finally:
         hdul.close()
+
+
+def _checked(spectrum, path, loader):
+    """Every reader's promise, checked once for all (and for registered readers): finite,
+    strictly increasing wavelengths."""
+    check_wavelength(spectrum.wavelength, path, f"the {loader.name} reader's wavelength solution")
+    return spectrum

@@ -26,6 +26,7 @@ from cannonade.spectra.linelists import air_to_vacuum
 from cannonade.spectra.readers.fits import (
     BITPIX,
     Loader,
+    check_wavelength,
     clean_ivar,
     header_of,
     load_file,
@@ -136,7 +137,12 @@ def _lamost_image(data, h, path, and_bits=surveys.LAMOST_AND_BITS_DEFAULT, or_bi
         raise SpectrumFormatError(f"{path}: LAMOST image has {nrow} rows, need flux and ivar")
     if "COEFF0" in h and "COEFF1" in h:
         # Wavelength from the header, never from row 3 (it is a normalised flux in DR1)
-        wave = 10.0 ** (float(h["COEFF0"]) + float(h["COEFF1"]) * np.arange(npix))
+        c0, c1 = to_float(h["COEFF0"]), to_float(h["COEFF1"])
+        if not (math.isfinite(c0) and math.isfinite(c1) and c1 > 0):
+            key = "COEFF0" if not math.isfinite(c0) else "COEFF1"
+            raise SpectrumFormatError(f"{path}: LAMOST wavelength solution: header key {key} = {h[key]!r}; "
+                                      "COEFF0 must be a number and the log-wavelength step COEFF1 positive")
+        wave = 10.0 ** (c0 + c1 * np.arange(npix))
     elif nrow >= 3 and np.all(np.diff(data[2]) > 0) and 3000 < data[2, 0] < 10000:
         wave = data[2].copy()  # layouts whose row 3 *is* the wavelength and no COEFF0
     else:
@@ -174,6 +180,7 @@ def _read_lamost_table(hdul, path, and_bits=surveys.LAMOST_AND_BITS_DEFAULT, or_
     bad = _lamost_bad(col("ANDMASK") if "ANDMASK" in cols else np.zeros(flux.shape), col("ORMASK"), and_bits, or_bits)
     ivar = clean_ivar(flux, ivar, bad)
     order = np.argsort(wave, kind="stable")
+    check_wavelength(wave[order], path, f"the WAVELENGTH column of table HDU {table.name!r}")
     return Spectrum(wave[order], flux[order], ivar[order], _lamost_meta(header, path, "lamost_table"))
 
 
