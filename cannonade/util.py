@@ -100,6 +100,17 @@ def remove_stale_temporaries(directory):
     return removed
 
 
+def json_default(o):
+    """``json.dumps(default=...)`` for numpy scalars and arrays (anything else as its str)."""
+    import numpy as np
+
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
 def progress(iterable=None, total=None, desc=None, disable=None, **kwargs):
     """A tqdm progress bar on stderr; silenced by ``CANNONADE_QUIET=1``."""
     from tqdm.auto import tqdm

@@ -83,7 +83,7 @@ def load_data(path, n_train=None, n_test=None):
     return d
 
 
-THECANNON_MODEL = ("coeffs", "scatters", "chisqs", "pivots", "scales")  # what its inference reads
+THECANNON_MODEL = ("coeffs", "scatters", "pivots", "scales")  # what its inference reads
 
 
 def run_thecannon(d, threads, model_in=None, model_out=None):

@@ -96,11 +96,12 @@ def theta_products(theta):
 
     Used by :func:`reduce_chi2`; compute once per model and reuse across chunks.
 
-    Column (i, j) of the packing (``vectorizer.pair_indices`` order) is θ_i θ_j multiplied in float64
-    and rounded once to float32. Built one row i of the triangle at a time, θ_i times the
-    columns j ≥ i, written straight into the float32 result: no (P, (K−1)K/2) float64 gathers
-    (10× faster than ``(t[:, i] * t[:, j]).astype(np.float32)`` at 7 200 pixels, bit for bit
-    the same values), which matters on the first ``infer`` call of a freshly loaded model.
+    Column (i, j) of the packing (``vectorizer.pair_indices`` order) is θ_i θ_j multiplied in
+    float64 and rounded once to float32. Built one row i of the triangle at a time, θ_i times
+    the columns j ≥ i, written straight into the float32 result: no (P, (K−1)K/2) float64
+    gathers (10× faster than ``(t[:, i] * t[:, j]).astype(np.float32)`` at 7 200 pixels, bit
+    for bit the same values), which matters on the first ``infer`` call of a freshly loaded
+    model (the model caches the result for its later calls).
     """
     t = np.asarray(theta, dtype=np.float64)[:, 1:]
     P, K1 = t.shape
@@ -143,33 +144,7 @@ def _prepare_block(flux, ivar, s2, theta0, w, f, snr=None):
         return n_valid
 
 
-def _prepare_rows(flux, ivar, s2, theta0, sub, w32, wf, c, n_pixels, snr):
-    """Prepare stars (n, P) in blocks of ``sub`` (one thread's share of a group, :func:`reduce_chi2`).
-
-    Writes the float32 weights into ``w32`` and w·f' into ``wf`` (n, P), and c = Σ w f'²,
-    the valid pixels and the S/N into ``c``, ``n_pixels``, ``snr`` (n,). Row by row, so how
-    the stars are shared between threads changes no value.
-    """
-    n, P = flux.shape
-    w, f = np.empty((min(sub, n), P)), np.empty((min(sub, n), P))
-    for i in range(0, n, sub):
-        j = min(n, i + sub)
-        ww, ff = w[: j - i], f[: j - i]
-        n_pixels[i:j] = _prepare_block(flux[i:j], ivar[i:j], s2, theta0, ww, ff, snr[i:j])
-        w32[i:j] = ww
-        np.multiply(ww, ff, out=wf[i:j])
-        c[i:j] = np.einsum("bp,bp->b", wf[i:j], ff)
-
-
-def _split_rows(start, stop, n_parts, step):
-    """[start, stop) cut into at most ``n_parts`` contiguous (i, j), boundaries on multiples of ``step``."""
-    n_blocks = -(-(stop - start) // step)
-    per = -(-n_blocks // max(1, min(n_parts, n_blocks)))
-    cuts = list(range(start, stop, per * step)) + [stop]
-    return list(zip(cuts[:-1], cuts[1:]))
-
-
-def reduce_chi2(theta, s2, flux, ivar, theta_pairs=None, block_elements=1 << 17, gemm_rows=512, threads=None):
+def reduce_chi2(theta, s2, flux, ivar, theta_pairs=None, block_elements=1 << 17, gemm_rows=512):
     """Reduce a chunk of spectra to the χ² polynomial's coefficients.
 
     The constant term (column 0 of θ, η_0 = 1) is moved to the data, f' = f − θ_0, so that
@@ -179,11 +154,12 @@ def reduce_chi2(theta, s2, flux, ivar, theta_pairs=None, block_elements=1 << 17,
     the labels need (labels move by < 1e-4 σ against a float64 product); b and c stay float64.
 
     No (B, P) array is kept: stars are prepared in cache-sized blocks and reduced by a
-    matrix product per group of ``gemm_rows`` stars. The preparation (weights, f', S/N: a
-    third of the work at 7 200 pixels, element by element) of a group is shared between
-    ``threads``; the products are multi-threaded by BLAS. float32 spectra (as a store holds
-    them) are read as they are: every value is converted to float64 where it is used,
-    exactly as a float64 copy would give, without the copy.
+    matrix product per group of ``gemm_rows`` stars. float32 spectra (as a store holds them)
+    are read as they are: each value is converted to float64 where it is used, exactly as a
+    float64 copy would give, without the copy. The preparation stays on this thread: shared
+    with a worker thread it was slower (7–30 % in CPU and wall time at 7 200 and 3 900 pixels
+    on 2 cores), the worker contending for the second core with the BLAS threads that spin
+    after each product.
 
     Parameters
     ----------
@@ -197,15 +173,16 @@ def reduce_chi2(theta, s2, flux, ivar, theta_pairs=None, block_elements=1 << 17,
     block_elements : int
         Stars are prepared in blocks of about this many (star, pixel) elements.
     gemm_rows : int
-        Stars per matrix product.
-    threads : WorkerThreads, optional
-        Shares each group's preparation (None: this thread alone). No effect on the values.
+        Stars per matrix product (it sets how the float32 product is cut, so it changes M in
+        the last bits; keep it fixed).
     """
     K = theta.shape[1]
     B, P = flux.shape
     if theta_pairs is None:
         theta_pairs = theta_products(theta)
-    theta0, theta1 = theta[:, 0], np.ascontiguousarray(theta[:, 1:])
+    # contiguous copies: θ_0 as a strided column (θ[:, 0]) makes f − θ_0, the subtraction of
+    # every (star, pixel), 3× slower (numpy cannot vectorise a strided operand)
+    theta0, theta1 = np.ascontiguousarray(theta[:, 0]), np.ascontiguousarray(theta[:, 1:])
     sub = max(1, min(B, block_elements // max(P, 1)))
     rows = max(sub, gemm_rows // sub * sub)
     w32 = np.empty((min(rows, B), P), dtype=np.float32)
@@ -215,18 +192,16 @@ def reduce_chi2(theta, s2, flux, ivar, theta_pairs=None, block_elements=1 << 17,
     n_pixels = np.empty(B, dtype=np.int64)
     snr = np.empty(B)
 
-    def prepare(span, g0):
-        i, j = span
-        _prepare_rows(flux[i:j], ivar[i:j], s2, theta0, sub, w32[i - g0 : j - g0], wf[i - g0 : j - g0], c[i:j],
-                      n_pixels[i:j], snr[i:j])
-
+    w, f = np.empty((sub, P)), np.empty((sub, P))
     for g0 in range(0, B, rows):
         g1 = min(B, g0 + rows)
-        spans = _split_rows(g0, g1, 1 if threads is None else threads.n_threads, sub)
-        if len(spans) > 1:
-            list(threads.map(lambda span: prepare(span, g0), spans))  # ufuncs release the GIL
-        else:
-            prepare(spans[0], g0)
+        for i in range(g0, g1, sub):
+            j = min(g1, i + sub)
+            ww, ff = w[: j - i], f[: j - i]
+            n_pixels[i:j] = _prepare_block(flux[i:j], ivar[i:j], s2, theta0, ww, ff, snr[i:j])
+            w32[i - g0 : j - g0] = ww
+            np.multiply(ww, ff, out=wf[i - g0 : j - g0])
+            c[i:j] = np.einsum("bp,bp->b", wf[i - g0 : j - g0], ff)
         np.matmul(w32[: g1 - g0], theta_pairs, out=Mflat[g0:g1])
         b[g0:g1, 1:] = wf[: g1 - g0] @ theta1
     M32 = np.zeros((B, K, K), dtype=np.float32)
@@ -245,11 +220,14 @@ def chi2_at(problem, eta):
     return problem.c - 2.0 * np.einsum("bk,bk->b", problem.b, eta) + np.einsum("bk,bk->b", eta, Meta)
 
 
-def _batched(fn, *arrays, threads=None, min_batch=256):
+def _batched(fn, *arrays, threads=None, min_batch=128):
     """fn(*arrays) for arrays batched along axis 0, split over ``threads`` (a WorkerThreads).
 
     For NumPy's stacked matrix products and solves, which release the GIL: with 2 cores a
-    batch of 1000 stars runs ~1.9× faster. Small batches, and ``threads=None``, run inline.
+    batch of 1000 stars runs ~1.9× faster. Batches of fewer than 2 × ``min_batch`` stars, and
+    ``threads=None``, run inline (128: the 256-star chunks of a 9-label model are split too,
+    3 % off the whole inference at the LAMOST size; every matrix is solved alone, so the split
+    changes no value).
     """
     n = 1 if threads is None else min(threads.n_threads, arrays[0].shape[0] // min_batch)
     if n <= 1:
@@ -369,7 +347,7 @@ def infer_chunk(theta, s2, exponents, flux, ivar, theta_pairs=None, max_iter=100
     if threads is None:
         with WorkerThreads() as own:
             return infer_chunk(theta, s2, exponents, flux, ivar, theta_pairs, max_iter, threads=own)
-    problem = reduce_chi2(theta, s2, flux, ivar, theta_pairs, threads=threads)
+    problem = reduce_chi2(theta, s2, flux, ivar, theta_pairs)
     out = solve_reduced(problem, exponents, max_iter, threads=threads)
     out["snr"] = problem.snr  # the calibration's S/N, computed block by block by the reduction
     return out

@@ -28,20 +28,12 @@ from cannonade.pipeline.fingerprints import stage_fingerprint, stage_inputs, una
 from cannonade.pipeline.recipes import recipe_for
 from cannonade.provenance import fingerprint, provenance
 from cannonade.tables import read_table
-from cannonade.util import atomic_path, remove_stale_temporaries
+from cannonade.util import atomic_path, json_default, remove_stale_temporaries
 
 log = logging.getLogger("cannonade.pipeline")
 
 #: the copy of the validated configuration kept in the run directory
 CONFIG_COPY = "config.toml"
-
-
-def _json_default(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
 
 
 def _short(info):
@@ -114,7 +106,7 @@ class Run:
 
     def mark(self, stage, info):
         with atomic_path(self.marker(stage)) as tmp:
-            tmp.write_text(json.dumps(info, indent=1, default=_json_default))
+            tmp.write_text(json.dumps(info, indent=1, default=json_default))
 
     def stage_info(self, stage):
         return json.loads(self.marker(stage).read_text())

@@ -28,7 +28,7 @@ from cannonade.report.html import Section, esc, figure_html, fmt, mapping_table,
 from cannonade.report.inputs import ReportError
 from cannonade.report.style import quantity_name
 from cannonade.report.rundir import RunDirectory
-from cannonade.util import atomic_path
+from cannonade.util import atomic_path, json_default
 
 log = logging.getLogger("cannonade.report")
 
@@ -678,7 +678,7 @@ class ReportBuilder:
                    "figures": [{"number": n, "file": e.file, "caption": e.caption} for n, e in self.figures],
                    "not_drawn": self.not_drawn}
         with atomic_path(self.out / SUMMARY_FILE) as tmp:
-            tmp.write_text(json.dumps(summary, indent=1, default=_json_default))
+            tmp.write_text(json.dumps(summary, indent=1, default=json_default))
         index = self.out / INDEX_FILE
         with atomic_path(index) as tmp:
             tmp.write_text(page(title, sections, subtitle), encoding="utf-8")
@@ -694,14 +694,6 @@ def _label_text(labels, snr):
     if np.isfinite(snr):
         parts.append(f"S/N {snr:.0f}")
     return ", ".join(parts)
-
-
-def _json_default(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
 
 
 def _clear(out):

@@ -8,10 +8,10 @@ directory after an interruption. A stage's files change only at those points (be
 created and the markers of stages to redo removed), so together they reach every state of its
 files that a kill at an arbitrary time can leave.
 
-The driver logs what it did as JSON lines (stages entered, every atomic write and part removal, every chunked map
-with its pending chunks, every finished chunk, the kill). It runs in a forked child of the test
-process (cheap: nothing to import) or, as a script, in a fresh interpreter:
-``python _pipeline_faults.py SPEC.json``.
+The driver logs what it did as JSON lines (stages entered, every atomic write and part removal,
+every chunked map with its pending chunks, every finished chunk, the kill). It runs in a child
+forked by a multiprocessing fork server that has imported the package (cheap: nothing to import)
+or, as a script, in a fresh interpreter: ``python _pipeline_faults.py SPEC.json``.
 """
 
 from __future__ import annotations
@@ -228,19 +228,28 @@ def _child(spec):
         return 1
 
 
+#: what the fork server imports once, so that each driver child starts at once
+PRELOAD = ["numpy", "h5py", "astropy.table", "astropy.io.fits", "pyarrow.parquet", "cannonade.pipeline", "cannonade.execution"]
+
+
 def fork_drive(spec):
-    """Run :func:`drive` in a forked child; its exit status (-9 when killed)."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    pid = os.fork()
-    if pid == 0:  # the child never returns into the test process
-        code = 1
-        try:
-            code = _child(spec)
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    return -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+    """Run :func:`drive` in a child forked by a multiprocessing fork server; its exit status (-9 when
+    killed).
+
+    Not forked from the test process: once a pipeline has run there (OpenMP threads of galpy's
+    actions, blosc, pyarrow's allocator), a forked child can deadlock on a lock a thread held. The
+    fork server is a fresh interpreter that only imported :data:`PRELOAD`.
+    """
+    import multiprocessing
+    import runpy
+
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(PRELOAD)
+    proc = ctx.Process(target=runpy.run_path, args=(str(Path(__file__)),),
+                       kwargs={"init_globals": {"FAULTS_SPEC": json.dumps(spec)}, "run_name": "__faults_child__"})
+    proc.start()
+    proc.join()
+    return proc.exitcode
 
 
 def read_log(path):
@@ -323,7 +332,7 @@ def check_run_dir(run_dir, outputs):
     for p in finished_files(run_dir):
         try:
             load_file(p)
-        except Exception as exc:  # noqa: BLE001 - the assertion names it
+        except Exception as exc:
             raise AssertionError(f"{p.relative_to(run_dir)} is partial or unreadable: {exc!r}") from exc
     marked = sorted(p.stem for p in (run_dir / "stages").glob("*.json"))
     for stage in marked:
@@ -385,3 +394,5 @@ def assert_same_models(a_dir, b_dir):
 
 if __name__ == "__main__":  # python _pipeline_faults.py SPEC.json: the driver in a fresh interpreter
     sys.exit(_child(json.loads(Path(sys.argv[1]).read_text(encoding="utf-8"))))
+elif __name__ == "__faults_child__":  # run by fork_drive in a child of the fork server
+    sys.exit(_child(json.loads(globals()["FAULTS_SPEC"])))

@@ -1,9 +1,10 @@
 """Kill `cannonade run` anywhere, resume: the catalogue of an uninterrupted run, every time (issue 16).
 
-One run directory is interrupted 26 times at seeded random points of every stage, each rerun
-resuming it: SIGKILL at the j-th atomic write of a stage (before the rename, with the temporary
-file cut in half as if killed while writing it, or just after the rename), SIGKILL right after
-the n-th finished chunk of ``ingest`` / ``infer``, the runner's deterministic stop hook, and two
+One run directory is interrupted 27 times at seeded random points of every stage, each rerun
+resuming it: 23 SIGKILLs by the driver of ``_pipeline_faults.py`` at an atomic write of a stage
+(before the rename, with the temporary file cut in half as if killed while writing it, or just
+after the rename), at the store assembly's removal of a copied ``ingest`` part, or right after a
+finished chunk of ``ingest`` / ``infer``; two stops by the runner's deterministic hook; and two
 SIGKILLs of a real ``python -m cannonade run`` at a random time inside ``clean`` and ``train``.
 After each interruption no file where a finished one is expected is partial (every file but the
 hidden temporaries reads completely; every stage with a marker has all its outputs), and the

@@ -13,7 +13,13 @@ import numpy as np
 import pytest
 from astropy.table import Table
 
-from cannonade import CannonModel, CatalogueError, ConfigError, ModelFileError, StoreFormatError
+from cannonade import (
+    CannonModel,
+    CatalogueError,
+    ConfigError,
+    ModelFileError,
+    StoreFormatError,
+)
 from cannonade.catalogue import read_catalogue
 from cannonade.catalogue.writers import write_catalogue
 from cannonade.config import config_from_dict, evaluate_cut
@@ -374,6 +380,7 @@ def _patch_card(path, key, value):
     Path(path).write_bytes(bytes(raw))
 
 
+@pytest.mark.filterwarnings("ignore:File may have been truncated")
 def test_catalogue_declaring_more_rows_than_it_holds_is_refused_before_reading(catalogue):
     path = catalogue["fits"]
     _patch_card(path, "NAXIS2", 10**9)
