@@ -181,7 +181,7 @@ def reduce_chi2(theta, s2, flux, ivar, theta_pairs=None, block_elements=1 << 17,
     if theta_pairs is None:
         theta_pairs = theta_products(theta)
     # contiguous copies: θ_0 as a strided column (θ[:, 0]) makes f − θ_0, the subtraction of
-    # every (star, pixel), 3× slower (numpy cannot vectorise a strided operand)
+    # every (star, pixel), 5× slower (numpy cannot vectorise a strided operand)
     theta0, theta1 = np.ascontiguousarray(theta[:, 0]), np.ascontiguousarray(theta[:, 1:])
     sub = max(1, min(B, block_elements // max(P, 1)))
     rows = max(sub, gemm_rows // sub * sub)
