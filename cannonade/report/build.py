@@ -251,13 +251,19 @@ class ReportBuilder:
                   "and with the calibrated errors (σ includes the reference labels' errors); 1 means right errors.",
                   fm.calibration_pulls, snr, cv - truth, raw, cal, labels, reference_errors=ref, title=f"{name} model")
 
+    def main_catalogue(self, figure):
+        """(name, table) of the run's per-star catalogue; (None, None), and ``figure`` skipped, without one."""
+        name = self.run.main_catalogue_name()
+        if name is None:
+            self.skip(figure, "the run has no catalogue")
+            return None, None
+        return name, self.run.catalogue(name)
+
     def flag_rates(self):
         run = self.run
-        name = run.main_catalogue_name()
-        if name is None:
-            self.skip("flag_rates", "the run has no catalogue")
+        name, cat = self.main_catalogue("flag_rates")
+        if cat is None:
             return
-        cat = run.catalogue(name)
         if "flags" not in cat.colnames:
             self.skip("flag_rates", f"catalogue {name} has no 'flags' column")
             return
@@ -409,11 +415,9 @@ class ReportBuilder:
 
     def kiel(self):
         run = self.run
-        name = run.main_catalogue_name()
-        if name is None:
-            self.skip("kiel", "the run has no catalogue")
+        name, cat = self.main_catalogue("kiel")
+        if cat is None:
             return
-        cat = run.catalogue(name)
         suffix = "Cann" if "teffCann" in cat.colnames else ""
         cols = [f"teff{suffix}", f"logg{suffix}", f"fe_h{suffix}"]
         missing = [c for c in cols if c not in cat.colnames]
