@@ -20,10 +20,12 @@ from cannonade.exceptions import CannonadeError
 def cmd_demo(args):
     from cannonade import demo
 
+    _check_demo_counts(args)
     if args.recipe == "nandakumar2022":
         t0 = time.perf_counter()
         out = args.out if args.out != "cannonade_demo" else "cannonade_demo_nandakumar"
-        run, systematics, clusters = demo.run_scaling_demo(out, n_stars=args.n_target or demo.SCALING_N_STARS,
+        n_stars = args.n_target if args.n_target is not None else demo.SCALING_N_STARS
+        run, systematics, clusters = demo.run_scaling_demo(out, n_stars=n_stars,
                                                            seed=args.seed, keep_mock=args.keep_mock)
         for c in systematics.colnames[1:]:
             systematics[c].format = ".3f"
@@ -50,8 +52,8 @@ def cmd_demo(args):
         return 0
     t0 = time.perf_counter()
     # --n-target: stars in the mock (all get LAMOST spectra); --n-reference: how many are GALAH stars
-    n_stars = int(args.n_target) if args.n_target else demo.DEFAULT_N_STARS
-    frac = min(0.9, float(args.n_reference) / n_stars) if args.n_reference else demo.DEFAULT_REFERENCE_FRACTION
+    n_stars = int(args.n_target) if args.n_target is not None else demo.DEFAULT_N_STARS
+    frac = min(0.9, float(args.n_reference) / n_stars) if args.n_reference is not None else demo.DEFAULT_REFERENCE_FRACTION
     run, table = demo.run_demo(args.out, n_stars=n_stars, reference_fraction=frac, seed=args.seed, keep_mock=args.keep_mock)
     for c in ("cv_scatter", "rms_true", "ratio"):
         table[c].format = ".4g"
@@ -65,6 +67,22 @@ def cmd_demo(args):
     print(f"run log:    {run.path('run.log')}")
     print(f"report:     {_demo_report(run)}")
     return 0
+
+
+def _check_demo_counts(args):
+    """--n-target >= 1 and 1 <= --n-reference <= --n-target (0 is not "the default")."""
+    from cannonade.demo import DEFAULT_N_STARS
+    from cannonade.exceptions import ParameterError
+
+    if args.n_target is not None and args.n_target < 1:
+        raise ParameterError(f"--n-target must be >= 1 (stars in the mock), got {args.n_target}")
+    if args.n_reference is not None:
+        if args.recipe == "nandakumar2022":
+            raise ParameterError("--n-reference is for the wheeler2020 demo; the nandakumar2022 mock sets its own survey overlap")
+        n_target = args.n_target if args.n_target is not None else DEFAULT_N_STARS
+        if not 1 <= args.n_reference <= n_target:
+            raise ParameterError(f"--n-reference must be between 1 and --n-target ({n_target}) GALAH reference stars, "
+                                 f"got {args.n_reference}")
 
 
 def _demo_report(run):
@@ -98,12 +116,18 @@ def cmd_ingest(args):
         report = ingest(args.inputs, args.out, grid=args.grid, normalise=args.normalise, redshifts=args.redshift_catalogue,
                         workers=args.workers, chunk_size=args.chunk_size, join=args.join, scheduler=args.scheduler or "")
     print(report.summary())
-    return 0 if report.n_ok > 0 else 1
+    if report.n_ok == 0:
+        from cannonade.exceptions import SpectrumFormatError
+
+        first = f" (first: {report.failures[0][0]}: {report.failures[0][1]})" if report.failures else ""
+        raise SpectrumFormatError(f"no spectrum could be read: all {report.n_failed} input(s) failed{first}; "
+                                  f"the error report lists them: {report.error_report}")
+    return 0
 
 
 def _run_config(args):
-    """The config file, or its validated configuration with ``--scheduler`` / ``--workers`` applied."""
-    if args.scheduler is None and args.workers is None:
+    """The config file, or its validated configuration with ``--scheduler`` / ``--workers`` / ``--device`` applied."""
+    if args.scheduler is None and args.workers is None and args.device is None:
         return args.config
     import dataclasses
 
@@ -116,6 +140,8 @@ def _run_config(args):
         changes["scheduler"] = args.scheduler.strip()
     if args.workers is not None:
         changes["workers"] = validate_workers(args.workers)
+    if args.device is not None:
+        changes["device"] = args.device  # one of argparse's choices: the config's own values
     return dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, **changes))
 
 
@@ -169,7 +195,7 @@ def cmd_train(args):
 
     report = train_model(args.labels, args.store, _label_list(args.label_names), args.out, id_column=args.id_column,
                          order=args.order, scale=args.scale, k=args.k, calibrate=args.calibrate, seed=args.seed,
-                         name=args.name, error_prefix=args.error_prefix, missing=args.missing_labels)
+                         name=args.name, error_prefix=args.error_prefix, missing=args.missing_labels, device=args.device)
     print(report.summary())
     return 0
 
@@ -179,7 +205,7 @@ def cmd_cv(args):
 
     cv, ts, paths = run_cv(args.labels, args.store, _label_list(args.label_names), args.out, id_column=args.id_column,
                            order=args.order, scale=args.scale, k=args.k, seed=args.seed, error_prefix=args.error_prefix,
-                           missing=args.missing_labels)
+                           missing=args.missing_labels, device=args.device)
     print(ts.summary())
     print(f"{args.k}-fold cross-validation:")
     print(describe(cv))
@@ -195,7 +221,8 @@ def cmd_infer(args):
         report = infer_store(args.models, args.store, args.out, model_by=args.model_by, catalogue=args.catalogue,
                              allow_mismatch=args.allow_mismatch, chunk_size=args.chunk_size,
                              id_column=args.catalogue_id_column, teff_column=args.teff_column,
-                             logg_column=args.logg_column, workers=args.workers, scheduler=args.scheduler or "")
+                             logg_column=args.logg_column, workers=args.workers, scheduler=args.scheduler or "",
+                             device=args.device)
     print(report.summary())
     return 0
 
@@ -231,8 +258,18 @@ def cmd_config_init(args):
 
 
 # --------------------------------------------------------------------------- arguments
+DEVICE_HELP = ("where the Cannon's arrays are computed: cpu (NumPy) or gpu (a CUDA GPU through CuPy, float64; "
+               "pip install 'cannonade[gpu]'; docs/scale.md)")
 SCHEDULER_HELP = ("run the chunks on dask.distributed: 'local' = a LocalCluster of --workers processes, or a running "
                   "cluster's scheduler address tcp://HOST:PORT or scheduler file (docs/scale.md)")
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser, whose usage errors are ONE line on stderr (exit status 2), like every other
+    error of the command line; the usage is in ``--help``."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Every option's help ends with its default: "(required)", "(default: none)" for an unset
@@ -256,7 +293,7 @@ def build_parser():
     from cannonade._version import __version__
     from cannonade.pipeline.recipes import WHEELER2020
 
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="cannonade",
         description="The Cannon at survey scale: stellar labels from spectra (Wheeler+2020, Nandakumar+2022).",
         formatter_class=HelpFormatter,
@@ -313,6 +350,8 @@ def build_parser():
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="processes, or dask workers with --scheduler local; overrides run.workers "
                         "(default: the config's run.workers)")
+    p.add_argument("--device", default=None, choices=["cpu", "gpu"],
+                   help=DEVICE_HELP + "; overrides run.device (default: the config's run.device)")
     p.set_defaults(handler=cmd_run)
 
     def training_options(p):
@@ -347,12 +386,14 @@ def build_parser():
     p.add_argument("--name", default=None, help="the model's name (default: the file's stem), e.g. dwarf / giant")
     p.add_argument("--calibrate", action=argparse.BooleanOptionalAction, default=True,
                    help="cross-validate and calibrate the errors and flags (docs/calibration.md)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "gpu"], help=DEVICE_HELP)
     p.set_defaults(handler=cmd_train)
 
     p = sub.add_parser("cv", help="k-fold cross-validation of a model on labelled spectra (tables in a directory)",
                        formatter_class=fmt)
     training_options(p)
     p.add_argument("--out", required=True, help="output directory (cv_summary.csv, cv_predictions.fits)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "gpu"], help=DEVICE_HELP)
     p.set_defaults(handler=cmd_cv)
 
     p = sub.add_parser("infer", help="labels for every spectrum of a store, one row per spectrum", formatter_class=fmt)
@@ -373,6 +414,8 @@ def build_parser():
                    help="parallel workers: processes, or dask workers with --scheduler local "
                         "(default: 1 process; with --scheduler local, one dask worker per core)")
     p.add_argument("--scheduler", default=None, metavar="ADDRESS|local", help=SCHEDULER_HELP)
+    p.add_argument("--device", default="cpu", choices=["cpu", "gpu"],
+                   help=DEVICE_HELP + "; gpu runs the chunks in this process or on dask, not in --workers processes")
     p.set_defaults(handler=cmd_infer)
 
     p = sub.add_parser("report", help="HTML report of a finished run: figures, tables, summary.json (RUN_DIR/report)",
@@ -393,12 +436,17 @@ def build_parser():
     return parser
 
 
+def _one_line(exc):
+    """The error's message on one line (a library's message may hold line breaks)."""
+    return " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args) or 0)
     except CannonadeError as exc:
-        print(f"cannonade {args.command}: error: {exc}", file=sys.stderr)
+        print(f"cannonade {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except OSError as exc:  # a full disk outside the atomic writes (e.g. the run log): one line too
         from cannonade.util import is_disk_full

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cannonade.util import atomic_path
+from cannonade.util import atomic_path, make_dirs
 
 DEFAULT_N_STARS = 30000
 DEFAULT_REFERENCE_FRACTION = 0.10
@@ -182,7 +182,7 @@ def run_demo(out="cannonade_demo", n_stars=DEFAULT_N_STARS, reference_fraction=D
     from cannonade.simulate import simulate_survey
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    make_dirs(out, "demo directory (--out)")
     mock = out / "mock"
     run_dir = out / "run"
     est = estimate_disk_use(n_stars, reference_fraction)
@@ -297,7 +297,7 @@ def run_scaling_demo(out="cannonade_demo_nandakumar", n_stars=SCALING_N_STARS, s
     from cannonade.simulate import simulate_survey
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    make_dirs(out, "demo directory (--out)")
     mock, run_dir = out / "mock", out / "run"
     params = {"preset": "apogee-galah", "n_stars": int(n_stars), "seed": int(seed), "files": "fits.gz", "version": 1}
     stamp = out / "mock.json"

@@ -78,6 +78,35 @@ class SpectraMismatchError(CannonadeError, ValueError):
     continuum normalisation or survey); the message names every difference."""
 
 
+class DeviceError(CannonadeError, RuntimeError):
+    """A device that cannot be used: ``device="gpu"`` without CuPy or without a visible CUDA
+    device (the message says to ``pip install 'cannonade[gpu]'``)."""
+
+
 class SelectionError(CannonadeError, ValueError):
     """A cut, bin or pair sample that leaves too few stars for an analysis (names the cut and
     the count), e.g. no wide binaries left after the dwarf and ΔT_eff cuts."""
+
+
+class OutputError(CannonadeError, OSError):
+    """An output that cannot be written where it was asked for: a directory where a file is to
+    be written, a file where a folder is needed (or on the way to it), a folder without write
+    permission. Names the path and what is wrong with it; nothing is written."""
+
+
+class OutputExistsError(OutputError, FileExistsError):
+    """An output file that exists and may not be replaced (``overwrite=False``); names the file.
+    Also a ``FileExistsError``, so ``except FileExistsError`` still catches it."""
+
+
+class UnknownReaderError(CannonadeError, KeyError):
+    """A spectrum reader name that is not registered (names it and the registered readers).
+    Also a ``KeyError``, as raised before."""
+
+    def __str__(self):  # KeyError quotes its message; keep it readable
+        return str(self.args[0]) if self.args else ""
+
+
+class WorkerDiedError(CannonadeError, RuntimeError):
+    """A worker process running a chunk died (killed, out of memory, ``os._exit``) more often than
+    the backend retries it. Names the chunk; the finished chunks are kept, a rerun resumes."""

@@ -117,5 +117,9 @@ def provenance_cards(prov):
 
 def _card(key, value, comment):
     """A card whose comment is dropped when the value leaves no room for it (a long value
-    continues over CONTINUE cards, which have none; astropy would warn and truncate)."""
+    continues over CONTINUE cards, which have none; astropy would warn and truncate). Text is
+    made ASCII (``\\xeb`` for 'ë': a FITS header holds ASCII only, astropy would drop the card);
+    ``CNDPROV``'s JSON keeps every value exactly."""
+    if isinstance(value, str):
+        value = value.encode("ascii", "backslashreplace").decode("ascii")
     return (key, value, comment if len(str(value)) + len(comment) <= 60 else "")

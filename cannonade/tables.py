@@ -153,8 +153,10 @@ def read_table(path):
 
     path = Path(path)
     if not path.is_file():
-        raise CatalogueError(f"catalogue {path} not found")
+        raise CatalogueError(f"catalogue {path} is a directory, not a file" if path.is_dir() else f"catalogue {path} not found")
     kind = table_format(path)
+    if path.stat().st_size == 0:
+        raise CatalogueError(f"catalogue {path} is empty (0 bytes)")
     try:
         if kind == "parquet":
             import pyarrow.parquet as pq
@@ -162,6 +164,7 @@ def read_table(path):
             return Table.from_pandas(pq.read_table(path).to_pandas())
         if kind == "csv":
             return Table.read(path, format="ascii.csv")
-        return Table.read(path)
-    except Exception as exc:  # astropy and pyarrow raise many kinds
-        raise CatalogueError(f"catalogue {path} could not be read: {exc}") from None
+        return Table.read(path, format="fits")
+    except Exception as exc:  # astropy and pyarrow raise many kinds; their first line says what
+        text = str(exc).strip().splitlines()
+        raise CatalogueError(f"catalogue {path} could not be read: {text[0] if text else type(exc).__name__}") from None

@@ -16,6 +16,12 @@ Here: the reduction (:func:`reduce_chi2`), the starts, the covariance, the drive
 (:func:`infer_chunk`) and over many chunks (:func:`infer_spectra`, with its own
 :class:`WorkerThreads`), and per-pixel χ² (:func:`pixel_chi2`). The minimiser itself is
 ``levenberg.levenberg_marquardt``.
+
+The reduction — the O(B·P·K²) part, every pixel of every star — and :func:`pixel_chi2` are
+written against the array namespace of their inputs
+(:func:`cannonade.execution.device.array_namespace`): with ``device="gpu"`` a chunk's spectra
+go to the GPU, are reduced there, and only the small reduced problem (B·K² numbers) comes
+back; the starts, the Levenberg–Marquardt and the covariance work on it on the host.
 """
 
 from __future__ import annotations
@@ -29,7 +35,8 @@ import numpy as np
 from cannonade.cannon.levenberg import levenberg_marquardt
 from cannonade.cannon.quality import median_snr
 from cannonade.cannon.training import scatter_weights
-from cannonade.cannon.vectorizer import design_jacobian, design_matrix, unpack_symmetric
+from cannonade.cannon.vectorizer import design_jacobian, design_matrix, symmetric_gather_index
+from cannonade.execution import device as devices
 from cannonade.util import progress
 
 N_THREADS = max(1, min(4, os.cpu_count() or 1))
@@ -77,9 +84,10 @@ class WorkerThreads:
 class ReducedProblem:
     """Sufficient statistics of a chunk of stars' χ² (see module docstring).
 
-    M : (B, K, K) float64 (from a float32 product), M32 : the same in float32,
-    b : (B, K), c : (B,), n_pixels : (B,) valid pixels per star, snr : (B,) median
-    flux·sqrt(ivar) over them (:func:`quality.median_snr`).
+    M : (B, K, K) float64 (from a float32 product on the host, a float64 one on a GPU),
+    M32 : the same in float32, b : (B, K), c : (B,), n_pixels : (B,) valid pixels per star,
+    snr : (B,) median flux·sqrt(ivar) over them (:func:`quality.median_snr`). NumPy arrays,
+    or CuPy arrays straight out of a GPU reduction (:func:`to_host` brings them back).
     """
 
     M: np.ndarray
@@ -90,11 +98,18 @@ class ReducedProblem:
     snr: np.ndarray | None = None
 
 
+def to_host(problem):
+    """``problem`` with NumPy arrays (a GPU reduction's arrays copied back; the host's as they are)."""
+    return ReducedProblem(**{k: devices.to_host(v) for k, v in vars(problem).items()})
 
-def theta_products(theta):
-    """Upper-triangle products θ_k θ_j of the non-constant terms, float32: (P, (K−1)K/2).
 
-    Used by :func:`reduce_chi2`; compute once per model and reuse across chunks.
+def theta_products(theta, dtype=None):
+    """Upper-triangle products θ_k θ_j of the non-constant terms: (P, (K−1)K/2).
+
+    Used by :func:`reduce_chi2`; compute once per model and reuse across chunks. ``dtype``
+    (the precision of the reduction's big product): by default float32 for host arrays (see
+    :func:`reduce_chi2`) and float64 for GPU arrays (computed there; the GPU's reduction is
+    float64 throughout).
 
     Column (i, j) of the packing (``vectorizer.pair_indices`` order) is θ_i θ_j multiplied in
     float64 and rounded once to float32. Built one row i of the triangle at a time, θ_i times
@@ -103,14 +118,43 @@ def theta_products(theta):
     for bit the same values), which matters on the first ``infer`` call of a freshly loaded
     model (the model caches the result for its later calls).
     """
-    t = np.asarray(theta, dtype=np.float64)[:, 1:]
+    xp = devices.array_namespace(theta)
+    dtype = (np.float32 if xp is np else np.float64) if dtype is None else dtype
+    t = xp.asarray(theta, dtype=np.float64)[:, 1:]
     P, K1 = t.shape
-    out = np.empty((P, K1 * (K1 + 1) // 2), dtype=np.float32)
+    out = xp.empty((P, K1 * (K1 + 1) // 2), dtype=dtype)
     a = 0
     for i in range(K1):  # the packing of pair_indices (np.triu_indices): row i, then j = i..K1−1
-        np.multiply(t[:, i, None], t[:, i:], out=out[:, a : a + K1 - i], casting="same_kind")
+        xp.multiply(t[:, i, None], t[:, i:], out=out[:, a : a + K1 - i], casting="same_kind")
         a += K1 - i
     return out
+
+
+def _median_snr(flux, ivar, invalid, n_invalid):
+    """:func:`quality.median_snr` where the arrays are.
+
+    On the host it is that function (a fixed-kth partition of a padded float32 copy, written
+    for NumPy). On a GPU the same numbers from one sort per row: the same float32 values of
+    f|f|·ivar, invalid ones +inf (sorted last), the valid middle one or two read at
+    (n−1)//2 and n//2, then the same float64 square roots.
+    """
+    xp = devices.array_namespace(flux, ivar, invalid)
+    if xp is np:
+        return median_snr(flux, ivar, invalid, n_invalid)
+    M, P = flux.shape
+    if M == 0 or P == 0:
+        return xp.full(M, np.nan)
+    g = xp.abs(flux).astype(np.float64)
+    g *= flux
+    g *= ivar  # f|f|·ivar in float64, then one cast to float32, as on the host
+    g = g.astype(np.float32)
+    g[invalid] = np.inf
+    g.sort(axis=1)
+    n = P - n_invalid
+    v1, v2 = (xp.take_along_axis(g, xp.clip(k, 0, P - 1)[:, None], axis=1)[:, 0].astype(np.float64)
+              for k in ((n - 1) // 2, n // 2))
+    med = 0.5 * (xp.sign(v1) * xp.sqrt(xp.abs(v1)) + xp.sign(v2) * xp.sqrt(xp.abs(v2)))
+    return xp.where(n > 0, med, np.nan)
 
 
 def _prepare_block(flux, ivar, s2, theta0, w, f, snr=None):
@@ -118,29 +162,30 @@ def _prepare_block(flux, ivar, s2, theta0, w, f, snr=None):
 
     Non-finite or non-positive ivar and non-finite flux give w = 0 and f = 0. With ``snr``
     (b,), each star's :func:`quality.median_snr` is written there while the block is in cache.
-    Returns the number of valid pixels per star (b,).
+    Returns the number of valid pixels per star (b,). Host or GPU arrays, all on one.
     """
+    xp = devices.array_namespace(flux, ivar, w)
     P = flux.shape[1]
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-        if np.isfinite(ivar.sum()) and ivar.min() >= 0:
+        if xp.isfinite(ivar.sum()) and ivar.min() >= 0:
             # the usual case: ivar finite and ≥ 0, so w = 0 exactly where ivar = 0
             scatter_weights(ivar, s2, out=w)  # Wheeler+2020 Eq. 3 weights
-            np.subtract(flux, theta0, out=f)
-            bad = ~np.isfinite(f)
+            xp.subtract(flux, theta0, out=f)
+            bad = ~xp.isfinite(f)
             if bad.any():  # NaN/inf flux counts as ivar = 0 (copyto: no index arrays, unlike w[bad] = 0)
-                np.copyto(w, 0.0, where=bad)
-                np.copyto(f, 0.0, where=bad)
+                xp.copyto(w, 0.0, where=bad)
+                xp.copyto(f, 0.0, where=bad)
             invalid = w == 0.0
-            n_invalid = np.count_nonzero(invalid, axis=1)
+            n_invalid = xp.count_nonzero(invalid, axis=1)
             if snr is not None:
-                snr[:] = median_snr(flux, ivar, invalid, n_invalid)
+                snr[:] = _median_snr(flux, ivar, invalid, n_invalid)
             return P - n_invalid
-        good = (ivar > 0) & (ivar < np.inf) & np.isfinite(flux)
-        np.copyto(w, np.where(good, scatter_weights(ivar, s2), 0.0))
-        np.copyto(f, np.where(good, flux - theta0, 0.0))
+        good = (ivar > 0) & (ivar < np.inf) & xp.isfinite(flux)
+        xp.copyto(w, xp.where(good, scatter_weights(ivar, s2), 0.0))
+        xp.copyto(f, xp.where(good, flux - theta0, 0.0))
         n_valid = good.sum(axis=1)
         if snr is not None:
-            snr[:] = median_snr(flux, ivar, ~good, P - n_valid)
+            snr[:] = _median_snr(flux, ivar, ~good, P - n_valid)
         return n_valid
 
 
@@ -152,6 +197,8 @@ def reduce_chi2(theta, s2, flux, ivar, theta_pairs=None, block_elements=1 << 17,
     column 0 of M and b_0 zero. What is left is small and of one magnitude, so the large
     product M = Θ'ᵀ W Θ' is done in float32 (twice the speed) without losing the precision
     the labels need (labels move by < 1e-4 σ against a float64 product); b and c stay float64.
+    The product is done in the precision of ``theta_pairs``: float32 on the host, float64 on
+    a GPU (which has the float64 throughput; M32 is then M rounded, for the host's steps).
 
     No (B, P) array is kept: stars are prepared in cache-sized blocks and reduced by a
     matrix product per group of ``gemm_rows`` stars. float32 spectra (as a store holds them)
@@ -161,6 +208,10 @@ def reduce_chi2(theta, s2, flux, ivar, theta_pairs=None, block_elements=1 << 17,
     on 2 cores), the worker contending for the second core with the BLAS threads that spin
     after each product.
 
+    On a GPU (CuPy ``flux``, ``ivar``, ``theta``, ``s2``: :func:`infer_chunk` puts them there)
+    the same code runs as one block and one product (no cache to fit, and each kernel launch
+    costs); the result is then on the GPU too (:func:`to_host`).
+
     Parameters
     ----------
     theta : (P, K) float
@@ -168,7 +219,7 @@ def reduce_chi2(theta, s2, flux, ivar, theta_pairs=None, block_elements=1 << 17,
     s2 : (P,) float
     flux, ivar : (B, P) float32 or float64
         Non-finite flux is treated as ivar = 0.
-    theta_pairs : (P, (K−1)K/2) float32, optional
+    theta_pairs : (P, (K−1)K/2) float32 (float64 on a GPU), optional
         :func:`theta_products` of θ (reused across chunks).
     block_elements : int
         Stars are prepared in blocks of about this many (star, pixel) elements.
@@ -176,23 +227,27 @@ def reduce_chi2(theta, s2, flux, ivar, theta_pairs=None, block_elements=1 << 17,
         Stars per matrix product (it sets how the float32 product is cut, so it changes M in
         the last bits; keep it fixed).
     """
+    xp = devices.array_namespace(flux, ivar, theta)
     K = theta.shape[1]
     B, P = flux.shape
     if theta_pairs is None:
         theta_pairs = theta_products(theta)
     # contiguous copies: θ_0 as a strided column (θ[:, 0]) makes f − θ_0, the subtraction of
     # every (star, pixel), 5× slower (numpy cannot vectorise a strided operand)
-    theta0, theta1 = np.ascontiguousarray(theta[:, 0]), np.ascontiguousarray(theta[:, 1:])
+    theta0, theta1 = xp.ascontiguousarray(theta[:, 0]), xp.ascontiguousarray(theta[:, 1:])
+    if xp is not np:  # a GPU: one block, one product (the sizes below are a CPU cache's)
+        block_elements, gemm_rows = max(B, 1) * max(P, 1), max(B, 1)
     sub = max(1, min(B, block_elements // max(P, 1)))
     rows = max(sub, gemm_rows // sub * sub)
-    w32 = np.empty((min(rows, B), P), dtype=np.float32)
-    wf = np.empty((min(rows, B), P))
-    Mflat = np.empty((B, theta_pairs.shape[1]), dtype=np.float32)
-    b, c = np.zeros((B, K)), np.empty(B)
-    n_pixels = np.empty(B, dtype=np.int64)
-    snr = np.empty(B)
+    gemm = theta_pairs.dtype  # the big product's precision: float32 on the host, float64 on a GPU
+    w32 = xp.empty((min(rows, B), P), dtype=gemm)
+    wf = xp.empty((min(rows, B), P))
+    Mflat = xp.empty((B, theta_pairs.shape[1]), dtype=gemm)
+    b, c = xp.zeros((B, K)), xp.empty(B)
+    n_pixels = xp.empty(B, dtype=np.int64)
+    snr = xp.empty(B)
 
-    w, f = np.empty((sub, P)), np.empty((sub, P))
+    w, f = xp.empty((sub, P)), xp.empty((sub, P))
     for g0 in range(0, B, rows):
         g1 = min(B, g0 + rows)
         for i in range(g0, g1, sub):
@@ -200,13 +255,15 @@ def reduce_chi2(theta, s2, flux, ivar, theta_pairs=None, block_elements=1 << 17,
             ww, ff = w[: j - i], f[: j - i]
             n_pixels[i:j] = _prepare_block(flux[i:j], ivar[i:j], s2, theta0, ww, ff, snr[i:j])
             w32[i - g0 : j - g0] = ww
-            np.multiply(ww, ff, out=wf[i - g0 : j - g0])
-            c[i:j] = np.einsum("bp,bp->b", wf[i - g0 : j - g0], ff)
-        np.matmul(w32[: g1 - g0], theta_pairs, out=Mflat[g0:g1])
+            xp.multiply(ww, ff, out=wf[i - g0 : j - g0])
+            c[i:j] = xp.einsum("bp,bp->b", wf[i - g0 : j - g0], ff)
+        xp.matmul(w32[: g1 - g0], theta_pairs, out=Mflat[g0:g1])
         b[g0:g1, 1:] = wf[: g1 - g0] @ theta1
-    M32 = np.zeros((B, K, K), dtype=np.float32)
-    M32[:, 1:, 1:] = unpack_symmetric(Mflat, K - 1)
-    return ReducedProblem(M=M32.astype(np.float64), b=b, c=c, n_pixels=n_pixels, M32=M32, snr=snr)
+    Mg = xp.zeros((B, K, K), dtype=gemm)
+    # unpack the upper-triangle packing: one contiguous gather (vectorizer.unpack_symmetric's)
+    Mg[:, 1:, 1:] = xp.take(Mflat, xp.asarray(symmetric_gather_index(K - 1).ravel()), axis=-1).reshape(B, K - 1, K - 1)
+    M32 = Mg if Mg.dtype == np.float32 else Mg.astype(np.float32)
+    return ReducedProblem(M=Mg.astype(np.float64, copy=False), b=b, c=c, n_pixels=n_pixels, M32=M32, snr=snr)
 
 
 def chi2_at(problem, eta):
@@ -333,12 +390,16 @@ def covariance(problem, exponents, labels):
     return cov, singular
 
 
-def infer_chunk(theta, s2, exponents, flux, ivar, theta_pairs=None, max_iter=100, threads=None):
+def infer_chunk(theta, s2, exponents, flux, ivar, theta_pairs=None, max_iter=100, threads=None, device="cpu"):
     """Best-of-starts labels for one chunk of stars, in scaled units.
 
     The χ² reduction is one multi-threaded matrix product; the linear-start solve is split
     over ``threads`` (a :class:`WorkerThreads`; by default this call makes its own, with
     ``N_THREADS`` threads: the cores, at most 4).
+
+    With ``device="gpu"`` the chunk's spectra are moved to the GPU (θ, s² and ``theta_pairs``
+    too, unless already there: move them once per model), reduced there, and the reduced
+    problem is brought back; the rest runs on the host as for ``"cpu"``.
 
     Returns dict with labels (B, L), cov (B, L, L), chi2 (B,) from the pixels,
     dof (B,), converged (B,), singular (B,), start (B,) index into START_NAMES, n_iter (B,),
@@ -346,8 +407,12 @@ def infer_chunk(theta, s2, exponents, flux, ivar, theta_pairs=None, max_iter=100
     """
     if threads is None:
         with WorkerThreads() as own:
-            return infer_chunk(theta, s2, exponents, flux, ivar, theta_pairs, max_iter, threads=own)
-    problem = reduce_chi2(theta, s2, flux, ivar, theta_pairs)
+            return infer_chunk(theta, s2, exponents, flux, ivar, theta_pairs, max_iter, threads=own, device=device)
+    if device == "cpu":
+        problem = reduce_chi2(theta, s2, flux, ivar, theta_pairs)
+    else:  # a float32 chunk (a store's) travels as float32: half the bytes, the same values
+        on = [devices.to_device(a, device) for a in (theta, s2, flux, ivar, theta_pairs)]
+        problem = to_host(reduce_chi2(*on))
     out = solve_reduced(problem, exponents, max_iter, threads=threads)
     out["snr"] = problem.snr  # the calibration's S/N, computed block by block by the reduction
     return out
@@ -401,7 +466,7 @@ RESULT_KEYS = ("labels", "cov", "chi2", "dof", "converged", "singular", "start",
 
 
 def infer_spectra(theta, s2, exponents, flux, ivar, pixels=None, theta_pairs=None, star_chunk=None, max_iter=100,
-                  show_progress=True, n_threads=None):
+                  show_progress=True, n_threads=None, device="cpu"):
     """Labels of many spectra, batch by batch of stars (:func:`infer_chunk` per batch), scaled units.
 
     Parameters
@@ -423,6 +488,10 @@ def infer_spectra(theta, s2, exponents, flux, ivar, pixels=None, theta_pairs=Non
     n_threads : int, optional
         Worker threads for the batched solves (default ``N_THREADS``); they are this call's
         and joined before it returns.
+    device : {"cpu", "gpu"}
+        Where each batch's χ² reduction runs (:func:`infer_chunk`). For ``"gpu"``, pass θ, s²
+        and ``theta_pairs`` already on the GPU (``cannonade.execution.to_device``,
+        ``theta_products`` of the GPU θ) to move them once, not per batch.
 
     Returns
     -------
@@ -432,6 +501,8 @@ def infer_spectra(theta, s2, exponents, flux, ivar, pixels=None, theta_pairs=Non
         ``flux·sqrt(ivar)`` over the valid pixels among ``pixels``).
     """
     M, L = flux.shape[0], exponents.shape[1]
+    if device != "cpu":  # DeviceError now (no CuPy, no GPU), not in the first batch
+        theta, s2 = (devices.to_device(a, device) for a in (theta, s2))
     if theta_pairs is None:
         theta_pairs = theta_products(theta)
     out = {k: [] for k in RESULT_KEYS}
@@ -443,7 +514,8 @@ def infer_spectra(theta, s2, exponents, flux, ivar, pixels=None, theta_pairs=Non
         for s0 in chunks:
             sl = slice(s0, min(M, s0 + star_chunk))
             f_c, i_c = (flux[sl], ivar[sl]) if pixels is None else (flux[sl][:, pixels], ivar[sl][:, pixels])
-            r = infer_chunk(theta, s2, exponents, f_c, i_c, theta_pairs, max_iter=max_iter, threads=threads)
+            r = infer_chunk(theta, s2, exponents, f_c, i_c, theta_pairs, max_iter=max_iter, threads=threads,
+                            device=device)
             for k in out:
                 out[k].append(r[k])
     res = {k: (np.concatenate(v) if v else np.zeros((0,))) for k, v in out.items()}
@@ -462,9 +534,10 @@ def pixel_chi2(theta, s2, exponents, labels, flux, ivar, pixel_ok=None):
     theta : (P, K) float
     s2 : (P,) float
     exponents : (K, L) int
-    labels : (M, L) float
+    labels : (M, L) float, host
         Scaled labels, one row per spectrum.
     flux, ivar : (M, P) float
+        On the host, or with θ and s² on a GPU (the result is then there too).
     pixel_ok : (P,) bool, optional
         Pixels the model can predict; 0 elsewhere.
 
@@ -475,13 +548,16 @@ def pixel_chi2(theta, s2, exponents, labels, flux, ivar, pixel_ok=None):
         pixel the model cannot predict); a row of NaN for a star whose labels are not all
         finite (the model is never evaluated at a made-up label).
     """
-    out = np.full(flux.shape, np.nan)
+    xp = devices.array_namespace(theta, flux, ivar)
+    out = xp.full(flux.shape, np.nan)
     ok = np.all(np.isfinite(labels), axis=1)
+    D = design_matrix(labels[ok], exponents)  # (M', K): small, made on the host
+    ok, D = xp.asarray(ok), xp.asarray(D)  # with the spectra (no copy on the host)
     f, i = flux[ok], ivar[ok]
     with np.errstate(invalid="ignore", over="ignore"):
-        good = (i > 0) & np.isfinite(i) & np.isfinite(f)
+        good = (i > 0) & xp.isfinite(i) & xp.isfinite(f)
         if pixel_ok is not None:
-            good &= pixel_ok[None, :]
-        r = np.where(good, f - design_matrix(labels[ok], exponents) @ theta.T, 0.0)
-        out[ok] = scatter_weights(np.where(good, i, 0.0), s2) * r * r
+            good &= xp.asarray(pixel_ok)[None, :]
+        r = xp.where(good, f - D @ theta.T, 0.0)
+        out[ok] = scatter_weights(xp.where(good, i, 0.0), s2) * r * r
     return out

@@ -39,6 +39,7 @@ from cannonade.cannon.spectral_setup import SpectralSetup, check_setup
 from cannonade.cannon.training import train_pixels
 from cannonade.cannon.vectorizer import LabelScaler, active_terms, design_matrix, term_exponents, term_names, with_constant
 from cannonade.exceptions import NotFittedError, ShapeError
+from cannonade.execution import device as devices
 from cannonade.flags import compose
 
 logger = logging.getLogger(__name__)
@@ -217,6 +218,13 @@ class CannonModel:
     name : str, optional
         What the model is called (``"dwarf"``, ``"giant"``); saved in the model file and used
         by ``cannonade infer`` to choose a model per spectrum.
+    device : {"cpu", "gpu"}
+        Where the heavy array work runs: ``"gpu"`` trains (θ, s², in float64) and reduces
+        each inference batch's χ² on a CUDA GPU through CuPy (``pip install
+        'cannonade[gpu]'``; docs/scale.md), the per-star Levenberg–Marquardt stays on the
+        host. Learned arrays are NumPy either way; the saved file does not record the device
+        (a model trained on a GPU loads as ``"cpu"``). Checked here (ParameterError); a GPU
+        that cannot be used raises DeviceError from ``fit``/``infer``/``predict``/``pixel_chi2``.
 
     Attributes
     ----------
@@ -248,9 +256,11 @@ class CannonModel:
     """
 
     def __init__(self, label_names, order=2, scale="standard", censors=None, regularization=0.0, scatter="reml",
-                 terms=None, pixel_chunk=None, star_chunk=None, show_progress=True, name=None):
+                 terms=None, pixel_chunk=None, star_chunk=None, show_progress=True, name=None, device="cpu"):
         self.label_names = check_label_names(label_names)
         check_model_params(order, scale, regularization, scatter, pixel_chunk, star_chunk, terms)
+        # the device is checked, not used, here: CuPy is resolved lazily by fit()/infer()
+        self.device = devices.check_device(device)
         self.order = order
         self.scale = scale
         self.censors = censors
@@ -290,7 +300,7 @@ class CannonModel:
 
     def get_params(self):
         names = ("label_names", "order", "scale", "censors", "regularization", "scatter", "terms", "pixel_chunk",
-                 "star_chunk", "show_progress", "name")
+                 "star_chunk", "show_progress", "name", "device")
         return {n: getattr(self, n) for n in names}
 
     def clone(self):
@@ -344,6 +354,7 @@ class CannonModel:
         """
         check_model_params(self.order, self.scale, self.regularization, self.scatter, self.pixel_chunk,
                            self.star_chunk, self.terms)
+        devices.get_namespace(devices.check_device(self.device))  # DeviceError before any work
         lab = as_label_array(labels, self.label_names)
         if wavelength is None and setup is not None:
             wavelength = setup.wavelength
@@ -373,9 +384,11 @@ class CannonModel:
             f, i = (flux, ivar) if rows is None else (flux[rows], ivar[rows])
             dig = None if rows is not None or hashed["spectra"] else digest
             hashed["spectra"] |= dig is not None
-            out = train_pixels(X, self.exponents, f, i, active, method=self.scatter, s2=s2, init_s2=start_s2,
-                               regularization=regularization, pixel_chunk=self.pixel_chunk, digest=dig,
-                               show_progress=self.show_progress)
+            # on a GPU: X goes there (the spectra follow batch by batch), θ, s², pixel_ok come back
+            out = train_pixels(devices.to_device(X, self.device), self.exponents, f, i, active, method=self.scatter,
+                               s2=s2, init_s2=start_s2, regularization=regularization, pixel_chunk=self.pixel_chunk,
+                               digest=dig, show_progress=self.show_progress)
+            out = tuple(devices.to_host(a) for a in out)
             n_ok = int(out[2].sum())
             if n_ok <= len(self.label_names):  # nothing inference could use: say why now, not in infer()
                 with np.errstate(invalid="ignore"):
@@ -447,7 +460,9 @@ class CannonModel:
         """
         self._require_fitted("predict")
         lab = as_label_array(labels, self.label_names)
-        flux = design_matrix(self.scaler_.transform(lab), self.exponents) @ self.theta_.T
+        xp = devices.get_namespace(self.device)
+        D = xp.asarray(design_matrix(self.scaler_.transform(lab), self.exponents))
+        flux = devices.to_host(D @ devices.to_device(self.theta_, self.device).T)  # the (M, P) product on the device
         flux[:, ~self.pixel_ok_] = np.nan
         return flux
 
@@ -474,7 +489,9 @@ class CannonModel:
         lab = as_label_array(labels, self.label_names)
         flux, ivar = check_spectra(flux, ivar, n_pixels=self.theta_.shape[0])
         check_rows(lab, flux)
-        return pixel_chi2(self.theta_, self.s2_, self.exponents, self.scaler_.transform(lab), flux, ivar, self.pixel_ok_)
+        on = [devices.to_device(a, self.device) for a in (self.theta_, self.s2_, flux, ivar)]  # host: as they are
+        out = pixel_chi2(on[0], on[1], self.exponents, self.scaler_.transform(lab), on[2], on[3], self.pixel_ok_)
+        return devices.to_host(out)
 
     def infer(self, flux, ivar, max_iter=100):
         """Labels of new spectra by maximum likelihood (batched multi-start Levenberg–Marquardt).
@@ -487,6 +504,9 @@ class CannonModel:
         max_iter : int
             Levenberg–Marquardt iterations per start at most.
 
+        With ``device="gpu"`` each batch's χ² reduction runs on the GPU (θ, s² and their
+        products are put there once per model); the rest runs on the host.
+
         Returns
         -------
         InferenceResult
@@ -498,13 +518,25 @@ class CannonModel:
         ok = self.pixel_ok_
         all_ok = bool(ok.all())
         theta, s2 = (self.theta_, self.s2_) if all_ok else (self.theta_[ok], self.s2_[ok])
-        cache = getattr(self, "_theta_pairs", None)
-        if cache is None or cache[0] is not self.theta_:
-            # θθᵀ products depend only on the model: computed once, reused by every infer() call
-            cache = (self.theta_, theta_products(theta))
-            self._theta_pairs = cache
-        res = infer_spectra(theta, s2, self.exponents, flux, ivar, pixels=None if all_ok else ok, theta_pairs=cache[1],
-                            star_chunk=self.star_chunk, max_iter=max_iter, show_progress=self.show_progress)
+        device = devices.check_device(self.device)
+        if device == "cpu":
+            cache = getattr(self, "_theta_pairs", None)
+            if cache is None or cache[0] is not self.theta_:
+                # θθᵀ products depend only on the model: computed once, reused by every infer() call
+                cache = (self.theta_, theta_products(theta))
+                self._theta_pairs = cache
+            pairs = cache[1]
+        else:
+            # θ, s² and their (float64) products go to the device once per model, not per batch
+            state = getattr(self, "_device_arrays", None)
+            if state is None or state[0] is not self.theta_ or state[1] != device:
+                theta_d, s2_d = devices.to_device(theta, device), devices.to_device(s2, device)  # DeviceError here
+                state = (self.theta_, device, theta_d, s2_d, theta_products(theta_d))
+                self._device_arrays = state
+            theta, s2, pairs = state[2:]
+        res = infer_spectra(theta, s2, self.exponents, flux, ivar, pixels=None if all_ok else ok, theta_pairs=pairs,
+                            star_chunk=self.star_chunk, max_iter=max_iter, show_progress=self.show_progress,
+                            device=device)
         labels = self.scaler_.inverse(res["labels"])
         sc = self.scaler_.scale_
         cov = res["cov"] * sc[None, :, None] * sc[None, None, :]  # back to physical units
@@ -554,4 +586,5 @@ class CannonModel:
     def __repr__(self):
         state = f"fitted on {self.n_train_} stars x {self.theta_.shape[0]} pixels" if self.is_fitted else "unfitted"
         named = f" {self.name!r}" if self.name else ""
-        return f"<CannonModel{named} labels={self.label_names} order={self.order} terms={self.n_terms} {state}>"
+        return (f"<CannonModel{named} labels={self.label_names} order={self.order} terms={self.n_terms} "
+                f"device={self.device!r} {state}>")

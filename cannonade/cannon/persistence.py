@@ -49,7 +49,7 @@ from cannonade.cannon.calibration import Calibration
 from cannonade.cannon.checks import check_censors
 from cannonade.cannon.spectral_setup import SpectralSetup
 from cannonade.cannon.vectorizer import LabelScaler, active_terms
-from cannonade.exceptions import ModelFileError, NotFittedError, ParameterError
+from cannonade.exceptions import ModelFileError, NotFittedError, OutputExistsError, ParameterError
 from cannonade.util import atomic_path
 
 MODEL_FORMAT = "cannonade-model"
@@ -125,16 +125,18 @@ def save_model(model, path, overwrite=True):
     ------
     NotFittedError
         The model has not been fitted.
-    FileExistsError
-        ``path`` exists and ``overwrite`` is False.
-    ValueError
-        ``path`` does not end in ``.npz``.
+    OutputExistsError
+        ``path`` exists and ``overwrite`` is False (also a ``FileExistsError``); the file is left as it is.
+    ParameterError
+        ``path`` does not end in ``.npz`` (also a ``ValueError``).
+    OutputError
+        ``path`` is a directory, or its folder cannot be written.
     """
     if not model.is_fitted:
         raise NotFittedError("CannonModel.save() called before fit(); train the model or load one first")
     path = Path(path)
     if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists (pass overwrite=True to replace it)")
+        raise OutputExistsError(f"model file {path} exists (pass overwrite=True to replace it)")
     arrays = model_arrays(model)
     if path.suffix != ".npz":
         raise ParameterError(f"model files are .npz; got {path}")

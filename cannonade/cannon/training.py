@@ -15,6 +15,12 @@ lock-step: a few matrix products in all, instead of one per trial s² of a line 
 
 Weights are written ``w = ivar / (1 + ivar s²)`` so that ivar = 0 (σ = ∞) gives w = 0 and never
 an infinite log-likelihood; stars with ivar = 0 at a pixel simply drop out of that pixel.
+
+Every function here runs on NumPy or CuPy arrays alike: it takes its array namespace ``xp``
+from its inputs (:func:`cannonade.execution.device.array_namespace`), so the same code trains
+on the host or on a GPU, in float64 either way. The two things CuPy does differently are
+handled in one place each: a singular matrix (NumPy raises, CuPy returns numbers that are no
+solution: :func:`_stacked`) and the monomial collapse (:func:`_collapse`).
 """
 
 from __future__ import annotations
@@ -22,10 +28,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.linalg import LinAlgError  # raised by NumPy (and CuPy, when asked to) for a singular matrix
 
 from cannonade.cannon.checks import clean_spectra
 from cannonade.exceptions import ParameterError
 from cannonade.cannon.vectorizer import collapse_to_monomials, monomial_plan, pair_indices, symmetric_gather_index
+# the namespace is looked up through the module (devices.array_namespace), not bound here: a
+# test can then watch which array functions the maths asks for
+from cannonade.execution import device as devices
 from cannonade.util import progress
 
 
@@ -34,12 +44,14 @@ def scatter_weights(ivar, s2, out=None):
 
     ivar : (N, P) ; s2 : (P,)  ->  (N, P), zero wherever ivar is zero.
     out : (N, P) float, optional; written in place (no temporaries: used on hot paths).
+    NumPy or CuPy arrays (the result is where the inputs are).
     """
     if out is None:
         return ivar / (1.0 + ivar * s2)
-    np.multiply(ivar, s2, out=out)
+    xp = devices.array_namespace(out, ivar)
+    xp.multiply(ivar, s2, out=out)
     out += 1.0
-    return np.divide(ivar, out, out=out)
+    return xp.divide(ivar, out, out=out)
 
 
 @dataclass(frozen=True)
@@ -55,36 +67,69 @@ class NormalPlan:
     factor : (K, K) float
         x_nk x_nj = factor_kj · Z[n, gather_kj] (the design's columns may be rescaled, so
         pairs sharing a monomial differ by a constant).
+    collapse : (K·K, R) float or None
+        Off the host only: the 0/1/2 matrix of :func:`collapse_to_monomials` (see :func:`_collapse`).
+
+    All arrays live where X does (host or GPU).
     """
 
     Z: np.ndarray
     gather: np.ndarray
     factor: np.ndarray
+    collapse: np.ndarray | None = None
 
 
 def normal_plan(X, exponents=None):
     """Build the :class:`NormalPlan` of design matrix X (N, K) whose columns are monomials
     with ``exponents`` (K, L), each possibly divided by a constant. Without ``exponents``
-    every term pair is its own "monomial" (no saving, any X)."""
+    every term pair is its own "monomial" (no saving, any X). The plan lives where X does."""
+    xp = devices.array_namespace(X)
     K = X.shape[1]
     if exponents is None:
         rep_i, rep_j = pair_indices(K)
         gather = symmetric_gather_index(K)
     else:
         rep_i, rep_j, gather = monomial_plan(exponents)
+    # the (host) index arrays go where X is (no copy for NumPy)
+    rep_i, rep_j, gather_x = xp.asarray(rep_i), xp.asarray(rep_j), xp.asarray(gather)
     Z = X[:, rep_i] * X[:, rep_j]
-    factor = np.ones((K, K)) if exponents is None else _monomial_factor(X, Z, gather)
-    return NormalPlan(Z=Z, gather=gather, factor=factor)
+    factor = xp.ones((K, K)) if exponents is None else _monomial_factor(X, Z, gather_x)
+    collapse = None if xp is np else _collapse_matrix(xp, gather, Z.shape[1])
+    return NormalPlan(Z=Z, gather=gather_x, factor=factor, collapse=collapse)
 
 
 def _monomial_factor(X, Z, gather):
     """factor_kj = x_nk x_nj / Z[n, gather_kj], read at the star where |Z[n, gather_kj]| is largest."""
+    xp = devices.array_namespace(X, Z)
     K = X.shape[1]
-    n_kj = np.argmax(np.abs(Z), axis=0)[gather]  # (K, K)
-    kk, jj = np.meshgrid(np.arange(K), np.arange(K), indexing="ij")
+    n_kj = xp.argmax(xp.abs(Z), axis=0)[gather]  # (K, K)
+    kk, jj = xp.meshgrid(xp.arange(K), xp.arange(K), indexing="ij")
     num = X[n_kj, kk] * X[n_kj, jj]
     den = Z[n_kj, gather]
-    return np.where(den != 0, num / np.where(den != 0, den, 1.0), 1.0)
+    return xp.where(den != 0, num / xp.where(den != 0, den, 1.0), 1.0)
+
+
+def _collapse_matrix(xp, gather, R):
+    """(K·K, R) C with ``B.reshape(P, K·K) @ C == collapse_to_monomials(B, gather)`` for symmetric B:
+    1 at (k·K + k, gather_kk), 2 at (k·K + j, gather_kj) for k < j (the upper triangle, as the
+    collapse reads it), 0 elsewhere. ``gather`` (K, K) is a host array."""
+    K = gather.shape[0]
+    i, j = np.triu_indices(K)
+    C = xp.zeros((K * K, R))
+    C[xp.asarray(i * K + j), xp.asarray(gather[i, j])] = xp.asarray(2.0 - (i == j))
+    return C
+
+
+def _collapse(B, plan):
+    """:func:`collapse_to_monomials` of B (P, K, K) on the plan's device: -> (P, R).
+
+    On the host it is that function (a reduceat over a gathered view). Elsewhere one matrix
+    product with the plan's ``collapse`` matrix gives the same sums (in another order: equal to
+    rounding), with no reduceat, which CuPy has only in some versions.
+    """
+    if plan.collapse is None:
+        return collapse_to_monomials(B, plan.gather)
+    return B.reshape(B.shape[0], -1) @ plan.collapse
 
 
 def normal_equations(X, y, w, plan=None):
@@ -118,48 +163,74 @@ def normal_equations(X, y, w, plan=None):
 
 def _apply_term_mask(A, rhs, active, penalty=None):
     """Drop inactive terms (censoring): their rows/columns become identity and θ is exactly 0."""
+    xp = devices.array_namespace(A, rhs)
     if penalty is not None:
         K = A.shape[1]
         A = A.copy()
-        A[:, np.arange(K), np.arange(K)] += penalty
+        A[:, xp.arange(K), xp.arange(K)] += penalty
     if active is None:
         return A, rhs
     outer = active[:, :, None] & active[:, None, :]
-    A = np.where(outer, A, 0.0)
-    diag = np.arange(A.shape[1])
-    A[:, diag, diag] = np.where(active, A[:, diag, diag], 1.0)
-    rhs = np.where(active, rhs, 0.0)
+    A = xp.where(outer, A, 0.0)
+    diag = xp.arange(A.shape[1])
+    A[:, diag, diag] = xp.where(active, A[:, diag, diag], 1.0)
+    rhs = xp.where(active, rhs, 0.0)
     return A, rhs
+
+
+def _stacked(fn, *args, factor_of=None, isolate=True):
+    """``fn(*args)`` over stacks of matrices (axis 0, P of them) and where it worked, (P,) bool.
+
+    The one place where NumPy and CuPy differ for a singular matrix. NumPy raises LinAlgError
+    when any matrix of the stack fails: the stack is then redone matrix by matrix (rare) to
+    isolate the failures. CuPy (by default) raises nothing: a failed LU leaves non-finite
+    numbers, read here; a failed Cholesky may leave a finite partial factor, so with
+    ``factor_of=A`` (``fn`` a Cholesky) the factor L must also be one: a positive diagonal and
+    L Lᵀ = A to 1e-8 of A's largest diagonal entry (a factor is exact to ~K·eps). Failed
+    matrices come back NaN; the output has the shape of the last argument. With
+    ``isolate=False`` a raising stack is not redone: all of it counts as failed (for a caller
+    that has a careful path of its own).
+    """
+    xp = devices.array_namespace(*args)
+    n = args[0].shape[0]
+    try:
+        out = fn(*args)
+    except LinAlgError:  # NumPy (CuPy too under cupyx.errstate(linalg="raise"))
+        out = xp.full(args[-1].shape, np.nan)
+        if not isolate:
+            return out, xp.zeros(n, dtype=bool)
+        ok = xp.ones(n, dtype=bool)
+        for p in range(n):
+            try:
+                out[p] = fn(*(a[p] for a in args))
+            except LinAlgError:
+                ok[p] = False
+        return out, ok
+    if xp is np:
+        return out, np.ones(n, dtype=bool)
+    ok = xp.all(xp.isfinite(out.reshape(n, -1)), axis=1)
+    if factor_of is not None:
+        d = xp.diagonal(out, axis1=1, axis2=2)
+        scale = xp.max(xp.abs(xp.diagonal(factor_of, axis1=1, axis2=2)), axis=1)
+        err = xp.max(xp.abs(out @ xp.swapaxes(out, 1, 2) - factor_of), axis=(1, 2))
+        ok &= xp.all(d > 0, axis=1) & (err <= 1e-8 * scale)
+    out[~ok] = np.nan
+    return out, ok
 
 
 def _solve(A, rhs):
     """Batched SPD solve: θ (P, K) and ln det A (P,) from one Cholesky and one LU; NaN where singular."""
-    ok = np.ones(A.shape[0], dtype=bool)
-    try:
-        Lc = np.linalg.cholesky(A)
-    except np.linalg.LinAlgError:
-        Lc = np.zeros_like(A)
-        for p in range(A.shape[0]):  # rare: isolate the singular pixels
-            try:
-                Lc[p] = np.linalg.cholesky(A[p])
-            except np.linalg.LinAlgError:
-                ok[p] = False
-                Lc[p] = np.eye(A.shape[1])
-    A = np.where(ok[:, None, None], A, np.eye(A.shape[1]))
-    try:
-        theta = np.linalg.solve(A, rhs[..., None])[..., 0]
-    except np.linalg.LinAlgError:
-        # numerically singular systems that slipped through the Cholesky (a pixel with fewer
-        # usable stars than terms): solve pixel by pixel, the singular ones become NaN
-        theta = np.full(rhs.shape, np.nan)
-        for p in range(A.shape[0]):
-            try:
-                theta[p] = np.linalg.solve(A[p], rhs[p])
-            except np.linalg.LinAlgError:
-                ok[p] = False
+    xp = devices.array_namespace(A, rhs)
+    Lc, ok = _stacked(xp.linalg.cholesky, A, factor_of=A)  # rare failures: the singular pixels
+    A = xp.where(ok[:, None, None], A, xp.eye(A.shape[1]))
+    # numerically singular systems can slip through the Cholesky (a pixel with fewer usable
+    # stars than terms): they are isolated the same way and become NaN
+    theta, solved = _stacked(xp.linalg.solve, A, rhs[..., None])
+    theta = theta[..., 0]
+    ok &= solved
     with np.errstate(divide="ignore", invalid="ignore"):
-        logdet = 2.0 * np.log(np.diagonal(Lc, axis1=1, axis2=2)).sum(axis=1)
-    ok &= np.isfinite(logdet) & np.all(np.isfinite(theta), axis=1)
+        logdet = 2.0 * xp.log(xp.diagonal(Lc, axis1=1, axis2=2)).sum(axis=1)
+    ok &= xp.isfinite(logdet) & xp.all(xp.isfinite(theta), axis=1)
     theta[~ok] = np.nan
     logdet[~ok] = np.nan
     return theta, logdet
@@ -171,18 +242,11 @@ def _inverse(A, max_vif=1e12):
     A pixel is unusable when its matrix is singular or so ill-conditioned that some term's
     variance-inflation factor A_kk (A⁻¹)_kk exceeds ``max_vif`` (its θ would be noise).
     """
-    try:
-        Ainv = np.linalg.inv(A)
-    except np.linalg.LinAlgError:  # rare: an exactly singular pixel; isolate it
-        Ainv = np.empty_like(A)
-        for p in range(A.shape[0]):
-            try:
-                Ainv[p] = np.linalg.inv(A[p])
-            except np.linalg.LinAlgError:
-                Ainv[p] = np.nan
-    d = np.diagonal(Ainv, axis1=1, axis2=2)
-    vif = d * np.diagonal(A, axis1=1, axis2=2)
-    ok = np.all(np.isfinite(Ainv), axis=(1, 2)) & np.all(d > 0, axis=1) & np.all(vif < max_vif, axis=1)
+    xp = devices.array_namespace(A)
+    Ainv = _stacked(xp.linalg.inv, A)[0]  # an exactly singular pixel: NaN
+    d = xp.diagonal(Ainv, axis1=1, axis2=2)
+    vif = d * xp.diagonal(A, axis1=1, axis2=2)
+    ok = xp.all(xp.isfinite(Ainv), axis=(1, 2)) & xp.all(d > 0, axis=1) & xp.all(vif < max_vif, axis=1)
     return Ainv, ok
 
 
@@ -214,15 +278,18 @@ def solve_theta(X, y, ivar, s2, active=None, penalty=None, plan=None):
         Σ_n ln(σ² + s²) over stars with ivar > 0.
     logdet : (P,) float
         ln det(Xᵀ W X) over active terms (the REML correction).
+
+    All arrays on one device (host or GPU); the results are there too.
     """
+    xp = devices.array_namespace(X, y, ivar)
     w = scatter_weights(ivar, s2)
     A, rhs = normal_equations(X, y, w, plan)
     A, rhs = _apply_term_mask(A, rhs, active, penalty)
     theta, logdet = _solve(A, rhs)
     resid = y - X @ theta.T
-    chi2 = np.einsum("np,np->p", w, resid * resid)
+    chi2 = xp.einsum("np,np->p", w, resid * resid)
     valid = ivar > 0
-    log_var = -np.log(np.where(valid, w, 1.0)).sum(axis=0)
+    log_var = -xp.log(xp.where(valid, w, 1.0)).sum(axis=0)
     return theta, chi2, log_var, logdet
 
 
@@ -254,12 +321,13 @@ def score_s2(ivar, e, s2):
         h = g / Σ w² and dh/ds². h ≈ s² + ⟨σ²⟩ − ⟨e⟩ (weighted means) is nearly linear in s²,
         so Newton's method on h converges in a few steps where Newton on g overshoots.
     """
+    xp = devices.array_namespace(ivar, e)
     w = scatter_weights(ivar, s2)
     w2 = w * w
     S1, S2 = w.sum(axis=0), w2.sum(axis=0)
-    E2 = np.einsum("np,np->p", w2, e)
-    S3 = np.einsum("np,np->p", w2, w)
-    E3 = np.einsum("np,np->p", w2 * w, e)
+    E2 = xp.einsum("np,np->p", w2, e)
+    S3 = xp.einsum("np,np->p", w2, w)
+    E3 = xp.einsum("np,np->p", w2 * w, e)
     g = S1 - E2
     dg = 2.0 * E3 - S2
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -275,21 +343,22 @@ def solve_s2(ivar, e, s2_start, s_min=1e-6, tol=1e-5, max_iter=60):
     change: g(s²_min) < 0 (else s² = 0, the likelihood peaks at the boundary) and
     g(max_n e_n) > 0 (there every w_n e_n < 1).
 
-    ivar, e : (N, P) ; s2_start : (P,)  ->  s2 : (P,)
+    ivar, e : (N, P) ; s2_start : (P,)  ->  s2 : (P,)   (host or GPU arrays, all on one)
     """
+    xp = devices.array_namespace(ivar, e)
     P = e.shape[1]
     valid = ivar > 0
-    t_lo = np.full(P, s_min * s_min)
+    t_lo = xp.full(P, s_min * s_min)
     g_lo = score_s2(ivar, e, t_lo)[0]
-    hi = np.where(valid, e, 0.0).max(axis=0)
-    out = np.zeros(P)
-    todo = np.flatnonzero((g_lo < 0) & (hi > t_lo))
+    hi = xp.where(valid, e, 0.0).max(axis=0)
+    out = xp.zeros(P)
+    todo = xp.flatnonzero((g_lo < 0) & (hi > t_lo))
     if todo.size == 0:
         return out
     iv, ee = ivar[:, todo], e[:, todo]
     lo, hi = t_lo[todo], hi[todo]
-    t = np.clip(np.nan_to_num(s2_start[todo], nan=0.0), lo, hi)
-    live = np.arange(todo.size)
+    t = xp.clip(xp.nan_to_num(s2_start[todo], nan=0.0), lo, hi)
+    live = xp.arange(todo.size)
     for _ in range(max_iter):
         tl = t[live]
         if live.size == todo.size:
@@ -297,14 +366,14 @@ def solve_s2(ivar, e, s2_start, s_min=1e-6, tol=1e-5, max_iter=60):
         else:
             g, h, dh = score_s2(iv[:, live], ee[:, live], tl)
         neg = g < 0
-        lo[live] = np.where(neg, tl, lo[live])
-        hi[live] = np.where(neg, hi[live], tl)
+        lo[live] = xp.where(neg, tl, lo[live])
+        hi[live] = xp.where(neg, hi[live], tl)
         with np.errstate(divide="ignore", invalid="ignore"):
             new = tl - h / dh
-        inside = np.isfinite(new) & (new > lo[live]) & (new < hi[live])
+        inside = xp.isfinite(new) & (new > lo[live]) & (new < hi[live])
         # outside the bracket: bisect it geometrically (the bracket may span decades)
-        new = np.where(inside, new, np.sqrt(lo[live] * hi[live]))
-        done = np.abs(new - tl) <= tol * new
+        new = xp.where(inside, new, xp.sqrt(lo[live] * hi[live]))
+        done = xp.abs(new - tl) <= tol * new
         t[live] = new
         live = live[~done]
         if live.size == 0:
@@ -351,14 +420,16 @@ def fit_scatter(X, y, ivar, active=None, method="reml", s_min=1e-6, plan=None, i
     """
     if method not in ("reml", "ml"):
         raise ParameterError(f"scatter method must be 'reml' or 'ml', got {method!r}")
+    xp = devices.array_namespace(X, y, ivar)
     plan = plan if plan is not None else normal_plan(X)
     P = y.shape[1]
     K = X.shape[1]
-    t = np.zeros(P) if init_s2 is None else np.nan_to_num(np.asarray(init_s2, dtype=float), nan=0.0).copy()
-    s2_out = np.full(P, np.nan)
-    theta_out = np.full((P, K), np.nan)
-    live = np.arange(P)
-    prev_delta = np.full(P, np.nan)
+    # init_s2 may be a host array for GPU data: asarray puts it with the data (no copy on the host)
+    t = xp.zeros(P) if init_s2 is None else xp.nan_to_num(xp.asarray(init_s2, dtype=float), nan=0.0).copy()
+    s2_out = xp.full(P, np.nan)
+    theta_out = xp.full((P, K), np.nan)
+    live = xp.arange(P)
+    prev_delta = xp.full(P, np.nan)
     cold = init_s2 is None
     for it in range(max_iter):
         yy, vv = y[:, live], ivar[:, live]
@@ -369,38 +440,37 @@ def fit_scatter(X, y, ivar, active=None, method="reml", s_min=1e-6, plan=None, i
         if cold and it == 0:
             # from a cold start (s² = 0) the first step only has to land near the optimum:
             # take it without the inverse (θ̂ by one solve, average leverages)
-            try:
-                theta = np.linalg.solve(A, rhs[..., None])[..., 0]
-            except np.linalg.LinAlgError:  # a singular pixel: the careful path isolates it
-                theta = _solve(A, rhs)[0]
-            r = yy - X @ np.nan_to_num(theta).T
+            theta, solved = _stacked(xp.linalg.solve, A, rhs[..., None], isolate=False)
+            # a singular pixel: the careful path isolates it
+            theta = theta[..., 0] if bool(solved.all()) else _solve(A, rhs)[0]
+            r = yy - X @ xp.nan_to_num(theta).T
             e = r * r
             if method == "reml":
                 # the leverages average K/N: x_nᵀA⁻¹x_n ≈ (K/N) / w_n stands in for them here
                 n_act = K if act is None else act.sum(axis=1)
-                n_ok = np.maximum((vv > 0).sum(axis=0), 1)
+                n_ok = xp.maximum((vv > 0).sum(axis=0), 1)
                 with np.errstate(divide="ignore"):
-                    e += np.where(vv > 0, (n_act / n_ok) / np.where(vv > 0, vv, 1.0), 0.0)
+                    e += xp.where(vv > 0, (n_act / n_ok) / xp.where(vv > 0, vv, 1.0), 0.0)
             t[live] = solve_s2(vv, e, t[live], s_min=s_min)
             continue
         Ainv, ok = _inverse(A)
-        theta = np.einsum("pkj,pj->pk", Ainv, rhs)
-        r = yy - X @ np.where(ok[:, None], theta, 0.0).T
+        theta = xp.einsum("pkj,pj->pk", Ainv, rhs)
+        r = yy - X @ xp.where(ok[:, None], theta, 0.0).T
         e = r * r
         if method == "reml":
             B = Ainv * plan.factor
             if act is not None:  # inactive terms carry an identity block, not part of XᵀWX
                 B = B * (act[:, :, None] & act[:, None, :])
             B[~ok] = 0.0
-            e += plan.Z @ collapse_to_monomials(B, plan.gather).T  # x_nᵀ A⁻¹ x_n, (N, P_live)
+            e += plan.Z @ _collapse(B, plan).T  # x_nᵀ A⁻¹ x_n, (N, P_live)
         t_new = solve_s2(vv, e, t[live], s_min=s_min)
-        s_old, s_new = np.sqrt(t[live]), np.sqrt(t_new)
-        delta = np.abs(s_new - s_old) / np.maximum(s_new, s_min)
+        s_old, s_new = xp.sqrt(t[live]), xp.sqrt(t_new)
+        delta = xp.abs(s_new - s_old) / xp.maximum(s_new, s_min)
         # the iteration contracts geometrically (rate ρ ~ K/N): the error left in t_new is
         # about δ ρ/(1 − ρ), with ρ read off the last two steps
         with np.errstate(divide="ignore", invalid="ignore"):
-            rho = np.clip(delta / prev_delta[live], 0.0, 0.9)
-        err = np.where(np.isfinite(rho), delta * rho / (1.0 - rho), np.inf)
+            rho = xp.clip(delta / prev_delta[live], 0.0, 0.9)
+        err = xp.where(xp.isfinite(rho), delta * rho / (1.0 - rho), np.inf)
         done = ~ok | (delta <= 1e-9) | (err <= tol) | (it == max_iter - 1)
         fin = done & ok
         s2_out[live[fin]] = t_new[fin]
@@ -426,19 +496,20 @@ def l1_theta(X, y, ivar, s2, regularization, active=None, term_weights=None, n_i
         Multiplies Λ per term (e.g. 1/column scale when X's columns were equilibrated,
         so that the penalty acts on θ in scaled-label units).
     """
+    xp = devices.array_namespace(X, y, ivar)
     K = X.shape[1]
     theta = solve_theta(X, y, ivar, s2, active, plan=plan)[0]
-    lam = np.broadcast_to(np.asarray(regularization, float), (y.shape[1],))[:, None]
+    lam = xp.broadcast_to(xp.asarray(regularization, float), (y.shape[1],))[:, None]
     if term_weights is not None:
-        lam = lam * np.asarray(term_weights, float)[None, :]
-    mask = np.ones(K, dtype=bool)
+        lam = lam * xp.asarray(term_weights, float)[None, :]
+    mask = xp.ones(K, dtype=bool)
     mask[0] = False
     for _ in range(n_iter):
-        scale = np.abs(theta) + eps
+        scale = xp.abs(theta) + eps
         # ∂/∂θ [Σ w r² + Λ|θ|] = 2(Aθ − b) + Λ θ/|θ_old|  =>  (A + Λ / (2|θ_old|)) θ = b
-        penalty = np.where(mask, lam / (2.0 * scale), 0.0)
+        penalty = xp.where(mask, lam / (2.0 * scale), 0.0)
         theta = solve_theta(X, y, ivar, s2, active, penalty=penalty, plan=plan)[0]
-    tiny = np.abs(theta) < 1e-8 * np.max(np.abs(theta), axis=1, keepdims=True)
+    tiny = xp.abs(theta) < 1e-8 * xp.max(xp.abs(theta), axis=1, keepdims=True)
     theta[tiny & mask] = 0.0
     return theta
 
@@ -448,6 +519,11 @@ def auto_pixel_chunk(n_stars, elements=131072):
     return int(np.clip(16 * round(elements / max(n_stars, 1) / 16), 16, 1024))
 
 
+#: elements of one (n_stars, batch) array on a GPU: there no cache is to be fitted, and few,
+#: large batches keep the kernels busy (64 MB arrays; a batch holds about ten of them)
+GPU_CHUNK_ELEMENTS = 1 << 23
+
+
 def train_pixels(X, exponents, flux, ivar, active=None, method="reml", s2=None, init_s2=None, regularization=0.0,
                  pixel_chunk=None, digest=None, show_progress=True):
     """θ and s² of every pixel, trained batch by batch of pixels (Wheeler+2020 Eqs. 3 and 5).
@@ -455,12 +531,16 @@ def train_pixels(X, exponents, flux, ivar, active=None, method="reml", s2=None, 
     The design's columns are equilibrated first (θ is unchanged, the K×K systems are well
     conditioned); bad pixels are cleaned one batch at a time (no full-size copies).
 
+    Training runs where X is: a CuPy X (``device="gpu"``) trains on the GPU, in float64 like
+    the host. The spectra stay on the host: each batch is cleaned and hashed there, as on the
+    CPU, then moved to X's device (every value is moved once).
+
     Parameters
     ----------
     X : (N, K) float
         Design matrix η(ℓ) of the scaled training labels, constant column first.
     exponents : (K, L) int
-    flux, ivar : (N, P) float
+    flux, ivar : (N, P) float, host arrays
         Non-finite flux or ivar, and ivar ≤ 0, count as ivar = 0.
     active : (P, K) bool, optional
         Terms allowed at each pixel (censoring); the others get θ exactly 0.
@@ -473,7 +553,8 @@ def train_pixels(X, exponents, flux, ivar, active=None, method="reml", s2=None, 
     regularization : float or (P,) float
         L1 strength Λ (:func:`l1_theta` after s² is fitted without it).
     pixel_chunk : int, optional
-        Pixels per batch (default :func:`auto_pixel_chunk`; no effect on the results).
+        Pixels per batch (default :func:`auto_pixel_chunk`, with :data:`GPU_CHUNK_ELEMENTS`
+        on a GPU; no effect on the results).
     digest : hashlib hash, optional
         Updated with every cleaned batch's flux and ivar bytes (the training-set hash).
     show_progress : bool
@@ -487,16 +568,20 @@ def train_pixels(X, exponents, flux, ivar, active=None, method="reml", s2=None, 
     pixel_ok : (P,) bool
         False where the training set cannot constrain the pixel (fewer valid stars than
         active terms, or a singular system).
+
+    All three are where X is (CuPy arrays for a CuPy X: ``devices.to_host`` brings them back).
     """
+    xp = devices.array_namespace(X)
     N, P = flux.shape
     K = X.shape[1]
-    col = np.sqrt(np.mean(X * X, axis=0))
+    col = xp.sqrt(xp.mean(X * X, axis=0))
     col[col == 0] = 1.0
     Xs = X / col
     plan = normal_plan(Xs, exponents)
-    reg = np.broadcast_to(np.asarray(regularization, dtype=float), (P,))
-    theta, s2_out, n_valid = np.zeros((P, K)), np.zeros(P), np.zeros(P, dtype=int)
-    pixel_chunk = pixel_chunk or auto_pixel_chunk(N)
+    reg = np.broadcast_to(np.asarray(regularization, dtype=float), (P,))  # host: only tested per batch
+    active = None if active is None else xp.asarray(active)  # with X (no copy on the host)
+    theta, s2_out, n_valid = xp.zeros((P, K)), xp.zeros(P), xp.zeros(P, dtype=int)
+    pixel_chunk = pixel_chunk or auto_pixel_chunk(N, **({} if xp is np else {"elements": GPU_CHUNK_ELEMENTS}))
     chunks = range(0, P, pixel_chunk)
     for p0 in progress(chunks, desc="train (pixel chunks)", total=len(chunks), disable=not show_progress or None):
         sl = slice(p0, min(P, p0 + pixel_chunk))
@@ -504,21 +589,22 @@ def train_pixels(X, exponents, flux, ivar, active=None, method="reml", s2=None, 
         f_c, i_c = clean_spectra(flux[:, sl], ivar[:, sl])
         if digest is not None:
             digest.update(np.ascontiguousarray(f_c).tobytes() + np.ascontiguousarray(i_c).tobytes())
+        f_c, i_c = xp.asarray(f_c), xp.asarray(i_c)  # to X's device, once (no copy on the host)
         n_valid[sl] = (i_c > 0).sum(axis=0)
         if s2 is None:
             init = None if init_s2 is None else np.asarray(init_s2, dtype=float)[sl]
             s2_c, th = fit_scatter(Xs, f_c, i_c, act, method=method, plan=plan, init_s2=init)
         else:
-            s2_c = s2[sl]
+            s2_c = xp.asarray(s2[sl])
             th = solve_theta(Xs, f_c, i_c, s2_c, act, plan=plan)[0]
-        if np.any(reg[sl] > 0):
+        if (reg[sl] > 0).any():
             th = l1_theta(Xs, f_c, i_c, s2_c, reg[sl], act, term_weights=1.0 / col, plan=plan)
         theta[sl], s2_out[sl] = th, s2_c
     theta = theta / col  # undo the column equilibration
     if active is not None:
         theta[~active] = 0.0
     n_active = K if active is None else active.sum(axis=1)
-    pixel_ok = np.all(np.isfinite(theta), axis=1) & np.isfinite(s2_out) & (n_valid >= n_active)
+    pixel_ok = xp.all(xp.isfinite(theta), axis=1) & xp.isfinite(s2_out) & (n_valid >= n_active)
     theta[~pixel_ok] = 0.0
     s2_out[~pixel_ok] = 0.0
     return theta, s2_out, pixel_ok

@@ -30,8 +30,8 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -40,8 +40,9 @@ from cannonade._version import __version__
 from cannonade.catalogue.schemas import DIMENSIONLESS
 from cannonade.catalogue.writers import arrow_table, conform_table, provenance_record
 from cannonade.exceptions import CatalogueError, ParameterError
+from cannonade.util import atomic_dir, remove_temporaries_of
 
-__all__ = ["HATS_INSTALL", "SPATIAL_INDEX_COLUMN", "write_hats"]
+__all__ = ["HATS_INSTALL", "SPATIAL_INDEX_COLUMN", "remove_leftovers", "write_hats"]
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,31 @@ def _check_target(path, overwrite):
     if any(path.iterdir()) and not any((path / name).is_file() for name in _PROPERTIES_FILES):
         raise CatalogueError(f"{path} is a directory that is not a HATS catalogue (no {' or '.join(_PROPERTIES_FILES)} "
                              "file); overwrite=True replaces only a HATS catalogue")
+
+
+def remove_leftovers(path):
+    """Remove the temporary folders an interrupted :func:`write_hats` of ``path`` left beside it.
+
+    A killed write leaves its hidden temporary folder (``.<name>.XXXXXXXX.tmp``), deleted here; a
+    kill between the two renames of the swap leaves the previous catalogue moved aside
+    (``.<name>.XXXXXXXX.old``), put back at ``path`` when nothing is there, else deleted
+    (:func:`cannonade.util.remove_temporaries_of`). The visible ``<name>.XXXXXXXX.tmp`` and
+    ``<name>.XXXXXXXX.old/<name>`` folders of earlier versions are handled alike. Run it only when
+    no other process writes ``path``. Returns the folders removed (or put back).
+    """
+    path = Path(path)
+    removed = remove_temporaries_of(path)
+    if not path.parent.is_dir():
+        return removed
+    legacy = re.compile(re.escape(f"{path.name}.") + r"[a-z0-9_]{8}\.(tmp|old)")
+    for p in sorted(path.parent.iterdir()):
+        if not (legacy.fullmatch(p.name) and p.is_dir() and not p.is_symlink()):
+            continue
+        if p.name.endswith(".old") and (p / path.name).is_dir() and not os.path.lexists(path):
+            os.replace(p / path.name, path)  # killed in the swap: the previous catalogue goes back
+        shutil.rmtree(p, ignore_errors=True)
+        removed.append(p)
+    return removed
 
 
 def _positions(t, ra_column, dec_column, path):
@@ -234,9 +260,10 @@ def write_hats(table, path, catalog_name=None, ra_column="ra", dec_column="dec",
     The table is conformed to its schema exactly as :func:`cannonade.catalogue.write_catalogue`
     does (column order, dtypes, units, descriptions), the spatial index ``_healpix_29`` is put
     first, and the rows are split into adaptive HEALPix partitions of at most ``max_rows`` rows
-    (see the module docstring for the layout). The catalogue is written into a temporary
-    directory beside ``path`` and renamed onto it at the end: a failing write leaves ``path``
-    as it was.
+    (see the module docstring for the layout). The catalogue is written into a hidden temporary
+    directory beside ``path`` (``.<name>.XXXXXXXX.tmp``) and renamed onto it at the end
+    (:func:`cannonade.util.atomic_dir`): a failing write leaves ``path`` as it was, and the next
+    write removes what a killed one left (:func:`remove_leftovers`).
 
     Parameters
     ----------
@@ -275,6 +302,9 @@ def write_hats(table, path, catalog_name=None, ra_column="ra", dec_column="dec",
         not in degrees, or not finite for some row; or anything :func:`write_catalogue` refuses.
     ParameterError
         ``max_rows`` < 1, or ``max_order``/``skymap_order`` outside 0-29.
+    DiskFullError
+        The disk (or quota) filled up while writing: names ``path``; the temporary directory is
+        removed and the previous catalogue kept.
     """
     hats = _import_hats()
     from hats.pixel_math.spatial_index import compute_spatial_index
@@ -285,6 +315,10 @@ def write_hats(table, path, catalog_name=None, ra_column="ra", dec_column="dec",
         if value is not None and not 0 <= int(value) <= SPATIAL_INDEX_ORDER:
             raise ParameterError(f"{name} must be in 0-{SPATIAL_INDEX_ORDER}, got {value}")
     path = Path(path)
+    stale = remove_leftovers(path)  # of a killed write (a catalogue moved aside goes back first)
+    if stale:
+        log.info("removed %d temporary folder(s) left by an interrupted write of %s (%s%s)", len(stale), path,
+                 stale[0].name, ", ..." if len(stale) > 1 else "")
     _check_target(path, overwrite)
     catalog_name = str(catalog_name) if catalog_name else path.name
 
@@ -303,26 +337,13 @@ def write_hats(table, path, catalog_name=None, ra_column="ra", dec_column="dec",
     order, pixel = partition_orders(index29, int(max_rows), int(max_order))
     at = arrow_table(t, s, provenance_record(t, provenance))
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{path.name}.", suffix=".tmp", dir=path.parent))
-    old = None
-    try:
+    # written into a hidden temporary folder beside path and swapped in (util.atomic_dir): a failing write,
+    # a full disk (DiskFullError naming the catalogue) or a kill leaves the previous catalogue as it was
+    with atomic_dir(path, "HATS catalogue") as tmp:
         pixels, counts = _write_tree(hats, at, index29, order, pixel, tmp, catalog_name, ra_column, dec_column,
                                      int(max_rows), int(max_order), skymap_order, s)
         if pixels:
             _describe_common_metadata(hats, tmp, at)
-        if os.path.lexists(path):  # checked above: a HATS catalogue (or an empty directory), overwrite=True
-            old = Path(tempfile.mkdtemp(prefix=f"{path.name}.", suffix=".old", dir=path.parent))
-            os.replace(path, old / path.name)
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None and not os.path.lexists(path) and (old / path.name).exists():
-            os.replace(old / path.name, path)  # put the previous catalogue back
-        raise
-    finally:
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
     orders = sorted({p.order for p in pixels})
     log.info("wrote HATS catalogue %s: %d rows in %d partitions (orders %s, at most %d rows each)",
              path, len(t), len(pixels), orders, max(counts, default=0))

@@ -215,6 +215,22 @@ def _set_json_card(header, key, obj, comment):
     _set_card(header, key, json.dumps(obj), comment)
 
 
+def _fits_text(col):
+    """A text column holding non-ASCII characters (a model called 'mödel', an id from a non-ASCII file
+    name) as its UTF-8 bytes, which FITS can hold (its text is ASCII; read back as bytes and decoded as
+    UTF-8); None for any other column."""
+    data = np.ma.getdata(col)
+    if data.dtype.kind != "U":
+        return None
+    try:
+        np.char.encode(data, "ascii")
+    except UnicodeEncodeError:
+        mask = np.ma.getmask(col)
+        encoded = np.char.encode(data, "utf-8")
+        return np.ma.array(encoded, mask=mask) if mask is not np.ma.nomask and np.any(mask) else encoded
+    return None
+
+
 def _write_fits(t, tmp, schema, header_cards=(), provenance=None):
     from astropy.io import fits
 
@@ -223,6 +239,10 @@ def _write_fits(t, tmp, schema, header_cards=(), provenance=None):
     for n in bare.colnames:
         bare[n].unit = None  # written by hand below
     bare.meta = {}
+    for n in bare.colnames:
+        text = _fits_text(bare[n])
+        if text is not None:
+            bare[n] = text
     hdu = fits.table_to_hdu(bare)
     hdu.name = "CATALOGUE"
     h = hdu.header

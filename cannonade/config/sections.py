@@ -31,6 +31,10 @@ class RunSection:
                                                      "in-process inference; 'local' = a dask LocalCluster of run.workers "
                                                      "processes; tcp://HOST:PORT or a scheduler file = a running dask "
                                                      "cluster (docs/scale.md); results do not depend on it"))
+    device: Literal["cpu", "gpu"] = field(default="cpu", metadata=doc("where the Cannon's training and the chi2 reduction of "
+                                                                      "inference run: 'cpu' (NumPy) or 'gpu' (a CUDA GPU "
+                                                                      "through CuPy, float64; pip install 'cannonade[gpu]'; "
+                                                                      "docs/scale.md); results agree to rounding"))
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,10 @@ process), ``'process'`` (a process pool created per run) or ``'dask'`` (a
 docs/scale.md). :func:`choose_backend` turns a ``scheduler`` setting
 (``run.scheduler``, ``--scheduler``) into a backend name and its options.
 
+Where the Cannon's arrays live is :mod:`cannonade.execution.device`: ``array_namespace``
+(``numpy`` or ``cupy`` for given arrays), ``get_namespace(device)``, ``to_device``,
+``to_host`` and ``gpu_available`` (CuPy is optional and imported only when a GPU is asked for).
+
 Layering: this package imports only the base modules (``cannonade.exceptions``,
 ``cannonade.util``); it knows nothing about spectra, models or catalogues.
 """
@@ -37,6 +41,7 @@ from cannonade.execution.backends import (
     mp_context,
 )
 from cannonade.execution.chunked import ChunkedMap, StopRequested
+from cannonade.execution.device import DEVICES, array_namespace, get_namespace, gpu_available, to_device, to_host
 
 __all__ = [
     "ChunkedMap",
@@ -49,4 +54,10 @@ __all__ = [
     "LOCAL_SCHEDULER",
     "choose_backend",
     "mp_context",
+    "DEVICES",
+    "array_namespace",
+    "get_namespace",
+    "to_device",
+    "to_host",
+    "gpu_available",
 ]

@@ -34,7 +34,10 @@ Backends
     worker limits its native thread pools (BLAS/OpenMP) to ``threads_per_worker``
     through the usual environment variables, set inside the worker only (not
     overriding values the user set), so ``workers`` processes do not oversubscribe
-    the cores.
+    the cores. A worker that dies (killed, out of memory, ``os._exit``) breaks the
+    pool: the calls that were running are rerun one at a time in a fresh pool, and a
+    call whose worker dies again (``dead_worker_retries`` times) stops the map with
+    :class:`~cannonade.exceptions.WorkerDiedError` naming its chunk.
 
 ``dask``
     :class:`DaskBackend`: the tasks run on a ``dask.distributed`` cluster -- an
@@ -69,10 +72,11 @@ import multiprocessing as mp
 import os
 import time
 import uuid
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
-from cannonade.exceptions import CannonadeError, ConfigError
+from cannonade.exceptions import ConfigError, WorkerDiedError
 
 __all__ = ["SerialBackend", "ProcessBackend", "DaskBackend", "BACKENDS", "get_backend", "choose_backend", "mp_context",
            "validate_workers", "native_threads", "LOCAL_SCHEDULER"]
@@ -194,20 +198,31 @@ class ProcessBackend:
         Native (BLAS/OpenMP) threads per worker; default 1.
     max_in_flight : int, optional
         Submitted but unfinished tasks at most; default ``2 * workers``.
+    dead_worker_retries : int
+        Times a call is rerun alone, in a fresh pool, after a worker died while it ran
+        (default 1). A worker's death breaks the whole pool and fails every call in it, so
+        every call that was running then is a suspect: each is rerun by itself, and one whose
+        worker dies in every rerun raises :class:`~cannonade.exceptions.WorkerDiedError` naming
+        its chunk (the calls that finished keep their results; a
+        :class:`~cannonade.execution.ChunkedMap` rerun resumes). 0: no rerun, the error names
+        every chunk that was running.
     """
 
     name = "process"
 
-    def __init__(self, workers=1, initializer=None, initargs=(), threads_per_worker=1, max_in_flight=None):
+    def __init__(self, workers=1, initializer=None, initargs=(), threads_per_worker=1, max_in_flight=None, dead_worker_retries=1):
         self.workers = validate_workers(workers)
         self.initializer = initializer
         self.initargs = tuple(initargs)
         self.threads_per_worker = max(1, int(threads_per_worker))
         self.max_in_flight = int(max_in_flight) if max_in_flight else 2 * self.workers
+        self.dead_worker_retries = int(dead_worker_retries)
+        if self.dead_worker_retries < 0:
+            raise ConfigError(f"dead_worker_retries must be >= 0, got {dead_worker_retries}")
         self._pool = None
 
-    def __enter__(self):
-        self._pool = ProcessPoolExecutor(
+    def _start_pool(self):
+        pool = ProcessPoolExecutor(
             max_workers=self.workers,
             mp_context=mp_context(),
             initializer=_worker_bootstrap,
@@ -216,11 +231,21 @@ class ProcessBackend:
         try:
             # start the workers now: with 'fork' every worker is forked at the first submit,
             # before the caller starts any thread of its own (a progress bar's monitor)
-            self._pool.submit(_noop).result()
+            pool.submit(_noop).result()
         except BaseException:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+            pool.shutdown(wait=True, cancel_futures=True)
             raise
+        return pool
+
+    def _restart_pool(self):
+        """A fresh pool in place of a broken one (a worker died)."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+        self._pool = self._start_pool()
+
+    def __enter__(self):
+        self._pool = self._start_pool()
         return self
 
     def __exit__(self, *exc):
@@ -234,12 +259,14 @@ class ProcessBackend:
         """Yield ``(k, fn(k, *args))`` as the calls finish, keeping at most ``max_in_flight`` submitted.
 
         An exception raised by a call is re-raised here (the other running calls go on
-        until the backend's ``with`` block is left).
+        until the backend's ``with`` block is left). A worker process that dies breaks the
+        pool: the calls that finished are yielded, every call that was pending is rerun by
+        itself in a fresh pool (see ``dead_worker_retries``), then the map goes on.
         """
         if self._pool is None:
             raise RuntimeError("ProcessBackend.imap_unordered used outside its 'with' block")
         tasks = iter(tasks)
-        pending = {}
+        pending = {}  # future -> (k, args)
 
         def top_up():
             while len(pending) < self.max_in_flight:
@@ -247,15 +274,54 @@ class ProcessBackend:
                     k, args = next(tasks)
                 except StopIteration:
                     return
-                pending[self._pool.submit(fn, k, *args)] = k
+                pending[self._pool.submit(fn, k, *args)] = (k, args)
 
         top_up()
         while pending:
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            broken = []
             for fut in done:
-                k = pending.pop(fut)
+                k, args = pending.pop(fut)
+                if isinstance(fut.exception(), BrokenProcessPool):
+                    broken.append((k, args))
+                    continue
                 yield k, fut.result()
+            if broken:
+                # the pool is broken: every other call in it ends at once, finished or failed alike
+                wait(pending, return_when=ALL_COMPLETED)
+                for fut, (k, args) in list(pending.items()):
+                    del pending[fut]
+                    if isinstance(fut.exception(), BrokenProcessPool):
+                        broken.append((k, args))
+                    else:
+                        yield k, fut.result()
+                yield from self._rerun_alone(fn, sorted(broken, key=lambda task: task[0]))
             top_up()
+
+    def _rerun_alone(self, fn, tasks):
+        """Rerun the calls of a broken pool one at a time in fresh pools: a death is then the call's own."""
+        if self.dead_worker_retries == 0:
+            raise WorkerDiedError(f"a worker process died (killed by a signal or os._exit, or out of memory?) while chunk(s) "
+                                  f"{', '.join(str(k) for k, _ in tasks)} ran; finished chunks are kept, a rerun resumes")
+        log.warning("a worker process died (killed, out of memory?) while chunk(s) %s ran; rerunning each alone",
+                    ", ".join(str(k) for k, _ in tasks))
+        broken = True
+        for k, args in tasks:
+            deaths = 0
+            while True:
+                if broken:
+                    self._restart_pool()
+                fut = self._pool.submit(fn, k, *args)
+                broken = isinstance(fut.exception(), BrokenProcessPool)
+                if not broken:
+                    break
+                deaths += 1
+                if deaths >= self.dead_worker_retries:
+                    raise WorkerDiedError(
+                        f"chunk {k}: the worker process running it died, and again when it was rerun alone "
+                        f"({deaths} time{'s' if deaths > 1 else ''}): killed by a signal or os._exit, or out of memory? "
+                        f"(lower the chunk size or the workers); finished chunks are kept, a rerun resumes")
+            yield k, fut.result()
 
 
 def _worker_setup_plugin(name, threads, initializer, initargs):
@@ -307,8 +373,8 @@ class DaskBackend:
         Times a task that *raised* is resubmitted before its exception reaches the caller
         (default 0: the original exception at once). A task whose worker *died* is rerun by the
         scheduler on another worker regardless; once its workers died more than
-        ``distributed.scheduler.allowed-failures`` times (default 3), a ``CannonadeError``
-        naming the chunk stops the run.
+        ``distributed.scheduler.allowed-failures`` times (default 3), a
+        :class:`~cannonade.exceptions.WorkerDiedError` naming the chunk stops the run.
     max_in_flight : int, optional
         Submitted but unfinished tasks at most; default ``2 x`` the cluster's threads (at least
         ``2 * workers``), re-read every few seconds as workers come and go.
@@ -490,7 +556,7 @@ class DaskBackend:
                 try:
                     result = fut.result()  # the task's own exception, re-raised here
                 except KilledWorker as exc:
-                    raise CannonadeError(
+                    raise WorkerDiedError(
                         f"chunk {k}: every dask worker that ran it died (out of memory? lower the chunk size or "
                         f"give the workers more memory); finished chunks are kept, a rerun resumes ({exc})") from None
                 fut.release()
@@ -543,8 +609,8 @@ def get_backend(name="serial", workers=1, initializer=None, initargs=(), **optio
     initargs : tuple
     **options
         Backend-specific: ``threads_per_worker``, ``max_in_flight`` (``process``, ``dask``);
-        ``scheduler``, ``client``, ``retries``, ``dashboard`` and ``LocalCluster`` keywords
-        (``dask``).
+        ``dead_worker_retries`` (``process``); ``scheduler``, ``client``, ``retries``, ``dashboard``
+        and ``LocalCluster`` keywords (``dask``).
 
     Returns
     -------

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from cannonade.exceptions import CannonadeError, ConfigError
 from cannonade.execution.backends import get_backend, validate_workers
-from cannonade.util import atomic_path, progress
+from cannonade.util import atomic_path, make_dirs, progress
 
 __all__ = ["ChunkedMap", "StopRequested"]
 
@@ -151,7 +151,7 @@ class ChunkedMap:
                         "refusing to delete it (remove it or choose another parts directory)"
                     )
                 shutil.rmtree(d)
-        d.mkdir(parents=True, exist_ok=True)
+        make_dirs(d, "parts directory")
         if not self.state_path.is_file():
             with atomic_path(self.state_path) as tmp:
                 tmp.write_text(json.dumps(self._state, indent=1, sort_keys=True), encoding="utf-8")

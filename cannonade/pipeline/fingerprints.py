@@ -21,8 +21,8 @@ from cannonade.exceptions import CannonadeError
 from cannonade.provenance import fingerprint
 
 #: configuration keys no stage's results depend on: where the run is written, how many processes, on
-#: which cluster
-UNTRACKED = ("run.out", "run.workers", "run.scheduler")
+#: which cluster, on which device (a GPU agrees with the CPU to rounding, docs/scale.md)
+UNTRACKED = ("run.out", "run.workers", "run.scheduler", "run.device")
 
 def config_value(data, key):
     """The value of a dotted key (``"cuts"``, ``"run.seed"``) in a configuration's TOML form.

@@ -115,3 +115,18 @@ def check_columns(cfg, target, reference, gaia=None):
         missing = [c for c in GAIA_COLUMNS if c not in colnames(gaia)]
         if missing:
             raise ConfigError(f"dynamics.gaia: Gaia catalogue lacks column(s) {missing}; columns are {sorted(colnames(gaia))}")
+
+
+def check_grids(cfg):
+    """Fail before any work if ``target.grid`` (or, recipe nandakumar2022, ``reference.grid``) is not
+    a grid :func:`cannonade.spectra.surveys.common_grid` knows (names the key)."""
+    from cannonade.spectra.surveys import common_grid
+
+    keys = [("target.grid", cfg.target.grid)]
+    if cfg.recipe == "nandakumar2022":
+        keys.append(("reference.grid", cfg.reference.grid))
+    for key, grid in keys:
+        try:
+            common_grid(grid)
+        except ConfigError as exc:
+            raise ConfigError(f"{key}: {exc}") from None

@@ -24,11 +24,12 @@ import numpy as np
 from cannonade.config import RunConfig, as_toml_dict, config_from_dict, load_config
 from cannonade.exceptions import ConfigError
 from cannonade.config.toml_writer import toml_text
+from cannonade.pipeline.inputs import check_grids
 from cannonade.pipeline.fingerprints import stage_fingerprint, stage_inputs, unavailable
 from cannonade.pipeline.recipes import recipe_for
 from cannonade.provenance import fingerprint, provenance
 from cannonade.tables import read_table
-from cannonade.util import atomic_path, json_default, remove_stale_temporaries
+from cannonade.util import atomic_path, check_output_dir, json_default, make_dirs, remove_stale_temporaries
 
 log = logging.getLogger("cannonade.pipeline")
 
@@ -78,7 +79,9 @@ class Run:
         # every configured column must exist before anything is written
         gaia = self.table("gaia") if (self.cfg.dynamics.enabled and self.cfg.dynamics.gaia) else None
         self.recipe.check(self.cfg, self.table("target"), self.table("reference"), gaia)
-        self.path("stages").mkdir(parents=True, exist_ok=True)
+        check_grids(self.cfg)
+        check_output_dir(self.out, "run.out")
+        make_dirs(self.path("stages"), "run.out")
 
     @property
     def config_fingerprint(self):

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from cannonade._version import __version__
-from cannonade.exceptions import CannonadeError
+from cannonade.exceptions import CannonadeError, ParameterError
 from cannonade.provenance import utc_now
 from cannonade.report import figures_model as fm
 from cannonade.report import figures_science as fs
@@ -28,7 +28,7 @@ from cannonade.report.html import Section, esc, figure_html, fmt, mapping_table,
 from cannonade.report.inputs import ReportError
 from cannonade.report.style import quantity_name
 from cannonade.report.rundir import RunDirectory
-from cannonade.util import atomic_path, json_default
+from cannonade.util import atomic_path, json_default, make_dirs
 
 log = logging.getLogger("cannonade.report")
 
@@ -739,11 +739,13 @@ def write_report(run_dir, out=None, seed=0, max_points=4000):
     {"fe_h_per_kpc", "e_fe_h_per_kpc"}}`` (null, with a ``reason``, where the run cannot give
     them), the list of figures with their captions and the figures not drawn with why.
     """
+    if isinstance(max_points, bool) or not isinstance(max_points, (int, np.integer)) or max_points < 1:
+        raise ParameterError(f"max_points (--max-points) must be an integer >= 1, got {max_points!r}")
     run = RunDirectory(run_dir)
     out = Path(out) if out is not None else run.file(REPORT_DIR)
     if out.exists() and not out.is_dir():
         raise ReportError(f"report folder {out} exists and is not a directory")
-    out.mkdir(parents=True, exist_ok=True)
+    make_dirs(out, "report folder")
     _clear(out)
     builder = ReportBuilder(run, out, seed=seed, max_points=max_points)
     builder.build()

@@ -34,6 +34,7 @@ __all__ = [
     "lamost_designation",
     "galah_labels",
     "galah_errors",
+    "APOGEE_GALAH_ERROR_SCALE",
     "lamost_labels",
     "apogee_labels",
     "galah_systematics",
@@ -152,8 +153,17 @@ def corrupt_labels(labels, fraction, rng):
     return kind
 
 
-def galah_errors(snr_c2):
+#: GALAH label errors of the apogee-galah preset relative to :func:`galah_errors` (the lamost-galah
+#: preset's): chosen so that the mock's APOGEE − GALAH scatter of the training stars (σ of
+#: Nandakumar+2022 Table 1: Teff 84 K, [α/Fe] 0.05 dex, with the systematics' own scatter and APOGEE's
+#: noise) is the paper's; with the full errors it was 1.4–1.7× larger (docs/simulate.md).
+APOGEE_GALAH_ERROR_SCALE = 0.5
+
+
+def galah_errors(snr_c2, scale=1.0):
     """True 1-sigma errors of the GALAH labels at green-CCD S/N ``snr_c2``.
+
+    ``scale`` multiplies every error (the apogee-galah preset: :data:`APOGEE_GALAH_ERROR_SCALE`).
 
     Returns dict of (n,) float: teff, logg, fe_h, vbroad and <x>_fe (x in ABUNDANCE_ELEMENTS).
     """
@@ -166,6 +176,8 @@ def galah_errors(snr_c2):
     }
     for x in ABUNDANCE_ELEMENTS:
         e[f"{x.lower()}_fe"] = (1.6 if x in ("Eu", "Y", "Ba", "Na", "Al") else 1.0) * (0.05 + 3.0 / snr)
+    if scale != 1.0:
+        e = {k: v * float(scale) for k, v in e.items()}
     return e
 
 
@@ -210,7 +222,7 @@ def galah_labels(stars, snr_c2, rng, corrupt_fraction=0.0, realism=False, error_
     logg_t = np.asarray(stars["logg"], float)
     feh_t = np.asarray(stars["fe_h"], float)
     giant = _giant(logg_t)
-    e = galah_errors(snr)
+    e = galah_errors(snr, scale=1.0 if cross is None else APOGEE_GALAH_ERROR_SCALE)
     syst = dwarf_teff_systematics(teff_t, logg_t, realism)
     out = {}
     if cross is None:

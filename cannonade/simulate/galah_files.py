@@ -80,7 +80,7 @@ def write_galah_chunk(out, stars, s_all, idx, rng, counter, writers, corrupt_fra
     snr_c, rv_meas, e_rv = _expose(out, sub, s_all, idx, rng, counter, writers, visit=1)
     labels, corruption = cat.galah_labels(sub, snr_c[:, 1], rng, corrupt_fraction, realism, error_factors, jitter_rng,
                                           cross=cross)
-    true_err = cat.galah_errors(snr_c[:, 1])
+    true_err = cat.galah_errors(snr_c[:, 1], scale=1.0 if cross is None else cat.APOGEE_GALAH_ERROR_SCALE)
     truth = {f"ref_err_{k}": true_err[k] for k in REFERENCE_ERROR_LABELS}
     for k, v in dwarf_teff_systematics(sub["teff"], sub["logg"], as_realism(realism)).items():
         truth[f"ref_sys_{k}"] = v

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 
@@ -51,7 +50,7 @@ from cannonade.simulate.population import NAMED_CLUSTERS, NamedCluster, named_cl
 from cannonade.simulate.realism import REFERENCE_ERROR_LABELS, SYSTEMATIC_LABELS, as_realism, draw_error_factors
 from cannonade.simulate.systematics import CROSS_LABELS, as_systematics, cross_survey_systematics
 from cannonade.simulate.writers import FitsTableWriter, card
-from cannonade.util import atomic_path, progress
+from cannonade.util import atomic_path, check_output_dir, make_dirs, progress
 
 __all__ = ["simulate_survey", "PRESETS", "SPECTRUM_SUFFIX", "APOGEE_GALAH_STAGES", "APOGEE_ONLY_GIANT_WEIGHT",
            "CLUSTER_COMMON_FRACTION"]
@@ -161,7 +160,7 @@ def simulate_survey(preset="lamost-galah", n_stars=500, seed=0, out="mock_survey
     realism = as_realism(realism)
     params["realism"] = realism
     params["error_factors"] = draw_error_factors(realism, _survey_rng(seed, 0))
-    out = Path(out)
+    out = check_output_dir(out, "mock survey directory")
     lamost = preset == "lamost-galah"
     if not lamost:
         params.update(_apogee_galah_parameters(common_fraction, apogee_only_fraction, galah_repeat_fraction,
@@ -423,7 +422,7 @@ def _open_writers(out, preset, seed, version, lamost):
         writers["galah_allspec"] = FitsTableWriter(out / "galah" / "allspec.fits", galah_columns(allspec=True),
                                                    "GALAH_DR3_ALLSPEC", prov)
     for d in (["lamost/spectra"] if lamost else ["apogee/spectra"]) + ["galah/spectra"]:
-        (out / d).mkdir(parents=True, exist_ok=True)
+        make_dirs(out / d, "mock survey directory")
     return writers
 
 

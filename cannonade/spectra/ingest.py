@@ -38,6 +38,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import logging
 import math
 import os
 import time
@@ -48,10 +49,11 @@ import numpy as np
 
 from cannonade.exceptions import CannonadeError, ColumnError, ConfigError, StoreFormatError
 from cannonade.execution import ChunkedMap, choose_backend
+from cannonade.execution.backends import validate_workers
 from cannonade.spectra import store
 from cannonade.spectra.store import META_COLUMNS, STORE_FORMAT, STORE_VERSION, SpectraStore
 from cannonade.tables import FITS_SUFFIXES, float_column, text_column
-from cannonade.util import atomic_path
+from cannonade.util import atomic_path, check_output_file, remove_stale_temporaries, remove_temporaries_of
 
 __all__ = [
     "IngestReport",
@@ -66,6 +68,8 @@ __all__ = [
     "JOIN_MODES",
     "GALAH_STAR_COLUMNS",
 ]
+
+log = logging.getLogger(__name__)
 
 _NORM_BATCH = 256  # spectra normalised at once inside a chunk (bounds temporaries)
 _NORMALISE = ("gaussian", "chebyshev", "none")
@@ -91,6 +95,9 @@ class IngestReport:
         The CSV listing the failures.
     n_chunks, n_chunks_done_before : int
         Chunks in total, and chunks found finished from an earlier (killed) run.
+    temporaries_removed : int
+        Hidden temporary files (of the store, the error report, the parts) that an interrupted
+        run left and this one removed.
     seconds : float
     join : {'file', 'star'}
         What a row is (the resolved ``join`` mode): one file, or one GALAH star whose four
@@ -106,6 +113,7 @@ class IngestReport:
     n_chunks_done_before: int = 0
     seconds: float = 0.0
     join: str = "file"
+    temporaries_removed: int = 0
 
     def summary(self, max_failures=5):
         """A human-readable summary (several lines): counts, rate, resume, the first failures."""
@@ -117,6 +125,8 @@ class IngestReport:
         lines = [f"ingested {self.n_ok} {what} into {self.path} ({self.n_failed} failed, {rate:.0f} {unit})"]
         if self.n_chunks_done_before:
             lines.append(f"resumed: {self.n_chunks_done_before} of {self.n_chunks} chunks were already done")
+        if self.temporaries_removed:
+            lines.append(f"removed {self.temporaries_removed} temporary file(s) left by an interrupted run")
         if self.n_failed:
             lines.append(f"error report: {self.error_report}")
             lines.extend(f"  {f}: {reason}" for f, reason in self.failures[:max_failures])
@@ -813,7 +823,8 @@ def ingest(
         raise ConfigError(f"chunk_size must be >= 1, got {chunk_size}")
     if join not in JOIN_MODES:
         raise ConfigError(f"join must be one of {', '.join(repr(j) for j in JOIN_MODES)}, got {join!r}")
-    out = Path(out)
+    workers = validate_workers(workers)
+    out = check_output_file(out, "store")
     error_report = Path(error_report) if error_report is not None else _default_error_report(out)
     grid_name = grid if isinstance(grid, str) else "custom"
     grid_arr = common_grid(grid)
@@ -836,14 +847,22 @@ def ingest(
     n_units = len(files) if bounds is None else int(bounds.size - 1)
     n_chunks = (n_units + chunk_size - 1) // chunk_size
 
+    parts_dir = Path(str(out) + ".parts")
+    # what a killed ingest of this store left: hidden temporaries of the store, the report, the parts
+    stale = remove_temporaries_of(out) + remove_temporaries_of(error_report) + remove_stale_temporaries(parts_dir)
+    if stale:
+        log.info("removed %d temporary file(s) left by an interrupted ingest (%s%s)", len(stale), stale[0].name,
+                 ", ..." if len(stale) > 1 else "")
+
     def report(n_ok, failures, n_done_before):
-        return IngestReport(n_ok, len(failures), failures, out, error_report, n_chunks, n_done_before, time.perf_counter() - t0, join)
+        return IngestReport(n_ok, len(failures), failures, out, error_report, n_chunks, n_done_before, time.perf_counter() - t0, join,
+                            len(stale))
 
     n_stored = _finished_store(out, key)
     if n_stored is not None:  # already complete with the same inputs and settings: nothing to do
         return report(n_stored, _read_failures_csv(error_report), n_chunks)
 
-    cm = ChunkedMap(Path(str(out) + ".parts"), fingerprint, n_chunks, suffix=".h5", is_complete=_part_complete)
+    cm = ChunkedMap(parts_dir, fingerprint, n_chunks, suffix=".h5", is_complete=_part_complete)
     n_done_before = cm.n_done
     chunk_rows = _chunk_rows(chunk_size)
     settings = (grid, normalise, z_map, norm_kwargs, chunk_rows, join)
@@ -856,7 +875,7 @@ def ingest(
     def chunk_units(k):
         return min((k + 1) * chunk_size, n_units) - k * chunk_size
 
-    _map_chunks(cm, chunk_files, chunk_units, n_units, "star" if join == "star" else "spec", max(1, int(workers)), settings,
+    _map_chunks(cm, chunk_files, chunk_units, n_units, "star" if join == "star" else "spec", workers, settings,
                 chunk_func or process_chunk, stop_after, scheduler)
     attrs = {"grid": grid_name, "normalise": normalise, "norm_kwargs": json.dumps(norm_kwargs, sort_keys=True, default=str),
              "ingest_key": key, "join": join}

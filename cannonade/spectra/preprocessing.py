@@ -123,6 +123,42 @@ def _overlap_entries(lo, hi, nlo, nhi):
     return rows, cols, overlap
 
 
+_MAX_OVERLAPS = 16  # input pixels per output pixel handled by _overlap_sums; more: the sparse entries
+
+
+def _overlap_sums(lo, hi, nlo, nhi, f0, var0, bad):
+    """R f, (R o R) var, bad inputs touched and coverage, one output pixel's m-th overlap at a time.
+
+    The same entries, in the same order, as :func:`_resampling_entries` + ``bincount`` (so the same
+    bits), without building the entry lists: output pixel j overlaps the contiguous inputs
+    ``start_j .. stop_j - 1``, at most a few of them when the grids have similar steps. None when
+    some output pixel overlaps more than ``_MAX_OVERLAPS`` inputs.
+    """
+    start = np.searchsorted(hi, nlo, side="right")
+    stop = np.searchsorted(lo, nhi, side="left")
+    n_max = int(np.max(stop - start, initial=0))
+    if n_max > _MAX_OVERLAPS:
+        return None
+    width = nhi - nlo
+    new_f = np.zeros(nlo.size)
+    new_var = np.zeros(nlo.size)
+    n_bad = np.zeros(nlo.size)
+    coverage = np.zeros(nlo.size)
+    last = lo.size - 1
+    for m in range(n_max):
+        col = start + m
+        inside = col < stop
+        c = np.minimum(col, last)
+        frac = (np.minimum(hi[c], nhi) - np.maximum(lo[c], nlo)) / width
+        keep = inside & (frac > _OVERLAP_TOL)
+        frac = np.where(keep, frac, 0.0)
+        new_f += frac * f0[c]
+        new_var += frac * frac * var0[c]
+        n_bad += keep & bad[c]
+        coverage += frac
+    return new_f, new_var, n_bad, coverage
+
+
 def _resampling_entries(wavelength, new_wavelength):
     """Non-zero entries (rows, cols, R_ji) of the rebinning map and the output coverage."""
     lo, hi = pixel_edges(wavelength)
@@ -219,15 +255,21 @@ def resample(wavelength, flux, ivar, new_wavelength):
     wavelength = np.asarray(wavelength, dtype=np.float64)
     if not (flux.shape == ivar.shape == wavelength.shape) or flux.ndim != 1:
         raise ShapeError(f"wavelength, flux, ivar must be equal 1-D shapes, got {wavelength.shape}, {flux.shape}, {ivar.shape}")
-    rows, cols, frac, coverage = _resampling_entries(wavelength, new_wavelength)
-    n_out = coverage.size
     good_in = (ivar > 0) & np.isfinite(ivar) & np.isfinite(flux)
     f0 = np.where(good_in, flux, 0.0)
     with np.errstate(divide="ignore"):
         var0 = np.where(good_in, 1.0 / np.where(good_in, ivar, 1.0), 0.0)
-    new_f = np.bincount(rows, weights=frac * f0[cols], minlength=n_out)  # R f
-    new_var = np.bincount(rows, weights=frac * frac * var0[cols], minlength=n_out)  # (R o R) var
-    n_bad = np.bincount(rows, weights=(~good_in[cols]).astype(np.float64), minlength=n_out)
+    lo, hi = pixel_edges(wavelength)
+    nlo, nhi = _edges_cached(new_wavelength)
+    summed = _overlap_sums(lo, hi, nlo, nhi, f0, var0, ~good_in)
+    if summed is None:  # an output pixel spans many input pixels: the explicit sparse entries
+        rows, cols, frac, coverage = _resampling_entries(wavelength, new_wavelength)
+        n_out = coverage.size
+        new_f = np.bincount(rows, weights=frac * f0[cols], minlength=n_out)  # R f
+        new_var = np.bincount(rows, weights=frac * frac * var0[cols], minlength=n_out)  # (R o R) var
+        n_bad = np.bincount(rows, weights=(~good_in[cols]).astype(np.float64), minlength=n_out)
+    else:
+        new_f, new_var, n_bad, coverage = summed
     good = (coverage > 1.0 - 1e-6) & (n_bad == 0) & (new_var > 0)
     with np.errstate(divide="ignore"):
         new_ivar = np.where(good, 1.0 / np.where(good, new_var, 1.0), 0.0)
@@ -254,6 +296,8 @@ def resample_batch(wavelength, flux, ivar, new_wavelength):
     if flux.shape != ivar.shape:
         raise ShapeError(f"flux {flux.shape} and ivar {ivar.shape} differ")
     if wavelength.ndim == 1:
+        if flux.shape[-1] != wavelength.size:
+            raise ShapeError(f"flux {flux.shape} has {flux.shape[-1]} pixels per spectrum but wavelength has {wavelength.size}")
         R, coverage = resampling_matrix(wavelength, new_wavelength)
         return _apply_resampling(R, coverage, flux, ivar)
     if wavelength.shape != flux.shape:
@@ -334,6 +378,54 @@ def gaussian_kernel_matrix(wavelength, sigma=50.0, truncate=150.0):
     return K
 
 
+_BAND_BLOCK = 256  # kernel rows per dense block
+_BAND_MAX_SPAN = 1536  # widest block (columns) kept dense; wider kernels (fine grids: GALAH) stay sparse
+_BLOCKS: dict = {}
+
+
+def gaussian_kernel_blocks(wavelength, sigma=50.0, truncate=150.0):
+    """The Gaussian kernel of :func:`gaussian_kernel_matrix` as dense row blocks, or None.
+
+    The kernel is banded: rows ``r0:r1`` touch only columns ``c0:c1``. Applying it as one dense
+    matrix product per block runs in BLAS, several times faster than a sparse product on a
+    LAMOST-like grid (a few hundred pixels per half-width); the zeros inside a block are the
+    truncation's own, so the result is the sparse product's up to rounding. None when a block
+    would be wider than ``_BAND_MAX_SPAN`` columns (fine grids, where the sparse form is smaller).
+
+    Returns
+    -------
+    list of (r0, r1, c0, c1, K_block) with K_block (r1 - r0, c1 - c0) float64, or None
+    """
+    key, w = _grid_key(wavelength)
+    ckey = (key, float(sigma), float(truncate))
+    if ckey in _BLOCKS:
+        return _BLOCKS[ckey]
+    K = gaussian_kernel_matrix(w, sigma, truncate)
+    blocks = []
+    for r0 in range(0, w.size, _BAND_BLOCK):
+        r1 = min(r0 + _BAND_BLOCK, w.size)
+        c0, c1 = int(K.indices[K.indptr[r0]]), int(K.indices[K.indptr[r1] - 1]) + 1
+        if c1 - c0 > _BAND_MAX_SPAN:
+            blocks = None
+            break
+        blocks.append((r0, r1, c0, c1, K[r0:r1, c0:c1].toarray()))
+    if len(_BLOCKS) >= 8:
+        _BLOCKS.pop(next(iter(_BLOCKS)))
+    _BLOCKS[ckey] = blocks
+    return blocks
+
+
+def _smooth(wavelength, X, sigma, truncate):
+    """X K (K symmetric) for rows X (n, P): dense blocks where the band is narrow, else sparse."""
+    blocks = gaussian_kernel_blocks(wavelength, sigma, truncate)
+    if blocks is None:
+        return (gaussian_kernel_matrix(wavelength, sigma, truncate) @ X.T).T
+    out = np.empty_like(X)
+    for r0, r1, c0, c1, Kb in blocks:
+        out[:, r0:r1] = X[:, c0:c1] @ Kb.T
+    return out
+
+
 def continuum_gaussian_batch(wavelength, flux, ivar, sigma=50.0, truncate=150.0):
     """Ivar-weighted Gaussian-smoothing continuum of many spectra on one grid.
 
@@ -353,12 +445,16 @@ def continuum_gaussian_batch(wavelength, flux, ivar, sigma=50.0, truncate=150.0)
     ivar = np.atleast_2d(np.asarray(ivar, dtype=np.float64))
     if flux.shape != ivar.shape or flux.shape[-1] != np.size(wavelength):
         raise ShapeError(f"flux {flux.shape}, ivar {ivar.shape} and wavelength ({np.size(wavelength)},) disagree")
-    K = gaussian_kernel_matrix(wavelength, sigma, truncate)
+    if not (sigma > 0 and truncate > 0):
+        raise ConfigError(f"continuum kernel needs sigma > 0 and truncate > 0, got {sigma}, {truncate}")
     good = (ivar > 0) & np.isfinite(ivar) & np.isfinite(flux)
-    w = np.where(good, ivar, 0.0)
-    wf = np.where(good, w * np.where(good, flux, 0.0), 0.0)
-    num = (K @ wf.T).T  # K symmetric: (K @ X^T)^T == X @ K
-    den = (K @ w.T).T
+    n = flux.shape[0]
+    X = np.empty((2 * n, flux.shape[1]))  # numerator and denominator rows in one product
+    np.copyto(X[n:], ivar, where=good)
+    X[n:][~good] = 0.0
+    np.multiply(X[n:], np.where(good, flux, 0.0), out=X[:n])
+    S = _smooth(wavelength, X, sigma, truncate)
+    num, den = S[:n], S[n:]
     with np.errstate(divide="ignore", invalid="ignore"):
         cont = np.where(den > 0, num / den, np.nan)
     return cont
@@ -465,10 +561,25 @@ def _continuum(wavelength, flux, ivar, method, **kwargs):
 
 def _divide(flux, ivar, cont):
     good = np.isfinite(cont) & (cont > 0)
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         nf = np.where(good, flux / np.where(good, cont, 1.0), np.nan)
-        niv = np.where(good & (ivar > 0) & np.isfinite(nf), ivar * cont * cont, 0.0)
+        niv = ivar * cont * cont
+        # a bad input pixel (ivar <= 0, inf or NaN) stays bad: ivar 0, never inf
+        niv = np.where(good & (ivar > 0) & np.isfinite(ivar) & np.isfinite(nf) & np.isfinite(niv), niv, 0.0)
     return nf, niv
+
+
+def _no_continuum(flux, ivar):
+    """``method='none'``: the flux as it is, ivar 0 at every bad pixel (ivar <= 0 or not finite, flux not finite)."""
+    good = np.isfinite(ivar) & (ivar > 0) & np.isfinite(flux)
+    return flux.copy(), np.where(good, ivar, 0.0)
+
+
+def _check_shapes(wavelength, flux, ivar):
+    """ShapeError unless flux and ivar are alike, with one value per pixel of ``wavelength``."""
+    if flux.shape != ivar.shape or flux.shape[-1] != np.size(wavelength):
+        raise ShapeError(f"flux {flux.shape}, ivar {ivar.shape} and wavelength ({np.size(wavelength)},) disagree; "
+                         "flux and ivar must be alike, one value per wavelength")
 
 
 def normalise(wavelength, flux, ivar, method="gaussian", **kwargs):
@@ -489,8 +600,12 @@ def normalise(wavelength, flux, ivar, method="gaussian", **kwargs):
     """
     flux = np.asarray(flux, dtype=np.float64)
     ivar = np.asarray(ivar, dtype=np.float64)
+    if flux.ndim != 1:
+        raise ShapeError(f"normalise takes one spectrum: flux of shape (n_pixels,), got {flux.shape} (normalise_batch "
+                         "takes several)")
+    _check_shapes(wavelength, flux, ivar)
     if method in (None, "none"):
-        return flux.copy(), np.where(np.isfinite(ivar) & (ivar > 0), ivar, 0.0)
+        return _no_continuum(flux, ivar)
     return _divide(flux, ivar, _continuum(wavelength, flux, ivar, method, **kwargs))
 
 
@@ -498,8 +613,9 @@ def normalise_batch(wavelength, flux, ivar, method="gaussian", **kwargs):
     """:func:`normalise` for (n_spectra, n_pixels) arrays on one grid (Gaussian: one sparse product)."""
     flux = np.atleast_2d(np.asarray(flux, dtype=np.float64))
     ivar = np.atleast_2d(np.asarray(ivar, dtype=np.float64))
+    _check_shapes(wavelength, flux, ivar)
     if method in (None, "none"):
-        return flux.copy(), np.where(np.isfinite(ivar) & (ivar > 0), ivar, 0.0)
+        return _no_continuum(flux, ivar)
     if method == "gaussian":
         cont = continuum_gaussian_batch(wavelength, flux, ivar, **kwargs)
     else:

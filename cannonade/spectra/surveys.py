@@ -101,6 +101,10 @@ DETECTOR_REGIONS = {
 }
 
 
+#: the most pixels a grid may have (= the spectra store's limit, :data:`cannonade.spectra.store.MAX_PIXELS`)
+MAX_GRID_PIXELS = 1 << 22
+
+
 def log_lambda_grid(wmin, wmax, npix):
     """Pixel centres evenly spaced in log10(wavelength).
 
@@ -115,8 +119,9 @@ def log_lambda_grid(wmin, wmax, npix):
     -------
     wavelength : (npix,) float64
     """
-    if not (wmin > 0 and wmax > wmin and int(npix) >= 2):
-        raise ConfigError(f"bad grid: wmin={wmin}, wmax={wmax}, npix={npix} (need 0 < wmin < wmax, npix >= 2)")
+    if not (wmin > 0 and wmax > wmin and np.isfinite(wmax) and 2 <= int(npix) <= MAX_GRID_PIXELS):
+        raise ConfigError(f"bad grid: wmin={wmin}, wmax={wmax}, npix={npix} (need 0 < wmin < wmax < inf, "
+                          f"2 <= npix <= {MAX_GRID_PIXELS}, the most a spectra store holds)")
     return 10.0 ** np.linspace(np.log10(wmin), np.log10(wmax), int(npix))
 
 
@@ -172,7 +177,10 @@ def common_grid(name):
         except ValueError:
             pass
         else:
-            return log_lambda_grid(wmin, wmax, npix)
+            try:
+                return log_lambda_grid(wmin, wmax, npix)
+            except ConfigError as exc:
+                raise ConfigError(f"grid {name!r}: {exc}") from None
     raise ConfigError(f"unknown grid {name!r}: use one of {sorted(_NAMED_GRIDS)} or 'WMIN:WMAX:NPIX'")
 
 

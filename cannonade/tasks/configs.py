@@ -6,7 +6,7 @@ from importlib import resources
 from pathlib import Path
 
 from cannonade.exceptions import ConfigError
-from cannonade.util import atomic_path
+from cannonade.util import atomic_path, check_output_file
 
 __all__ = ["EXAMPLES", "write_example_config"]
 
@@ -32,6 +32,7 @@ def write_example_config(path, recipe="wheeler2020", overwrite=False):
     path = Path(path)
     if path.suffix != ".toml":
         raise ConfigError(f"{path}: a configuration file ends in .toml")
+    check_output_file(path, "configuration file")
     if path.exists() and not overwrite:
         raise ConfigError(f"{path} exists; pass --force to overwrite it")
     text = example_text(recipe)

@@ -7,26 +7,26 @@ label and the cross-validated prediction with its formal error, χ², dof, S/N).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 from cannonade.cannon.crossval import cross_validate
 from cannonade.cannon.model import CannonModel
+from cannonade.execution import get_namespace
 from cannonade.exceptions import ConfigError
 from cannonade.provenance import provenance, provenance_cards
 from cannonade.tasks.train import fit_missing_mode
 from cannonade.tasks.training import training_data
-from cannonade.util import atomic_path
+from cannonade.util import atomic_path, check_output_dir, make_dirs
 
 __all__ = ["run_cv"]
 
 
 def run_cv(labels, store, label_names, out_dir, id_column=None, order=2, scale="standard", k=12, seed=0,
-           error_prefix="e_", regularization=0.0, missing="drop"):
+           error_prefix="e_", regularization=0.0, missing="drop", device="cpu"):
     """Cross-validate a model k-fold and write its tables into ``out_dir``.
 
-    Parameters are those of :func:`cannonade.tasks.train.train_model` (``out_dir`` a directory).
+    Parameters are those of :func:`cannonade.tasks.train.train_model` (``out_dir`` a directory;
+    ``device`` where each fold trains, docs/scale.md).
 
     Returns
     -------
@@ -36,10 +36,11 @@ def run_cv(labels, store, label_names, out_dir, id_column=None, order=2, scale="
     """
     if int(k) < 2:
         raise ConfigError(f"--k must be >= 2, got {k}")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    get_namespace(device)  # an unusable device fails now, not after the data are read
+    out_dir = check_output_dir(out_dir, "--out")
     ts, flux, ivar, _ = training_data(labels, store, label_names, id_column=id_column, error_prefix=error_prefix, missing=missing)
-    m = CannonModel(list(label_names), order=int(order), scale=scale, regularization=regularization)
+    make_dirs(out_dir, "--out")
+    m = CannonModel(list(label_names), order=int(order), scale=scale, regularization=regularization, device=device)
     cv = cross_validate(m, ts.labels, flux, ivar, k=int(k), seed=seed, missing=fit_missing_mode(missing))
     prov = provenance(recipe="cannonade cv", input_store=store, labels_file=str(labels), id_column=ts.id_column, k=int(k))
     summary = cv.table()

@@ -22,6 +22,7 @@ chunks run in this process, in a pool of ``workers`` processes, or on a dask clu
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,7 @@ import numpy as np
 from cannonade.cannon.model import CannonModel
 from cannonade.cannon.spectral_setup import SpectralSetup
 from cannonade.exceptions import ColumnError, ConfigError, ModelFileError
-from cannonade.execution import LOCAL_SCHEDULER, ChunkedMap, choose_backend
+from cannonade.execution import LOCAL_SCHEDULER, ChunkedMap, choose_backend, get_namespace
 from cannonade.execution.backends import validate_workers
 from cannonade.flags import fits_header_cards
 from cannonade.pipeline.stages.infer import infer_observations
@@ -39,11 +40,13 @@ from cannonade.pipeline.stages.split import EITHER, classify
 from cannonade.provenance import provenance
 from cannonade.spectra.store import SpectraStore
 from cannonade.tables import float_column, read_table, suggest, text_column
-from cannonade.util import atomic_path
+from cannonade.util import atomic_path, check_output_file, remove_stale_temporaries, remove_temporaries_of
 
 __all__ = ["RULES", "InferReport", "load_models", "model_classes", "infer_store", "label_table"]
 
 RULES = ("chi2", "wheeler2020")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -54,16 +57,20 @@ class InferReport:
     n_flag_free: int
     n_chunks: int
     resumed_chunks: int
+    temporaries_removed: int = 0  # hidden temporaries (of out, of the parts) an interrupted run left
 
     def summary(self):
         per = ", ".join(f"{k}: {v}" for k, v in self.counts.items())
         resumed = f"; resumed after {self.resumed_chunks} of {self.n_chunks} chunks" if self.resumed_chunks else ""
+        if self.temporaries_removed:
+            resumed += f"; removed {self.temporaries_removed} temporary file(s) left by an interrupted run"
         return (f"labels for {self.n_spectra} spectra ({per}) -> {self.path}; {self.n_flag_free} "
                 f"({self.n_flag_free / max(self.n_spectra, 1):.0%}) pass the recommended cut flags == 0{resumed}")
 
 
-def load_models(paths):
-    """{name: CannonModel} of the model files, named as saved (or by file stem); names must differ."""
+def load_models(paths, device="cpu"):
+    """{name: CannonModel} of the model files, named as saved (or by file stem); names must differ.
+    ``device``: where the models compute (the files do not say; ``CannonModel(device=...)``)."""
     models = {}
     for p in paths:
         m = CannonModel.load(p)
@@ -71,6 +78,7 @@ def load_models(paths):
         if name in models:
             raise ModelFileError(f"{p}: two models are called {name!r}; name them apart (cannonade train --name)")
         m.name, m.show_progress = name, False  # the chunk loop has its own bar
+        m.device = device
         models[name] = m
     return models
 
@@ -88,8 +96,10 @@ def catalogue_classes(catalogue, store_ids, id_column=None, teff_column="teff", 
     for c in (teff_column, logg_column):
         if c not in names:
             raise ColumnError(f"{catalogue}: no column {c!r}{suggest(c, names)} (--teff-column / --logg-column)")
+    if id_column is not None and id_column not in names:
+        raise ColumnError(f"{catalogue}: no id column {id_column!r}{suggest(id_column, names)} (--catalogue-id-column)")
     id_column = id_column or guess_id_column(table, store_ids)
-    if id_column is None or id_column not in names:
+    if id_column is None:
         raise ColumnError(f"{catalogue}: no id column matching the store's obj_id; pass --catalogue-id-column")
     ids = text_column(table, id_column)
     cls = classify(float_column(table, teff_column), float_column(table, logg_column))
@@ -172,7 +182,7 @@ def write_labels(t, out, prov, label_names):
 
 
 def infer_store(models, store, out, model_by="chi2", catalogue=None, allow_mismatch=False, chunk_size=2000,
-                stop_after=None, on_done=None, workers=None, scheduler="", **catalogue_options):
+                stop_after=None, on_done=None, workers=None, scheduler="", device="cpu", **catalogue_options):
     """Infer labels for every spectrum of a store and write them to ``out``.
 
     Parameters
@@ -200,6 +210,11 @@ def infer_store(models, store, out, model_by="chi2", catalogue=None, allow_misma
     scheduler : str
         ``''`` (default): no dask; ``'local'``: an embedded dask ``LocalCluster``; else the
         address (``tcp://HOST:PORT``) or scheduler file of a running dask scheduler.
+    device : {"cpu", "gpu"}
+        Where each chunk's χ² reduction runs (docs/scale.md); the labels agree to rounding, and
+        a rerun with the other device reuses the finished chunks. ``"gpu"`` runs the chunks in
+        this process or on a dask cluster, not in forked processes (``workers`` > 1 without
+        ``scheduler``: ConfigError), which cannot use CUDA once this process has.
     stop_after, on_done
         Test hooks of :meth:`cannonade.execution.ChunkedMap.run`.
 
@@ -213,15 +228,18 @@ def infer_store(models, store, out, model_by="chi2", catalogue=None, allow_misma
         A model's grid, normalisation or survey differs from the store's (names each difference).
     ConfigError, ColumnError, ModelFileError, StoreFormatError
         Bad options, files or columns (named).
+    DeviceError
+        ``device="gpu"`` without CuPy or a visible CUDA device.
     """
     out = Path(out)
     if not out.name.lower().endswith((".parquet", ".fits", ".fits.gz", ".csv", ".ecsv")):
         raise ConfigError(f"--out {out}: write labels as .parquet, .fits or .csv")
+    check_output_file(out, "--out")
     chunk_size = int(chunk_size)
     if chunk_size < 1:
         raise ConfigError(f"--chunk-size must be >= 1, got {chunk_size}")
     paths = [str(p) for p in models]
-    models = load_models(paths)
+    models = load_models(paths, device=device)
     store = Path(store)
     with SpectraStore(store) as st:
         setup = SpectralSetup.from_store(st)
@@ -237,7 +255,13 @@ def infer_store(models, store, out, model_by="chi2", catalogue=None, allow_misma
     fingerprint = {"models": {k: m.training_hash_ for k, m in models.items()}, "calibrated": {k: m.calibration_ is not None for k, m in models.items()},
                    "store": [str(store.resolve()), stat.st_size, stat.st_mtime_ns], "chunk_size": chunk_size,
                    "model_by": model_by, "classes": _digest(classes)}
-    cm = ChunkedMap(out.parent / f".{out.name}.parts", fingerprint, len(starts), suffix=".npz")
+    parts_dir = out.parent / f".{out.name}.parts"
+    # what a killed run of this command left: hidden temporaries of the table and of the parts
+    stale = remove_temporaries_of(out) + remove_stale_temporaries(parts_dir)
+    if stale:
+        log.info("removed %d temporary file(s) left by an interrupted infer (%s%s)", len(stale), stale[0].name,
+                 ", ..." if len(stale) > 1 else "")
+    cm = ChunkedMap(parts_dir, fingerprint, len(starts), suffix=".npz")
     n_before = cm.n_done
 
     def args(k):
@@ -246,6 +270,10 @@ def infer_store(models, store, out, model_by="chi2", catalogue=None, allow_misma
 
     workers = None if workers is None else validate_workers(workers)
     backend, options = choose_backend(scheduler, default="process" if workers is not None and workers > 1 else "serial")
+    if device == "gpu" and backend == "process":
+        raise ConfigError(f"--device gpu with --workers {workers}: forked worker processes cannot use the GPU; use "
+                          "--workers 1 (the GPU does the heavy part) or a dask scheduler (--scheduler local)")
+    get_namespace(device)  # an unusable device fails now, before any chunk
     if workers is None:
         workers = (os.cpu_count() or 1) if str(scheduler or "").strip() == LOCAL_SCHEDULER else 1
     cm.run(infer_chunk, args=args, backend=backend, workers=workers, desc="infer", total=n, unit="spec",
@@ -260,7 +288,7 @@ def infer_store(models, store, out, model_by="chi2", catalogue=None, allow_misma
     counts = {k: int((used == k).sum()) for k in models}
     if (used == "").any():
         counts["none"] = int((used == "").sum())
-    return InferReport(out, n, counts, int((np.asarray(t["flags"]) == 0).sum()), len(starts), n_before)
+    return InferReport(out, n, counts, int((np.asarray(t["flags"]) == 0).sum()), len(starts), n_before, len(stale))
 
 
 def _digest(values):

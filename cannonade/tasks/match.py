@@ -20,7 +20,7 @@ from cannonade.galaxy.crossmatch import best_match
 from cannonade.provenance import provenance, provenance_cards
 from cannonade.spectra.store import SpectraStore
 from cannonade.tables import float_column, read_table, require_columns
-from cannonade.util import atomic_path
+from cannonade.util import atomic_path, check_output_file
 
 __all__ = ["MatchReport", "match_catalogue"]
 
@@ -64,6 +64,12 @@ def match_catalogue(catalogue, store, out, radius_arcsec=1.0, ra_column="ra", de
     """
     if not radius_arcsec > 0:
         raise ConfigError(f"--radius must be > 0 arcsec, got {radius_arcsec}")
+    out = Path(out)
+    kind = out.name.lower()
+    fmt = "fits" if kind.endswith((".fits", ".fits.gz")) else "parquet" if kind.endswith(".parquet") else "ascii.ecsv" if kind.endswith((".csv", ".ecsv")) else None
+    if fmt is None:
+        raise ConfigError(f"--out {out}: write the matched catalogue as .fits, .parquet or .csv")
+    check_output_file(out, "--out")
     table = read_table(catalogue)
     require_columns(table, [ra_column, dec_column], what=str(catalogue))
     with SpectraStore(store) as st:
@@ -95,11 +101,6 @@ def match_catalogue(catalogue, store, out, radius_arcsec=1.0, ra_column="ra", de
         out_t[name].description = desc
     prov = provenance(recipe="cannonade match", input_store=store, catalogue=str(catalogue), radius_arcsec=float(radius_arcsec))
     out_t.meta.update({k: v for k, v, _ in provenance_cards(prov)})
-    out = Path(out)
-    kind = out.name.lower()
-    fmt = "fits" if kind.endswith((".fits", ".fits.gz")) else "parquet" if kind.endswith(".parquet") else "ascii.ecsv" if kind.endswith((".csv", ".ecsv")) else None
-    if fmt is None:
-        raise ConfigError(f"--out {out}: write the matched catalogue as .fits, .parquet or .csv")
     with atomic_path(out) as tmp:
         out_t.write(tmp, format=fmt, overwrite=True)
     return MatchReport(out, len(table), int(keep.sum()), int(ambiguous.sum()), int(((bm.n_matches > 1) & keep).sum()))

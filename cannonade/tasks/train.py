@@ -17,7 +17,9 @@ import numpy as np
 from cannonade.cannon.crossval import cross_validate
 from cannonade.cannon.model import CannonModel
 from cannonade.exceptions import ConfigError, TrainingSetError
+from cannonade.execution import get_namespace
 from cannonade.provenance import provenance
+from cannonade.util import check_output_file
 from cannonade.tasks.training import training_data
 
 __all__ = ["TrainReport", "train_model", "MAX_REPEAT_STARS"]
@@ -54,7 +56,7 @@ def model_name(out, name=None):
 
 
 def train_model(labels, store, label_names, out, id_column=None, order=2, scale="standard", k=12, calibrate=True,
-                seed=0, name=None, error_prefix="e_", regularization=0.0, missing="drop", overwrite=True):
+                seed=0, name=None, error_prefix="e_", regularization=0.0, missing="drop", overwrite=True, device="cpu"):
     """Train (and calibrate) a model on labelled stars of a store; write it to ``out``.
 
     Parameters
@@ -88,6 +90,9 @@ def train_model(labels, store, label_names, out, id_column=None, order=2, scale=
         Stars with some labels missing: dropped, or kept and the missing labels imputed from
         their spectra while training (docs/model.md, "Incomplete reference labels").
     overwrite : bool
+    device : {"cpu", "gpu"}
+        Where the fits (and the cross-validation's and calibration's inferences) run
+        (``CannonModel(device=...)``; docs/scale.md). The model file is the same either way.
 
     Returns
     -------
@@ -99,18 +104,23 @@ def train_model(labels, store, label_names, out, id_column=None, order=2, scale=
         ``out`` is not a ``.npz`` or exists with ``overwrite`` False; bad ``order``/``k``.
     TrainingSetError, ColumnError
         No usable training stars; a missing column (named).
+    DeviceError
+        ``device="gpu"`` without CuPy or a visible CUDA device (before any data is read).
     """
     out = Path(out)
     if out.suffix != ".npz":
         raise ConfigError(f"--out {out}: model files are .npz")
+    check_output_file(out, "--out")
     if out.exists() and not overwrite:
         raise ConfigError(f"--out {out} exists")
     if int(order) < 1:
         raise ConfigError(f"--order must be >= 1, got {order}")
     if calibrate and int(k) < 2:
         raise ConfigError(f"--k must be >= 2, got {k}")
+    get_namespace(device)  # an unusable device fails now, not after the data are read
     ts, flux, ivar, setup = training_data(labels, store, label_names, id_column=id_column, error_prefix=error_prefix, missing=missing)
-    m = CannonModel(list(label_names), order=int(order), scale=scale, regularization=regularization, name=model_name(out, name))
+    m = CannonModel(list(label_names), order=int(order), scale=scale, regularization=regularization, name=model_name(out, name),
+                    device=device)
     if ts.labels.shape[0] <= m.n_terms:
         raise TrainingSetError(f"{labels}: {ts.labels.shape[0]} training stars for {m.n_terms} model terms; "
                                f"{ts.summary()}")

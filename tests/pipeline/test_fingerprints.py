@@ -110,7 +110,7 @@ def test_every_configuration_key_is_read_by_some_stage():
         fields = [f"{section}.{k}" for k in value] if isinstance(value, dict) and section not in ("models",) else [section]
         for key in fields:
             assert key in claimed or section in claimed or key in UNTRACKED, f"no stage declares {key}"
-    assert set(UNTRACKED) == {"run.out", "run.workers", "run.scheduler"} and "run.seed" in tracked_keys(data)
+    assert set(UNTRACKED) == {"run.out", "run.workers", "run.scheduler", "run.device"} and "run.seed" in tracked_keys(data)
 
 
 def test_a_declared_key_that_does_not_exist_is_an_error(tmp_path):

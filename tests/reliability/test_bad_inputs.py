@@ -412,3 +412,41 @@ def test_cli_turns_a_bad_training_set_into_one_line(tmp_path, capsys):
 def test_every_error_here_is_a_cannonade_error():
     for cls in (CatalogueError, LabelError, ParameterError, SpectrumFormatError, TrainingSetError):
         assert issubclass(cls, CannonadeError)
+
+
+# --------------------------------------------------------------------- named errors for the last two gaps
+
+
+def test_saving_over_an_existing_model_names_the_file(fitted, tmp_path):
+    """save(overwrite=False) on an existing file: OutputExistsError (a CannonadeError and still a
+    FileExistsError), naming the file, which is left byte for byte as it was."""
+    from cannonade.exceptions import OutputError, OutputExistsError
+
+    path = tmp_path / "model.npz"
+    fitted.save(path)
+    before = path.read_bytes()
+    with pytest.raises(OutputExistsError, match=rf"model file {path} exists \(pass overwrite=True") as info:
+        fitted.save(path, overwrite=False)
+    assert isinstance(info.value, CannonadeError) and isinstance(info.value, FileExistsError)
+    assert path.read_bytes() == before
+    try:  # what callers wrote before still catches it
+        fitted.save(path, overwrite=False)
+    except FileExistsError:
+        pass
+    (tmp_path / "folder.npz").mkdir()
+    with pytest.raises(OutputError, match=r"folder\.npz is a directory"):
+        fitted.save(tmp_path / "folder.npz")
+
+
+def test_unregistering_an_unknown_reader_names_it_and_the_registered_ones():
+    from cannonade.exceptions import UnknownReaderError
+    from cannonade.spectra import readers
+
+    names = [ld.name for ld in readers.registered_readers()]
+    with pytest.raises(UnknownReaderError) as info:
+        readers.unregister_reader("lamots")
+    message = str(info.value)
+    assert isinstance(info.value, CannonadeError) and isinstance(info.value, KeyError)
+    assert "'lamots'" in message and "did you mean 'lamost'" in message and all(repr(n) in message for n in names)
+    assert not message.startswith('"')  # readable, not KeyError's quoted repr
+    assert [ld.name for ld in readers.registered_readers()] == names

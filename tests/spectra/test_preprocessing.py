@@ -255,3 +255,50 @@ def test_prepare_real_lamost(shared_data):
     c, _ = prepare_spectrum(s, grid, z=0.0)
     np.testing.assert_allclose(b[good & ~np.isnan(b)], c[good & ~np.isnan(b)])
     assert not np.allclose(b[good & ~np.isnan(b)], nf[good & ~np.isnan(b)])
+
+
+def test_gaussian_continuum_dense_blocks_equal_the_sparse_kernel():
+    """On the LAMOST grid the kernel is applied as dense row blocks (BLAS); on a fine grid it stays
+    sparse. Either way the continuum is Eq. (Ho+2017) with the exact kernel, to rounding."""
+    from cannonade.spectra.preprocessing import gaussian_kernel_blocks
+
+    rng = np.random.default_rng(5)
+    w = common_grid("lamost")
+    blocks = gaussian_kernel_blocks(w)
+    assert blocks is not None and blocks[0][0] == 0 and blocks[-1][1] == w.size
+    assert all(b[1] == a[0] for b, a in zip(blocks, blocks[1:]))  # rows tile the grid
+    f = rng.normal(10, 1, (3, w.size))
+    iv = rng.uniform(0.5, 2, f.shape)
+    iv[:, rng.random(w.size) < 0.05] = 0.0
+    f[0, 100] = np.nan  # a NaN flux is a bad pixel
+    K = gaussian_kernel_matrix(w)
+    good = (iv > 0) & np.isfinite(f)
+    wt = np.where(good, iv, 0.0)
+    expected = (K @ (wt * np.where(good, f, 0.0)).T).T / (K @ wt.T).T
+    np.testing.assert_allclose(continuum_gaussian_batch(w, f, iv), expected, rtol=1e-12)
+    fine = log_lambda_grid(4700, 4740, 2500)  # ~0.016 A pixels: a block would span all 2500 columns
+    assert gaussian_kernel_blocks(fine) is None
+    g = rng.normal(10, 1, fine.size)
+    Kf = gaussian_kernel_matrix(fine)
+    np.testing.assert_allclose(continuum_gaussian(fine, g, np.ones_like(g)), (Kf @ g) / np.asarray(Kf.sum(1)).ravel(),
+                               rtol=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_resampling_without_entry_lists_gives_the_same_bits(seed, monkeypatch):
+    """resample() sums each output pixel's overlaps in place when few inputs overlap it; the result
+    is bit for bit that of the explicit sparse entries (the fallback for much coarser outputs)."""
+    from cannonade.spectra import preprocessing
+
+    rng = np.random.default_rng(seed)
+    for _ in range(50):
+        w = np.unique(rng.uniform(4000, 4100, rng.integers(5, 300)))
+        nw = np.unique(rng.uniform(3990, 4110, rng.integers(3, 300)))
+        f = rng.normal(size=w.size)
+        iv = rng.uniform(0, 1, w.size)
+        iv[rng.random(w.size) < 0.1] = 0.0
+        monkeypatch.setattr(preprocessing, "_MAX_OVERLAPS", 10**6)
+        fast = resample(w, f, iv, nw)
+        monkeypatch.setattr(preprocessing, "_MAX_OVERLAPS", 0)
+        entries = resample(w, f, iv, nw)
+        assert np.array_equal(fast[0], entries[0], equal_nan=True) and np.array_equal(fast[1], entries[1])

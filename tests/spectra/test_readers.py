@@ -403,3 +403,27 @@ def test_register_a_new_survey(tmp_path):
     assert "toy" not in [ld.name for ld in readers.registered_readers()]
     with pytest.raises(KeyError):
         readers.unregister_reader("toy")
+
+
+def test_gzip_is_read_alike_with_and_without_isal(tmp_path, monkeypatch):
+    """``cannonade[fast]`` decompresses .fits.gz with ISA-L; without it the standard library does.
+    Both give the file's bytes, also for a file of two gzip members."""
+    import builtins
+    import gzip
+
+    from cannonade.spectra.readers import fits as fits_reader
+
+    pytest.importorskip("isal")
+    payload = b"SIMPLE  =                    T" + bytes(range(256)) * 40
+    path = tmp_path / "two_members.fits.gz"
+    path.write_bytes(gzip.compress(payload[:5000]) + gzip.compress(payload[5000:]))
+    assert fits_reader.read_bytes(path) == payload
+    real_import = builtins.__import__
+
+    def no_isal(name, *args, **kwargs):
+        if name == "isal" or name.startswith("isal."):
+            raise ImportError("isal hidden by the test")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_isal)
+    assert fits_reader.read_bytes(path) == payload

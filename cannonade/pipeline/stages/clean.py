@@ -100,7 +100,7 @@ def reference_window_chi2(run, cand, keep, windows):
     # abundances scale their own lines; a full quadratic in ~16 labels (153 terms) is not needed
     n_stellar = len(cfg.clean.labels)
     terms = mixed_terms(n_stellar, len(clean_labels) - n_stellar, order=cfg.clean.order)
-    m = CannonModel(clean_labels, terms=terms).fit(labels[train], flux[train], ivar[train])
+    m = CannonModel(clean_labels, terms=terms, device=run.cfg.run.device).fit(labels[train], flux[train], ivar[train])
     # stars with a missing label get NaN (never a prediction at made-up labels)
     pix = m.pixel_chi2(labels, flux, ivar)
     pix = np.where((ivar > 0) & np.isfinite(flux) & m.pixel_ok_[None, :], pix, np.nan)

@@ -22,8 +22,9 @@ from cannonade.util import atomic_path
 
 NAME = "infer"
 WORK_DIRS = ("infer",)
-# what the outputs depend on (the stage's fingerprint, docs/pipeline.md); run.chunk_size: the part files
-CONFIG = ("models", "labels", "clean.windows", "target.survey", "run.chunk_size", "target.catalogue", "target.file_column")
+# what the outputs depend on (the stage's fingerprint, docs/pipeline.md); run.chunk_size: the part files;
+CONFIG = ("models", "labels", "clean.windows", "target.survey", "run.chunk_size", "target.catalogue",
+          "target.file_column")
 INPUTS = ("target.catalogue", "clean.windows")
 LOW_RESOLUTION = {"lamost": 1800.0}  # R of surveys whose windows are widened by λ/2R (Wheeler+2020 §2.1)
 
@@ -117,6 +118,7 @@ def load_models(run):
     models = {name: CannonModel.load(run.path("models", f"{name}.npz")) for name in run.cfg.models}
     for m in models.values():
         m.show_progress = False  # the stage has its own bar
+        m.device = run.cfg.run.device  # where each chunk's chi2 reduction runs (the file does not say)
     return models
 
 

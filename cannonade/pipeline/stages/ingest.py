@@ -51,6 +51,9 @@ def execute(run):
     tgt = run.table("target")
     names = column(tgt, t.file_column, kind="text")
     files = spectrum_files(t.spectra, names)
+    if files and not any(os.path.exists(f) for f in files):  # stops at the first file found: cheap
+        raise ConfigError(f"target.spectra = {t.spectra}: none of the {len(files)} spectrum files named by the target "
+                          f"catalogue's {t.file_column!r} column is there (e.g. {files[0]})")
     listing = run.path("target_files.txt")
     with atomic_path(listing) as tmp:
         tmp.write_text("\n".join(files) + "\n")

@@ -41,6 +41,7 @@ def execute(run):
     info = {}
     for name, (side, _) in model_names(run.cfg).items():
         m = CannonModel.load(run.path("models", f"{name}.npz"))
+        m.device = run.cfg.run.device  # where each chunk's χ² reduction runs (the file does not say)
         m.show_progress = False
         store = run.path(f"{side}.h5")
         with SpectraStore(store) as st:

@@ -169,7 +169,7 @@ def train_pair(run, name, spectra_side, label_side, cs, repeats=None):
     censors = censor_masks(cfg, spectra_side, wavelength)
     missing = "impute" if cfg.scaling.missing_labels == "impute" and not np.isfinite(labels).all() else "refuse"
     m = CannonModel(labs, order=tcfg.order, scale=tcfg.scale, scatter=tcfg.scatter, regularization=tcfg.regularization,
-                    censors=censors, name=name)
+                    censors=censors, name=name, device=cfg.run.device)
     run.log.info("[scaled_train] %s: %s spectra x %s labels, %d stars x %d pixels, %d terms%s", name, getattr(cfg, spectra_side).survey,
                  getattr(cfg, label_side).survey, len(labels), flux.shape[1], m.n_terms,
                  f"; {int((~np.isfinite(labels)).sum())} missing labels imputed" if missing == "impute" else "")

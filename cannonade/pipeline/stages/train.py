@@ -33,7 +33,7 @@ def train_one(run, st, name, labs, ts):
     flux, ivar = st.read_rows(target_rows(run)[np.asarray(ts["target_row"])[sel]])
     labels = np.column_stack([np.asarray(ts[lab], dtype=float)[sel] for lab in labs])
     m = CannonModel(list(labs), order=tcfg.order, scale=tcfg.scale, scatter=tcfg.scatter, regularization=tcfg.regularization,
-                    name=name)
+                    name=name, device=run.cfg.run.device)
     run.log.info("[train] %s model: %d stars x %d pixels, %d labels, %d terms", name, n, flux.shape[1], len(labs), m.n_terms)
     m.fit(labels, flux, ivar, setup=SpectralSetup.from_store(st),
           provenance=run.provenance(input_store=run.path("target.h5"), command=f"cannonade run: model {name!r}"))

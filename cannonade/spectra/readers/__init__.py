@@ -33,6 +33,7 @@ choices are documented in ``docs/spectra.md``.
 
 from __future__ import annotations
 
+from cannonade.exceptions import UnknownReaderError
 from cannonade.spectra.linelists import air_to_vacuum
 from cannonade.spectra.readers import apogee, galah, lamost
 from cannonade.spectra.readers.apogee import read_apstar, read_apstar_visits, read_apvisit, read_aspcapstar
@@ -40,6 +41,7 @@ from cannonade.spectra.readers.fits import Loader, load_file
 from cannonade.spectra.readers.galah import read_galah_ccd, read_galah_star
 from cannonade.spectra.readers.lamost import read_lamost
 from cannonade.spectra.readers.spectrum import Spectrum, rv_to_redshift
+from cannonade.tables import suggest
 
 __all__ = [
     "Spectrum",
@@ -87,12 +89,19 @@ def register_reader(loader, first=False):
 
 
 def unregister_reader(name):
-    """Remove the loader called ``name`` from the registry (KeyError if there is none)."""
+    """Remove the loader called ``name`` from the registry.
+
+    Raises
+    ------
+    UnknownReaderError
+        No loader is registered as ``name`` (names it and the registered ones; also a ``KeyError``).
+    """
     for i, existing in enumerate(_REGISTRY):
         if existing.name == name:
             del _REGISTRY[i]
             return
-    raise KeyError(f"no reader registered as {name!r}; registered: {[ld.name for ld in _REGISTRY]}")
+    raise UnknownReaderError(f"no spectrum reader registered as {name!r}{suggest(name, [ld.name for ld in _REGISTRY])}; "
+                             f"registered: {[ld.name for ld in _REGISTRY]}")
 
 
 def registered_readers():

@@ -8,6 +8,10 @@ either a survey's raw-bytes fast path (:func:`primary_image`) or :func:`open_fit
 runs those steps for a list of :class:`Loader` s (a survey's ``identify`` +
 ``load`` pair); :mod:`cannonade.spectra.readers` keeps the registry of them.
 
+Nothing a file declares is allocated before it is checked against the bytes it holds
+(:func:`check_hdus`: every HDU's BITPIX and NAXISn, a tile-compressed image's decompressed size),
+and no file is read or inflated past :data:`MAX_SPECTRUM_BYTES` (:func:`read_bytes`).
+
 Header values follow one convention (:func:`clean_header`, :func:`to_float`):
 float sentinels <= -9998, NaN/inf and integer -9999 become NaN. Every failure
 raises :class:`~cannonade.exceptions.SpectrumFormatError` naming the file.
@@ -19,6 +23,7 @@ import contextlib
 import io
 import math
 import os
+import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +37,9 @@ from cannonade.spectra import surveys
 __all__ = [
     "Loader",
     "load_file",
+    "MAX_SPECTRUM_BYTES",
     "read_bytes",
+    "check_hdus",
     "open_fits",
     "parse_header_bytes",
     "header_of",
@@ -275,53 +282,194 @@ def std_meta(survey, layout, path, obj_id, ra, dec, snr, redshift, rv, header=No
 
 
 _FITS_MAGIC = b"SIMPLE  ="
+_GZIP_MAGIC = b"\x1f\x8b"
+#: The most bytes a spectrum file may hold, as stored and once decompressed (``.fits.gz``; a
+#: tile-compressed image's pixels): a survey spectrum is a few MB at most. A larger file is
+#: refused, never read or inflated past this (a decompression bomb costs at most this much).
+MAX_SPECTRUM_BYTES = 256 * 2**20
+#: FITS's BITPIX values
+_FITS_BITPIX = (8, 16, 32, 64, -32, -64)
+_MAX_NAXIS = 999
+
+
+def _decompressobj():
+    """A gzip decompressor: ISA-L's (``cannonade[fast]``, ``isal``) when installed, else zlib's."""
+    try:
+        from isal import isal_zlib as z
+    except ImportError:
+        import zlib as z
+    return z.decompressobj(16 + 15)
+
+
+def _gunzip(raw, path):
+    """Decompress gzip bytes (every member, as ``gzip.decompress``), never past
+    :data:`MAX_SPECTRUM_BYTES`: with ISA-L when installed, else the standard library; the same
+    bytes either way."""
+    limit = MAX_SPECTRUM_BYTES
+    # a member inflates to at least its trailer's size (mod 2**32): a bomb that says so is refused at once
+    if len(raw) >= 18 and int.from_bytes(raw[-4:], "little") > limit:
+        raise SpectrumFormatError(f"{path}: the gzip file says it inflates to {int.from_bytes(raw[-4:], 'little')} bytes, more "
+                                  f"than a spectrum file may hold (MAX_SPECTRUM_BYTES = {limit}); refused unread")
+    pieces, total, data = [], 0, raw
+    while data:
+        if data[:2] != _GZIP_MAGIC:
+            if data.count(0) == len(data):  # zero padding after the last member (gzip accepts it too)
+                break
+            raise SpectrumFormatError(f"{path}: corrupt gzip file (not a gzip member at byte {len(raw) - len(data)})")
+        d = _decompressobj()
+        try:
+            piece = d.decompress(data, limit + 1 - total)  # stops limit + 1 bytes in: nothing inflates further
+        except Exception as exc:  # zlib.error, isal_zlib.error
+            raise SpectrumFormatError(f"{path}: corrupt gzip file ({exc})") from None
+        total += len(piece)
+        if total > limit:
+            raise SpectrumFormatError(f"{path}: the gzip file inflates to more than {limit} bytes, more than a spectrum file "
+                                      "may hold (MAX_SPECTRUM_BYTES; a decompression bomb?); stopped there")
+        pieces.append(piece)
+        if not d.eof:  # all input consumed below the limit, yet no end of stream
+            raise SpectrumFormatError(f"{path}: corrupt gzip file (truncated: it ends before the end-of-stream marker)")
+        data = d.unused_data
+    return b"".join(pieces)
 
 
 def read_bytes(path):
-    """The whole file (spectra are small), after checking it exists and is FITS."""
+    """The whole file (spectra are small), after checking it exists, is at most
+    :data:`MAX_SPECTRUM_BYTES` (decompressed too) and is FITS; a ``.fits.gz`` is decompressed."""
     path = str(path)
+    limit = MAX_SPECTRUM_BYTES
     try:
-        raw = Path(path).read_bytes()
+        with open(path, "rb") as fh:
+            st = os.fstat(fh.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise SpectrumFormatError(f"{path}: not a regular file")
+            if st.st_size > limit:
+                raise SpectrumFormatError(f"{path}: {st.st_size} bytes, more than a spectrum file may hold "
+                                          f"(MAX_SPECTRUM_BYTES = {limit}); refused unread")
+            raw = fh.read(limit + 1)
     except FileNotFoundError:
         raise SpectrumFormatError(f"{path}: file not found") from None
     except IsADirectoryError:
         raise SpectrumFormatError(f"{path}: is a directory, not a spectrum file") from None
     except OSError as exc:
         raise SpectrumFormatError(f"{path}: cannot read ({exc})") from None
-    if raw[:2] == b"\x1f\x8b":  # gzip-compressed FITS (.fits.gz)
-        import gzip
-
-        try:
-            raw = gzip.decompress(raw)
-        except Exception as exc:
-            raise SpectrumFormatError(f"{path}: corrupt gzip file ({exc})") from None
+    if len(raw) > limit:  # grew while read
+        raise SpectrumFormatError(f"{path}: more than {limit} bytes, more than a spectrum file may hold (MAX_SPECTRUM_BYTES)")
+    if raw[:2] == _GZIP_MAGIC:  # gzip-compressed FITS (.fits.gz)
+        raw = _gunzip(raw, path)
     if raw[: len(_FITS_MAGIC)] != _FITS_MAGIC:
         raise SpectrumFormatError(f"{path}: not a FITS file (no 'SIMPLE  =' signature)")
     return raw
 
 
+def _integer_key(h, key, path, k, default=None, low=0, high=None):
+    """Header ``h``'s ``key`` as an int in [low, high], else SpectrumFormatError naming the file, HDU and key."""
+    value = h.get(key, default)
+    if value is None:
+        raise SpectrumFormatError(f"{path}: HDU {k}: the header has no {key}")
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SpectrumFormatError(f"{path}: HDU {k}: header key {key} = {value!r} is not an integer")
+    if value < low or (high is not None and value > high):
+        bound = f"between {low} and {high}" if high is not None else f">= {low}"
+        raise SpectrumFormatError(f"{path}: HDU {k}: header key {key} = {value} must be {bound}")
+    return value
+
+
+def _bitpix(h, key, path, k):
+    value = h.get(key)
+    if isinstance(value, bool) or value not in _FITS_BITPIX:
+        raise SpectrumFormatError(f"{path}: HDU {k}: header key {key} = {value!r} is not a FITS value "
+                                  f"({', '.join(map(str, _FITS_BITPIX))})")
+    return value
+
+
+def _declared(h, path, k):
+    """(bytes of data the header declares, the keys that say so)."""
+    bitpix = _bitpix(h, "BITPIX", path, k)
+    naxis = _integer_key(h, "NAXIS", path, k, high=_MAX_NAXIS)
+    axes = [(f"NAXIS{i}", _integer_key(h, f"NAXIS{i}", path, k)) for i in range(1, naxis + 1)]
+    keys = [f"BITPIX = {bitpix}"] + [f"{key} = {v}" for key, v in axes]
+    if k == 0 and h.get("GROUPS") is True and axes and axes[0][1] == 0:
+        axes = axes[1:]  # random groups: NAXIS1 = 0
+    elif not axes:
+        return 0, keys
+    pcount = _integer_key(h, "PCOUNT", path, k, default=0)
+    gcount = _integer_key(h, "GCOUNT", path, k, default=1)
+    keys += [f"PCOUNT = {pcount}"] if pcount else []
+    keys += [f"GCOUNT = {gcount}"] if gcount != 1 else []
+    return abs(bitpix) // 8 * gcount * (pcount + math.prod(v for _, v in axes)), keys
+
+
+def _check_compressed(h, path, k):
+    """A tile-compressed image (``ZIMAGE = T``): its decompressed size and tiles within MAX_SPECTRUM_BYTES."""
+    zbitpix = _bitpix(h, "ZBITPIX", path, k)
+    znaxis = _integer_key(h, "ZNAXIS", path, k, high=_MAX_NAXIS)
+    axes = [(f"ZNAXIS{i}", _integer_key(h, f"ZNAXIS{i}", path, k)) for i in range(1, znaxis + 1)]
+    tiles = [(f"ZTILE{i}", _integer_key(h, f"ZTILE{i}", path, k, low=1)) for i in range(1, znaxis + 1) if f"ZTILE{i}" in h]
+    limit = MAX_SPECTRUM_BYTES
+    for what, keys in (("image", axes), ("tile", tiles)):
+        n = abs(zbitpix) // 8 * math.prod(v for _, v in keys)
+        if keys and n > limit:
+            raise SpectrumFormatError(
+                f"{path}: HDU {k} is a tile-compressed image declaring ZBITPIX = {zbitpix}, "
+                f"{', '.join(f'{key} = {v}' for key, v in keys)}: {n} bytes a {what} once decompressed, more than a spectrum "
+                f"may hold (MAX_SPECTRUM_BYTES = {limit}); refused before decompressing")
+
+
+def check_hdus(raw, path):
+    """Every HDU's header against the bytes of the file, before anything is allocated.
+
+    Walks the HDUs of ``raw`` (:func:`read_bytes`) with :func:`parse_header_bytes`. Each header needs
+    an END card, a BITPIX that is a FITS value and NAXIS, NAXISn (PCOUNT, GCOUNT) that are
+    non-negative integers, and the data they declare must lie inside the file; a tile-compressed
+    image (``ZIMAGE = T``) must decompress to at most :data:`MAX_SPECTRUM_BYTES` (ZBITPIX, ZNAXISn,
+    ZTILEn checked alike). Bytes after the last HDU that do not start an extension are ignored.
+
+    Returns
+    -------
+    list of (dict, int, int)
+        Each HDU's parsed header, the byte where its data start and the data's size.
+
+    Raises
+    ------
+    SpectrumFormatError
+        Names the file, the HDU and the keys (and the bytes declared and held).
+    """
+    out, pos, n = [], 0, len(raw)
+    while pos < n:
+        if out and raw[pos : pos + 8] != b"XTENSION":
+            break
+        k = len(out)
+        h, start = parse_header_bytes(raw, pos, path)
+        size, keys = _declared(h, path, k)
+        if start + size > n:
+            raise SpectrumFormatError(f"{path}: truncated or crafted FITS file: HDU {k} declares {size} bytes of data "
+                                      f"({', '.join(keys)}), the file holds {max(n - start, 0)} after its header")
+        if h.get("ZIMAGE") is True:
+            _check_compressed(h, path, k)
+        out.append((h, start, size))
+        pos = start + -(-size // 2880) * 2880
+    return out
+
+
 def open_fits(path, raw=None):
     """Open a FITS file fully in memory, raising SpectrumFormatError on any problem.
 
-    Checks the FITS signature, that every HDU's data lies inside the file (astropy
-    reads lazily and only warns on truncation), and forces every data array to be read.
+    Checks the FITS signature, that every HDU's declared data lie inside the file and fit in
+    memory (:func:`check_hdus`, before astropy sees the bytes: astropy reads lazily and only warns
+    on truncation), and forces every data array to be read.
     """
     from astropy.io import fits
     from astropy.utils.exceptions import AstropyWarning
 
     path = str(path)
     raw = read_bytes(path) if raw is None else raw
-    size = len(raw)
+    check_hdus(raw, path)
     try:
         with warnings.catch_warnings():
-            # astropy only warns on truncation / non-standard cards; checked explicitly below
+            # astropy only warns on truncation / non-standard cards; checked by check_hdus
             warnings.simplefilter("ignore", AstropyWarning)
             hdul = fits.open(io.BytesIO(raw), memmap=False, lazy_load_hdus=False)
-            for k, hdu in enumerate(hdul):
-                info = hdu.fileinfo()
-                need = info["datLoc"] + hdu.size if info is not None else 0
-                if need > size:
-                    raise SpectrumFormatError(f"{path}: truncated FITS file ({size} bytes, HDU {k} needs {need})")
+            for hdu in hdul:
                 _ = hdu.data  # force the read now: corrupt data fails here, not later
     except SpectrumFormatError:
         raise
@@ -350,12 +498,17 @@ BITPIX = {8: ">u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: ">f4", -64: ">f8"}
 
 
 def primary_image(raw, h, start, path):
-    """The primary image straight from the bytes (no astropy): (NAXIS2, NAXIS1) float64."""
-    n1, n2 = int(h["NAXIS1"]), int(h["NAXIS2"])
-    dtype = np.dtype(BITPIX[h["BITPIX"]])
+    """The primary image straight from the bytes (no astropy): (NAXIS2, NAXIS1) float64.
+
+    SpectrumFormatError naming the file and keys for a BITPIX that is not a FITS value, NAXIS1 or
+    NAXIS2 not a positive integer, or an image larger than the file holds (checked before reading)."""
+    dtype = np.dtype(BITPIX[_bitpix(h, "BITPIX", path, 0)])
+    n1, n2 = (_integer_key(h, key, path, 0, low=1) for key in ("NAXIS1", "NAXIS2"))
     nbytes = n1 * n2 * dtype.itemsize
     if start + nbytes > len(raw):
-        raise SpectrumFormatError(f"{path}: truncated FITS file ({len(raw)} bytes, primary image needs {start + nbytes})")
+        raise SpectrumFormatError(f"{path}: truncated or crafted FITS file: the primary image (BITPIX = {h['BITPIX']}, "
+                                  f"NAXIS1 = {n1}, NAXIS2 = {n2}) needs {nbytes} bytes, the file holds "
+                                  f"{max(len(raw) - start, 0)} after its header")
     data = np.frombuffer(raw, dtype=dtype, count=n1 * n2, offset=start).reshape(n2, n1).astype(np.float64)
     bscale, bzero = h.get("BSCALE", 1), h.get("BZERO", 0)
     if bscale not in (1, None) or bzero not in (0, None):
@@ -466,7 +619,7 @@ def load_file(path, loaders, unknown="unknown spectrum layout", **kwargs):
     """
     path = str(path)
     raw = read_bytes(path)
-    h0, data_start = parse_header_bytes(raw, 0, path)
+    h0, data_start, _ = check_hdus(raw, path)[0]  # nothing declared is allocated before this
     for loader in loaders:
         if loader.identify_header is not None:
             layout = loader.identify_header(h0)

@@ -1,0 +1,185 @@
+"""End to end at survey scale: ingest -> infer -> dynamics on N mock LAMOST spectra, 1 and 2 workers.
+
+A small mock LAMOST x GALAH survey (``cannonade.simulate``, real DR1 file layout, gzipped) is
+simulated once; its spectrum files are replicated to N by symbolic links with distinct names
+(the same bytes are read again, so the page cache is warm: this measures CPU, not the disk). A
+quadratic model (teff, logg, fe_h, mg_fe) is trained on 1 000 of the mock's spectra with their
+true labels. Then, each stage in a fresh process (so its peak memory is its own):
+
+* ``ingest``: the N files -> a spectra store (``cannonade.spectra.ingest``, ``workers`` processes);
+* ``infer``: every stored spectrum with the model, calibrated errors and flags, written as the
+  per-spectrum table (``cannonade.tasks.infer.infer_store``, ``workers`` processes);
+* ``dynamics``: Galactocentric actions with 20 resamples for N stars
+  (``cannonade.galaxy.dynamics.orbits``, galpy's OpenMP with ``workers`` threads).
+
+For each stage: seconds, spectra (stars) per second, the peak RSS of the parent and of the
+largest worker, and the projection to LAMOST DR10 v2.0's 11.1 million spectra. Run two sizes
+to see that memory does not grow with N.
+
+    python benchmarks/bench_survey.py --n 100000 --workers 1 2 [--dir /tmp/bench_survey]
+
+Disk: the store holds ~16 kB per spectrum (compressed float32 flux and ivar), 1.6 GB per 100 000.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+DR10_SPECTRA = 11.1e6
+LABELS = ("teff", "logg", "fe_h", "mg_fe")
+
+
+def _peaks():
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+            resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0)
+
+
+def prepare(base, n_mock, seed=0):
+    """Simulate the mock, ingest it, train the model; return (list of real files, model path)."""
+    from astropy.table import Table
+
+    from cannonade.cannon.model import CannonModel
+    from cannonade.simulate import simulate_survey
+    from cannonade.spectra.ingest import ingest
+    from cannonade.spectra.store import SpectraStore
+
+    base = Path(base)
+    mock = base / "mock"
+    if not (mock / "manifest.json").exists():
+        simulate_survey("lamost-galah", n_stars=n_mock, seed=seed, out=mock, repeat_fraction=0.0, show_progress=False)
+    files = sorted(str(p) for p in (mock / "lamost").rglob("*.fits.gz"))
+    model_path = base / "model.npz"
+    if not model_path.exists():
+        store = base / "train.h5"
+        ingest(files[:1000], store, grid="lamost", normalise="gaussian", workers=2, chunk_size=500)
+        truth = Table.read(mock / "truth" / "stars.fits")
+        obs = Table.read(mock / "truth" / "observations.fits")
+        star_of = {os.path.basename(str(f)): int(s) for f, s in zip(obs["filename"], obs["star_id"])}
+        row_of = {int(s): k for k, s in enumerate(truth["star_id"])}
+        with SpectraStore(store) as st:
+            meta = st.meta()
+            flux, ivar = st.read_rows(np.arange(len(meta)))
+        names = [os.path.basename(str(f)) for f in meta["source_file"]]
+        rows = [row_of[star_of[n]] for n in names]
+        labels = np.column_stack([np.asarray(truth[c], float)[rows] for c in LABELS])
+        model = CannonModel(list(LABELS), order=2)
+        model.fit(labels, flux, ivar)
+        model.save(model_path)
+    return files, model_path
+
+
+def replicate(base, files, n):
+    """An @list of n distinct symbolic links cycling over ``files``."""
+    links = Path(base) / f"links_{n}"
+    listfile = Path(base) / f"list_{n}.txt"
+    if not listfile.exists():
+        links.mkdir(parents=True, exist_ok=True)
+        with open(listfile, "w") as fh:
+            for k in range(n):
+                sub = links / f"{k // 10000:04d}"
+                if k % 10000 == 0:
+                    sub.mkdir(exist_ok=True)
+                p = sub / f"s{k:08d}_{os.path.basename(files[k % len(files)])}"
+                if not p.exists():
+                    p.symlink_to(files[k % len(files)])
+                fh.write(f"{p}\n")
+    return listfile
+
+
+def stage_ingest(base, n, workers):
+    from cannonade.spectra.ingest import ingest
+
+    out = Path(base) / f"store_{n}_{workers}.h5"
+    t0 = time.perf_counter()
+    rep = ingest([f"@{Path(base) / f'list_{n}.txt'}"], out, grid="lamost", normalise="gaussian", workers=workers,
+                 chunk_size=1000)
+    return dict(seconds=time.perf_counter() - t0, n=rep.n_ok, failed=rep.n_failed)
+
+
+def stage_infer(base, n, workers):
+    from cannonade.tasks.infer import infer_store
+
+    store = Path(base) / f"store_{n}_{workers}.h5"
+    out = Path(base) / f"labels_{n}_{workers}.parquet"
+    t0 = time.perf_counter()
+    infer_store([Path(base) / "model.npz"], store, out, chunk_size=2000, workers=workers)
+    dt = time.perf_counter() - t0
+    return dict(seconds=dt, n=n)
+
+
+def stage_dynamics(base, n, workers):
+    sys.path.insert(0, str(Path(__file__).parent))
+    from bench_dynamics import mock_catalogue
+
+    from cannonade.galaxy.dynamics import orbits
+
+    t = mock_catalogue(n)
+    t0 = time.perf_counter()
+    orbits(t, n_samples=20, seed=0, chunk_size=50_000, show_progress=False)
+    return dict(seconds=time.perf_counter() - t0, n=n)
+
+
+STAGES = {"ingest": stage_ingest, "infer": stage_infer, "dynamics": stage_dynamics}
+
+
+def run_stage(base, stage, n, workers):
+    env = dict(os.environ, CANNONADE_QUIET="1", OMP_NUM_THREADS=str(workers))
+    cmd = [sys.executable, __file__, "--dir", str(base), "--_stage", stage, str(n), str(workers)]
+    res = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, nargs="+", default=[20_000])
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--mock-stars", type=int, default=3000, help="stars of the mock whose files are replicated")
+    ap.add_argument("--stages", nargs="+", default=list(STAGES), choices=list(STAGES))
+    ap.add_argument("--dir", default="bench_survey_work")
+    ap.add_argument("--keep", action="store_true", help="keep the stores and tables of each run")
+    ap.add_argument("--_stage", nargs=3, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    base = Path(args.dir)
+    if args._stage:
+        stage, n, workers = args._stage[0], int(args._stage[1]), int(args._stage[2])
+        out = STAGES[stage](base, n, workers)
+        out["parent_mb"], out["worker_mb"] = _peaks()
+        print(json.dumps(out))
+        return 0
+    base.mkdir(parents=True, exist_ok=True)
+    files, _ = prepare(base, args.mock_stars)
+    print(f"{len(files)} mock LAMOST files (gzipped, DR1 layout) replicated to N; cpu count {os.cpu_count()}")
+    print("| N | workers | stage | seconds | per s | parent MB | largest worker MB | DR10 (11.1 M) h |")
+    print("|---|---|---|---|---|---|---|---|")
+    results = []
+    for n in args.n:
+        replicate(base, files, n)
+        for w in args.workers:
+            total_h = 0.0
+            for stage in args.stages:
+                r = run_stage(base, stage, n, w)
+                rate = r["n"] / r["seconds"]
+                total_h += DR10_SPECTRA / rate / 3600.0
+                results.append(dict(r, stage=stage, N=n, workers=w, rate=rate))
+                print(f"| {n:,} | {w} | {stage} | {r['seconds']:.0f} | {rate:,.0f} | {r['parent_mb']:.0f} | "
+                      f"{r['worker_mb']:.0f} | {DR10_SPECTRA / rate / 3600.0:.2f} |", flush=True)
+            print(f"| {n:,} | {w} | **end to end** | | | | | **{total_h:.2f}** |", flush=True)
+            if not args.keep:
+                for p in base.glob(f"*_{n}_{w}.*"):
+                    shutil.rmtree(p) if p.is_dir() else p.unlink()
+    (base / "results.json").write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
