@@ -144,6 +144,72 @@ def table_format(path, fmt=None):
     raise CatalogueError(f"{path}: cannot tell the table format from the name; use one of {FITS_SUFFIXES + PARQUET_SUFFIXES + CSV_SUFFIXES}")
 
 
+#: A Parquet file's footer may declare at most this many bytes of decoded columns per byte of the
+#: file (beyond :data:`PARQUET_MIN_BOUND`): real catalogues stay far below; a footer declaring more
+#: (absurd row counts or column sizes) is refused before any data is read.
+PARQUET_MAX_EXPANSION = 1000
+#: ... and at least this much is always allowed (small files of constant columns)
+PARQUET_MIN_BOUND = 2**30
+# bytes per value of Parquet's physical types once read (a BYTE_ARRAY: at least its offset)
+_PARQUET_WIDTH = {"BOOLEAN": 1, "INT32": 4, "INT64": 8, "INT96": 12, "FLOAT": 4, "DOUBLE": 8, "BYTE_ARRAY": 4}
+
+
+def check_parquet_footer(path, what="catalogue"):
+    """Refuse a Parquet file whose footer declares more than the file can hold, before reading data.
+
+    From the footer alone (``pyarrow.parquet.read_metadata``): the file's row count must be its row
+    groups' sum; every column chunk's compressed bytes must lie inside the file; and the columns
+    as read (each row group's rows x each column's width, or its declared uncompressed size when
+    larger) must stay within :data:`PARQUET_MAX_EXPANSION` times the file's size (at least
+    :data:`PARQUET_MIN_BOUND`): a crafted footer declaring 10^12 rows over a few kB would
+    otherwise have pyarrow allocate terabytes.
+
+    Raises
+    ------
+    CatalogueError
+        Names the file, and the row group, column and sizes at fault.
+    """
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    size = path.stat().st_size
+    try:
+        md = pq.read_metadata(path)
+    except Exception as exc:  # pyarrow's ArrowInvalid / OSError of a corrupt footer
+        text = str(exc).strip().splitlines()
+        raise CatalogueError(f"{what} {path}: unreadable Parquet footer ({text[0] if text else type(exc).__name__})") from None
+    bound = max(PARQUET_MIN_BOUND, PARQUET_MAX_EXPANSION * size)
+    rows_sum, decoded = 0, 0
+    for i in range(md.num_row_groups):
+        rg = md.row_group(i)
+        rows = rg.num_rows
+        if rows < 0:
+            raise CatalogueError(f"{what} {path}: row group {i} declares {rows} rows (crafted or corrupt footer)")
+        rows_sum += rows
+        for j in range(rg.num_columns):
+            col = rg.column(j)
+            name = col.path_in_schema
+            sizes = (col.total_compressed_size, col.total_uncompressed_size, col.num_values)
+            if min(sizes) < 0:
+                raise CatalogueError(f"{what} {path}: row group {i}, column {name!r} declares negative sizes {sizes} (crafted or "
+                                     "corrupt footer)")
+            start = col.dictionary_page_offset if col.has_dictionary_page and col.dictionary_page_offset else col.data_page_offset
+            if start is None or start < 0 or start + col.total_compressed_size > size:
+                raise CatalogueError(f"{what} {path}: row group {i}, column {name!r} declares {col.total_compressed_size} "
+                                     f"bytes at byte {start}, beyond the end of the file ({size} bytes; truncated or crafted)")
+            width = _PARQUET_WIDTH.get(col.physical_type, 8)
+            decoded += max(col.total_uncompressed_size, rows * width, col.num_values * width)
+            if decoded > bound:
+                raise CatalogueError(
+                    f"{what} {path}: the footer declares {md.num_rows} rows in {md.num_row_groups} row group(s), row group {i} "
+                    f"{rows} rows with column {name!r} of {col.total_uncompressed_size} bytes uncompressed: more than "
+                    f"{bound} bytes once read from a file of {size} bytes (PARQUET_MAX_EXPANSION = {PARQUET_MAX_EXPANSION}); "
+                    "refused before reading (crafted or corrupt footer)")
+    if rows_sum != md.num_rows:
+        raise CatalogueError(f"{what} {path}: the footer declares {md.num_rows} rows but its row groups hold {rows_sum} "
+                             "(crafted or corrupt footer)")
+
+
 def read_table(path):
     """Read a user's catalogue (FITS, CSV or Parquet) into an astropy Table.
 
@@ -157,6 +223,8 @@ def read_table(path):
     kind = table_format(path)
     if path.stat().st_size == 0:
         raise CatalogueError(f"catalogue {path} is empty (0 bytes)")
+    if kind == "parquet":
+        check_parquet_footer(path)
     try:
         if kind == "parquet":
             import pyarrow.parquet as pq

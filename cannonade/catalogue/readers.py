@@ -11,6 +11,7 @@ from cannonade.catalogue.formats import FORMAT_VERSION, catalogue_format, parse_
 from cannonade.catalogue.schemas import SCHEMAS, infer_label_names
 from cannonade.exceptions import CatalogueError
 from cannonade.provenance import PROVENANCE_KEY
+from cannonade.tables import check_parquet_footer
 
 __all__ = ["read_catalogue"]
 
@@ -100,6 +101,7 @@ def _read_parquet(path):
     import pyarrow.parquet as pq
     from astropy.table import MaskedColumn, Table
 
+    check_parquet_footer(path)  # nothing the footer declares is allocated before it is checked
     at = pq.read_table(path)
     md = at.schema.metadata or {}
     info = json.loads(md[b"cannonade"]) if b"cannonade" in md else {}

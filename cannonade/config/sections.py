@@ -26,8 +26,8 @@ class RunSection:
     out: Path = field(default=Path("run"), metadata=doc("run directory (relative to the config file)"))
     seed: int = field(default=0, metadata=doc("seed for cross-validation folds and Monte-Carlo resamples"))
     chunk_size: int = field(default=2000, metadata=doc("spectra per inference chunk (resume granularity)", minimum=1))
-    workers: int = field(default=2, metadata=doc("processes for ingest and reading reference spectra; the dask workers with run.scheduler = 'local'", minimum=1))
-    scheduler: str = field(default="", metadata=doc("where the chunked stages (ingest, infer) run: '' = processes for ingest, "
+    workers: int = field(default=2, metadata=doc("processes for ingest, reading reference spectra and the orbits of dynamics; the dask workers with run.scheduler = 'local'", minimum=1))
+    scheduler: str = field(default="", metadata=doc("where the chunked stages (ingest, infer, dynamics) run: '' = processes for ingest and dynamics, "
                                                      "in-process inference; 'local' = a dask LocalCluster of run.workers "
                                                      "processes; tcp://HOST:PORT or a scheduler file = a running dask "
                                                      "cluster (docs/scale.md); results do not depend on it"))

@@ -39,6 +39,7 @@ from cannonade.execution.backends import (
     choose_backend,
     get_backend,
     mp_context,
+    shared_cluster,
 )
 from cannonade.execution.chunked import ChunkedMap, StopRequested
 from cannonade.execution.device import DEVICES, array_namespace, get_namespace, gpu_available, to_device, to_host
@@ -54,6 +55,7 @@ __all__ = [
     "LOCAL_SCHEDULER",
     "choose_backend",
     "mp_context",
+    "shared_cluster",
     "DEVICES",
     "array_namespace",
     "get_namespace",

@@ -79,7 +79,7 @@ from pathlib import Path
 from cannonade.exceptions import ConfigError, WorkerDiedError
 
 __all__ = ["SerialBackend", "ProcessBackend", "DaskBackend", "BACKENDS", "get_backend", "choose_backend", "mp_context",
-           "validate_workers", "native_threads", "LOCAL_SCHEDULER"]
+           "validate_workers", "native_threads", "LOCAL_SCHEDULER", "shared_cluster"]
 
 log = logging.getLogger(__name__)
 
@@ -589,6 +589,26 @@ def choose_backend(scheduler="", default="serial"):
     if not scheduler:
         return default, {}
     return "dask", {"scheduler": scheduler}
+
+
+@contextlib.contextmanager
+def shared_cluster(name, options, workers=1):
+    """Backend options under which several maps share one dask cluster.
+
+    For ``name == 'dask'`` the cluster (an embedded ``LocalCluster``, or the connection to a running
+    scheduler) is opened once here and every map run with the yielded options (``{'client': ...}``)
+    uses it; it is closed when the ``with`` block ends. Any other backend: ``options`` unchanged.
+
+    >>> name, options = choose_backend(run.cfg.run.scheduler)              # doctest: +SKIP
+    >>> with shared_cluster(name, options, workers=2) as options:          # doctest: +SKIP
+    ...     for model in models:
+    ...         ChunkedMap(...).run(func, backend=name, workers=2, **options)
+    """
+    if name != "dask":
+        yield dict(options)
+        return
+    with DaskBackend(workers=validate_workers(workers), **options) as backend:
+        yield {"client": backend.client}
 
 
 #: backend name -> class; one more entry (e.g. ``"dask"``) adds a backend

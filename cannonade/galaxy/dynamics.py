@@ -30,12 +30,14 @@ NaN actions and ``unbound = True``: galpy returns finite nonsense for them.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 
 import numpy as np
 
 from cannonade.exceptions import CatalogueError, ParameterError
+from cannonade.execution.backends import choose_backend, get_backend, validate_workers
 from cannonade.tables import colnames, float_column, is_pandas, require_columns
 from cannonade.util import progress
 
@@ -540,7 +542,12 @@ def _orbits_chunk(d, u, delta):
     return out
 
 
-def orbits(table, n_samples=20, seed=0, chunk_size=50_000, delta=DELTA, show_progress=True):
+def orbits_chunk(k, d, u, delta):
+    """Chunk ``k`` of :func:`orbits` (a picklable task for the execution backends): -> dict of (n,) arrays."""
+    return _orbits_chunk(d, u, delta)
+
+
+def orbits(table, n_samples=20, seed=0, chunk_size=50_000, delta=DELTA, show_progress=True, workers=1, scheduler=""):
     """Galactocentric coordinates and Stäckel actions with Monte-Carlo errors.
 
     Wheeler+2020 §5.1: actions from galpy's Stäckel fudge in MWPotential2014, errors
@@ -577,6 +584,14 @@ def orbits(table, n_samples=20, seed=0, chunk_size=50_000, delta=DELTA, show_pro
     delta : float
         Stäckel focal distance in galpy natural units (ro = 8 kpc).
     show_progress : bool
+    workers : int
+        Chunks computed at once: 1 (default) in this process (galpy's own OpenMP threads);
+        more, in that many worker processes of one thread each, or the workers of a dask
+        cluster with ``scheduler`` (docs/scale.md). The results are the same: each chunk's
+        resamples are drawn here, in chunk order, from the one ``seed`` stream.
+    scheduler : str
+        ``''``: no dask; ``'local'``: an embedded dask ``LocalCluster`` of ``workers``; else
+        the address (or scheduler file) of a running dask scheduler.
 
     Returns
     -------
@@ -615,17 +630,31 @@ def orbits(table, n_samples=20, seed=0, chunk_size=50_000, delta=DELTA, show_pro
     names = list(DYNAMICS_COLUMNS)
     result = {k: np.full(n, np.nan) for k in names + ["e_" + k for k in names] + ["f_unbound"]}
     result["unbound"] = np.zeros(n, dtype=bool)
+    starts = list(range(0, n, chunk_size))
+
+    def tasks():
+        # drawn here, in chunk order, as the backend asks for them: the one stream whatever runs the
+        # chunks (and the draws of a chunk travel with it, at most the in-flight bound ahead)
+        for k, start in enumerate(starts):
+            d = _read_inputs(table, slice(start, min(start + chunk_size, n)))
+            u = _sample_uniforms(rng, d["ra"].shape[0], n_samples) if n_samples else None
+            yield k, (d, u, delta)
+
+    one = validate_workers(workers) == 1 or len(starts) <= 1
+    name, options = choose_backend(scheduler, default="serial" if one else "process")
+    if name == "serial":  # this process, galpy's OpenMP threads as the environment sets them
+        backend, chunks = contextlib.nullcontext(), ((k, orbits_chunk(k, *args)) for k, args in tasks())
+    else:
+        backend = get_backend(name, workers=min(int(workers), max(1, len(starts))), **options)
+        chunks = None
     bar = progress(total=n, desc="orbits", unit="star", disable=None if show_progress else True)
     try:
-        for start in range(0, n, chunk_size):
-            rows = slice(start, min(start + chunk_size, n))
-            d = _read_inputs(table, rows)
-            m = d["ra"].shape[0]
-            u = _sample_uniforms(rng, m, n_samples) if n_samples else None
-            out = _orbits_chunk(d, u, delta)
-            for k, v in out.items():
-                result[k][rows] = v
-            bar.update(m)
+        with backend:
+            for k, out in chunks if chunks is not None else backend.imap_unordered(orbits_chunk, tasks()):
+                rows = slice(starts[k], min(starts[k] + chunk_size, n))
+                for key, v in out.items():
+                    result[key][rows] = v
+                bar.update(rows.stop - rows.start)
     finally:
         bar.close()
     n_unb = int(result["unbound"].sum())

@@ -5,7 +5,8 @@
 in input order and mapped with :class:`cannonade.execution.ChunkedMap`: each
 chunk is read, shifted to the rest frame, resampled, normalised and written to
 its own part file ``<out>.parts/part_000012.h5`` (atomically), in a process pool
-when ``workers > 1``, or on a dask cluster with ``scheduler`` (docs/scale.md). A rerun after a kill skips the finished chunks; the parts
+when ``workers > 1``, or on a dask cluster with ``scheduler`` (docs/scale.md). A rerun after a kill skips the finished chunks
+(and first removes the hidden temporaries the kill left of the store, its error report and the parts); the parts
 depend on a fingerprint of the file list and every setting, and are discarded
 when either changes. When all parts exist they are copied one at a time into the
 final store (atomically), each part deleted as soon as it is copied, so the parts and

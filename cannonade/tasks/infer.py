@@ -193,7 +193,8 @@ def infer_store(models, store, out, model_by="chi2", catalogue=None, allow_misma
         The spectra store.
     out : str or Path
         ``.parquet``, ``.fits`` or ``.csv``; parts of an unfinished run live beside it in
-        ``.<name>.parts/``.
+        ``.<name>.parts/``. A rerun resumes from them, first removing the hidden temporaries a
+        killed run left of ``out`` and of its parts (counted in the report).
     model_by : {"chi2", "wheeler2020"}
         The rule choosing a model per spectrum when there are several (module docstring).
     catalogue : str or Path, optional

@@ -123,6 +123,33 @@ def test_embedded_local_cluster_identical_to_serial(tmp_path, reference):
     assert be.client is None and be._cluster is None  # closed
 
 
+def worker_pid_chunk(k, part):
+    with atomic_path(part) as tmp:
+        with open(tmp, "wb") as fh:
+            np.save(fh, np.zeros(1))
+    return os.getpid()
+
+
+def test_maps_share_one_embedded_cluster(tmp_path):
+    """shared_cluster: several maps (the nandakumar recipe's four models) run on one LocalCluster,
+    started once and closed at the end; the other backends' options pass through unchanged."""
+    from cannonade.execution import shared_cluster
+
+    with shared_cluster("serial", {}, workers=2) as opts:
+        assert opts == {}
+    pids = []
+    with shared_cluster("dask", {"scheduler": "local"}, workers=1) as opts:
+        client = opts["client"]
+        for name in ("a", "b"):
+            got = {}
+            ChunkedMap(tmp_path / name, {"m": name}, 3, suffix=".npy").run(
+                worker_pid_chunk, backend="dask", workers=1, on_done=got.__setitem__, **opts)
+            pids.append(set(got.values()))
+        assert client.status == "running"
+    assert pids[0] == pids[1] and len(pids[0]) == 1  # the same single worker process served both maps
+    assert client.status in ("closed", "closing")
+
+
 def test_connected_cluster_identical_and_left_running(tmp_path, reference, cluster):
     log = tmp_path / "calls.log"
     cm = _make(tmp_path / "parts")

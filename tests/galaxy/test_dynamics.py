@@ -255,6 +255,24 @@ def test_seed_and_chunking_reproducible(disc_and_halo):
     np.testing.assert_array_equal(a["JR"], c["JR"])  # central values do not depend on the draws
 
 
+@pytest.mark.parametrize("where", [dict(workers=2), dict(workers=2, scheduler="local")])
+def test_orbit_chunks_on_processes_or_dask_give_the_same_results(disc_and_halo, where):
+    """The chunks' resamples are drawn in chunk order in the calling process, so a process pool or
+    a dask cluster gives the serial results (each worker runs galpy with one thread)."""
+    if "scheduler" in where:
+        pytest.importorskip("distributed")
+    _, t = disc_and_halo
+    t = t.copy()
+    t["distance_err"] = 0.1 * t["distance"]
+    t["radial_velocity_err"] = 5.0
+    a = orbits(t, n_samples=4, seed=3, chunk_size=7, show_progress=False)
+    b = orbits(t, n_samples=4, seed=3, chunk_size=7, show_progress=False, **where)
+    for name in ("R", "JR", "Jz", "e_JR", "e_Jz", "e_vT", "f_unbound"):
+        np.testing.assert_allclose(np.asarray(b[name], float), np.asarray(a[name], float), rtol=1e-12, atol=0,
+                                   equal_nan=True, err_msg=name)
+    assert np.array_equal(np.asarray(a["unbound"]), np.asarray(b["unbound"]))
+
+
 def test_split_normal_draws_match_quantiles():
     rng = np.random.default_rng(0)
     uu = rng.random((1, 200_000))

@@ -221,3 +221,31 @@ def test_what_counts_as_a_full_disk():
     assert is_disk_full(OSError(errno.ENOSPC, "x")) and is_disk_full(OSError(errno.EDQUOT, "x"))
     assert is_disk_full(OSError("Can't write data (errno = 28, error message = 'No space left on device')"))
     assert not is_disk_full(OSError(errno.EACCES, "Permission denied")) and not is_disk_full(ValueError("no space"))
+
+
+def test_a_folder_written_through_atomic_dir(tmp_path):
+    """util.atomic_dir (HATS catalogues; tested here without hats): a full disk inside is a
+    DiskFullError naming the folder, the previous one kept; what a kill leaves -- the hidden
+    temporary folder, the previous folder moved aside -- is removed, or put back, by the clean-ups."""
+    from cannonade.util import atomic_dir, remove_temporaries_of, stale_temporaries
+
+    target = tmp_path / "cat"
+    with atomic_dir(target) as tmp:
+        (tmp / "a.txt").write_text("one")
+    with pytest.raises(DiskFullError, match=f"{target}: no space left on device"):
+        with atomic_dir(target) as tmp:
+            raise full_disk(tmp / "a.txt")
+    assert (target / "a.txt").read_text() == "one" and sorted(p.name for p in tmp_path.iterdir()) == ["cat"]
+    with atomic_dir(target) as tmp:  # replaced whole
+        (tmp / "b.txt").write_text("two")
+    assert sorted(p.name for p in target.iterdir()) == ["b.txt"] and sorted(p.name for p in tmp_path.iterdir()) == ["cat"]
+
+    # a kill between the swap's renames: the previous folder aside, the new one still temporary
+    os.replace(target, tmp_path / ".cat.abcdefgh.old")
+    (tmp_path / ".cat.ijklmnop.tmp").mkdir()
+    (tmp_path / ".cat.ijklmnop.tmp" / "half.txt").write_text("x")
+    (tmp_path / ".other.qrstuvwx.tmp").mkdir()  # another folder's: not cat's
+    assert [p.name for p in stale_temporaries(tmp_path)] == [".cat.abcdefgh.old", ".cat.ijklmnop.tmp", ".other.qrstuvwx.tmp"]
+    assert len(remove_temporaries_of(target)) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.qrstuvwx.tmp", "cat"]
+    assert (target / "b.txt").read_text() == "two"  # put back

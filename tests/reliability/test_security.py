@@ -4,6 +4,7 @@ files are refused with a named error before anything they declare is allocated."
 
 import ast
 import json
+import re
 import struct
 import tracemalloc
 import zipfile
@@ -399,3 +400,391 @@ def test_catalogue_of_a_newer_format_version_is_refused(catalogue):
     _patch_card(path, "CNDFMTV", 99)
     with pytest.raises(CatalogueError, match=r"cat\.fits: catalogue format version 99 is not supported"):
         read_catalogue(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# (e) hostile spectrum files: refused, naming the file and the keys, before anything they declare
+# is allocated (read_spectrum; and ingest puts them in its error report)
+
+
+LAMOST_KEYS = [("COEFF0", 3.5682), ("COEFF1", 0.0001), ("OBSID", 1)]  # a LAMOST DR1-DR7 image (the raw-bytes fast path)
+
+
+def _card(key, value):
+    return f"{key:<8}= {value!s:>20}".ljust(80)
+
+
+def _fits_bytes(cards, data=b"", end=True):
+    """A FITS HDU written card by card (any value, valid or not), its data padded to 2880 bytes."""
+    text = "".join(_card(k, v) for k, v in cards) + ("END".ljust(80) if end else "")
+    text = text.ljust(-(-len(text) // 2880) * 2880 or 2880)
+    return text.encode() + data + b"\0" * (-len(data) % 2880)
+
+
+def _image(n1, n2, bitpix=-32, extra=LAMOST_KEYS, end=True):
+    return _fits_bytes([("SIMPLE", "T"), ("BITPIX", bitpix), ("NAXIS", 2), ("NAXIS1", n1), ("NAXIS2", n2), *extra],
+                       data=b"\0" * 2880, end=end)
+
+
+def _lamost_image_file(path, seed=0, n=3900):
+    from astropy.io import fits
+
+    rng = np.random.default_rng(seed)
+    flux = 100 + rng.normal(0, 1, n)
+    data = np.stack([flux, np.full(n, 1.0), np.ones(n), np.zeros(n), np.zeros(n)]).astype(np.float32)
+    h = fits.Header()
+    h["RA"], h["DEC"], h["OBSID"], h["COEFF0"], h["COEFF1"], h["Z"], h["SN_G"] = 10.0, 20.0, 1000 + seed, 3.5682, 1e-4, 0.0, 50.0
+    fits.PrimaryHDU(data, h).writeto(path)
+    return path
+
+
+def _patched(raw, key, value, after=2880):
+    """``raw`` with the card ``key`` (the first after byte ``after``) set to ``value``."""
+    raw = bytearray(raw)
+    at = raw.find(key.ljust(8).encode() + b"= ", after)
+    assert at > 0, key
+    raw[at:at + 80] = _card(key, value).encode()
+    return bytes(raw)
+
+
+def _lamost_table_bytes(tmp_path):
+    from astropy.io import fits
+
+    n = 3900
+    wave = np.logspace(3.5682, 3.5682 + 1e-4 * (n - 1), n)
+    cols = [fits.Column(name=name, format=f"{n}E", array=arr[None, :])
+            for name, arr in (("FLUX", np.ones(n)), ("IVAR", np.ones(n)), ("WAVELENGTH", wave))]
+    p = tmp_path / "table_src.fits"
+    fits.HDUList([fits.PrimaryHDU(), fits.BinTableHDU.from_columns(cols, name="COADD")]).writeto(p)
+    raw = p.read_bytes()
+    p.unlink()
+    return raw
+
+
+def _compressed_bytes(tmp_path):
+    from astropy.io import fits
+
+    p = tmp_path / "comp_src.fits"
+    fits.HDUList([fits.PrimaryHDU(), fits.CompImageHDU(np.ones((5, 3900), dtype=np.float32))]).writeto(p)
+    raw = p.read_bytes()
+    p.unlink()
+    return raw
+
+
+def _gzip_stream(chunks, level=1):
+    import zlib
+
+    c = zlib.compressobj(level, zlib.DEFLATED, 31)
+    return b"".join(c.compress(x) for x in chunks) + c.flush()
+
+
+def _gzip_bomb(n_mib, members=1):
+    """A .fits.gz: a FITS header, then ``n_mib`` MiB of zeros (a valid-looking start), in
+    ``members`` gzip members (the last one tiny, so that its trailer's size says nothing)."""
+    head = _fits_bytes([("SIMPLE", "T"), ("BITPIX", 8), ("NAXIS", 1), ("NAXIS1", n_mib * MiB)])
+    body = _gzip_stream([head] + [b"\0" * MiB] * n_mib)
+    return body if members == 1 else body + _gzip_stream([b"\0" * 10])
+
+
+HOSTILE_SPECTRA = {
+    # name: (bytes, what the message names)
+    "huge_image.fits": (lambda tmp: _image(10**9, 10**6), r"NAXIS1 = 1000000000, NAXIS2 = 1000000"),
+    "huge_image_astropy_path.fits": (lambda tmp: _image(10**9, 10**6, extra=[]), r"NAXIS1 = 1000000000, NAXIS2 = 1000000"),
+    "negative_naxis.fits": (lambda tmp: _image(-5, 3), r"NAXIS1 = -5 must be >= 0"),
+    "zero_naxis.fits": (lambda tmp: _image(0, 5), r"NAXIS1 = 0 must be >= 1"),
+    "float_naxis.fits": (lambda tmp: _image(10, 3.5), r"NAXIS2 = 3\.5 is not an integer"),
+    "bitpix.fits": (lambda tmp: _image(10, 3, bitpix=12), r"BITPIX = 12 is not a FITS value"),
+    "no_end.fits": (lambda tmp: _image(10, 3, end=False), r"no END card"),
+    "table_rows.fits": (lambda tmp: _patched(_lamost_table_bytes(tmp), "NAXIS2", 10**12),
+                        r"HDU 1 declares \d+ bytes of data \(BITPIX = 8, NAXIS1 = 46800, NAXIS2 = 1000000000000\)"),
+    "tile_image.fits": (lambda tmp: _patched(_patched(_compressed_bytes(tmp), "ZNAXIS1", 10**9), "ZNAXIS2", 10**6),
+                        r"HDU 1 is a tile-compressed image declaring ZBITPIX = -32, ZNAXIS1 = 1000000000, ZNAXIS2 = 1000000"),
+    "tile_table.fits": (lambda tmp: _patched(_compressed_bytes(tmp), "NAXIS2", 10**9),
+                        r"HDU 1 declares \d+ bytes of data \(BITPIX = 8, NAXIS1 = \d+, NAXIS2 = 1000000000, PCOUNT = \d+\)"),
+    "bomb.fits.gz": (lambda tmp: _gzip_bomb(300), r"the gzip file says it inflates to 314575680 bytes.*MAX_SPECTRUM_BYTES"),
+}
+
+
+def _refused(path, says, limit=50 * MiB):
+    from cannonade.exceptions import SpectrumFormatError
+    from cannonade.spectra.readers import read_spectrum
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(SpectrumFormatError) as info:
+            read_spectrum(path)
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    message = str(info.value)
+    assert message.startswith(f"{path}: ") and re.search(says, message), message
+    assert peak < limit, (peak, message)
+    return message
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE_SPECTRA))
+def test_hostile_spectrum_files_are_refused_before_allocating(tmp_path, name):
+    make, says = HOSTILE_SPECTRA[name]
+    path = tmp_path / name
+    path.write_bytes(make(tmp_path))
+    _refused(path, says)
+
+
+@pytest.mark.parametrize("isal", [True, False], ids=["isal", "zlib"])
+def test_a_gzip_bomb_is_inflated_no_further_than_the_limit(tmp_path, monkeypatch, isal):
+    """Several members (the trailer of the last says nothing): inflated incrementally, stopped past
+    MAX_SPECTRUM_BYTES (here 4 MiB), with ISA-L and with zlib."""
+    import builtins
+
+    from cannonade.spectra.readers import fits as fits_reader
+
+    if isal:
+        pytest.importorskip("isal")
+    else:
+        real_import = builtins.__import__
+
+        def no_isal(name, *args, **kwargs):
+            if name == "isal" or name.startswith("isal."):
+                raise ImportError("isal hidden by the test")
+            return real_import(name, *args, **kwargs)
+
+        monkeypatch.setattr(builtins, "__import__", no_isal)
+    monkeypatch.setattr(fits_reader, "MAX_SPECTRUM_BYTES", 4 * MiB)
+    path = tmp_path / "bomb.fits.gz"
+    path.write_bytes(_gzip_bomb(40, members=2))  # 40 MiB once inflated
+    _refused(path, r"the gzip file inflates to more than 4194304 bytes", limit=3 * 4 * MiB)
+    good = tmp_path / "good.fits.gz"  # a legitimate file under the limit still reads
+    good.write_bytes(_gzip_stream([_lamost_image_file(tmp_path / "good.fits").read_bytes()]))
+    from cannonade.spectra.readers import read_spectrum
+
+    assert read_spectrum(good).flux.size == 3900
+
+
+def test_oversized_and_special_files_are_refused_unread(tmp_path):
+    big = tmp_path / "big.fits"
+    with open(big, "wb") as fh:  # sparse: takes no disk space
+        fh.truncate(256 * MiB + 1)
+    _refused(big, r"268435457 bytes, more than a spectrum file may hold \(MAX_SPECTRUM_BYTES = 268435456\); refused unread")
+    if Path("/dev/zero").exists():
+        _refused(Path("/dev/zero"), r"not a regular file")
+
+
+def test_hostile_spectra_go_to_the_ingest_error_report_and_the_others_are_stored(tmp_path):
+    """Every hostile file in the error report with its reason; the good ones stored exactly as without them."""
+    import h5py
+
+    from cannonade.spectra.ingest import ingest
+
+    (tmp_path / "good").mkdir()
+    good = [_lamost_image_file(tmp_path / "good" / f"g{i}.fits", seed=i) for i in range(4)]
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    for i, p in enumerate(good):
+        (mixed / f"{i}_{p.name}").write_bytes(p.read_bytes())
+    for name, (make, _) in HOSTILE_SPECTRA.items():
+        (mixed / f"{len(name) % 4}_{name}").write_bytes(make(tmp_path))
+    rep = ingest([str(mixed)], tmp_path / "mixed.h5", workers=1, chunk_size=3)
+    clean = ingest([str(tmp_path / "good")], tmp_path / "clean.h5", workers=1, chunk_size=3)
+    assert rep.n_ok == clean.n_ok == 4 and rep.n_failed == len(HOSTILE_SPECTRA)
+    reasons = {Path(f).name.split("_", 1)[1]: reason for f, reason in rep.failures}
+    for name, (_, says) in HOSTILE_SPECTRA.items():
+        assert re.search(says, reasons[name]), (name, reasons[name])
+    with h5py.File(tmp_path / "mixed.h5", "r") as a, h5py.File(tmp_path / "clean.h5", "r") as b:
+        assert a["flux"][()].tobytes() == b["flux"][()].tobytes() and a["ivar"][()].tobytes() == b["ivar"][()].tobytes()
+        np.testing.assert_array_equal(a["meta/obj_id"][()], b["meta/obj_id"][()])
+
+
+# ---------------------------------------------------------------------------------------------
+# (f) Parquet catalogues with crafted footers. The footer (Thrift compact protocol) is decoded,
+# edited and re-encoded by the small codec below, so the file is a byte-level forgery (not a
+# patched pyarrow object): pyarrow itself reads the crafted numbers.
+
+
+def _uvarint(b, i):
+    shift = out = 0
+    while True:
+        c = b[i]
+        i += 1
+        out |= (c & 0x7F) << shift
+        shift += 7
+        if not c & 0x80:
+            return out, i
+
+
+def _to_varint(n):
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    return bytes(out + bytes([n]))
+
+
+def _thrift_value(b, i, t):
+    if t in (1, 2):  # a struct field's bool lives in its type
+        return t == 1, i
+    if t == 3:
+        return b[i], i + 1
+    if t in (4, 5, 6):  # zigzag varints
+        n, i = _uvarint(b, i)
+        return (n >> 1) ^ -(n & 1), i
+    if t == 7:
+        return b[i:i + 8], i + 8
+    if t == 8:
+        n, i = _uvarint(b, i)
+        return bytes(b[i:i + n]), i + n
+    if t in (9, 10):  # list, set
+        n, et = b[i] >> 4, b[i] & 15
+        i += 1
+        if n == 15:
+            n, i = _uvarint(b, i)
+        items = []
+        for _ in range(n):
+            if et in (1, 2):
+                v, i = b[i] == 1, i + 1
+            else:
+                v, i = _thrift_value(b, i, et)
+            items.append(v)
+        return [et, items], i
+    if t == 11:  # map
+        n, i = _uvarint(b, i)
+        kt = vt = 0
+        if n:
+            kt, vt = b[i] >> 4, b[i] & 15
+            i += 1
+        pairs = []
+        for _ in range(n):
+            k, i = _thrift_value(b, i, kt)
+            v, i = _thrift_value(b, i, vt)
+            pairs.append((k, v))
+        return [kt, vt, pairs], i
+    if t == 12:
+        return _thrift_struct(b, i)
+    raise ValueError(f"thrift type {t}")
+
+
+def _thrift_struct(b, i=0):
+    """[[field id, type, value], ...] of the struct at byte i, and the byte after it."""
+    fields, last = [], 0
+    while b[i]:
+        t, delta = b[i] & 15, b[i] >> 4
+        i += 1
+        if delta:
+            fid = last + delta
+        else:
+            n, i = _uvarint(b, i)
+            fid = (n >> 1) ^ -(n & 1)
+        v, i = _thrift_value(b, i, t)
+        fields.append([fid, t, v])
+        last = fid
+    return fields, i + 1
+
+
+def _thrift_encode(t, v):
+    if t in (1, 2):
+        return b""
+    if t == 3:
+        return bytes([v])
+    if t in (4, 5, 6):
+        return _to_varint((v << 1) ^ (v >> 63))
+    if t == 7:
+        return bytes(v)
+    if t == 8:
+        return _to_varint(len(v)) + v
+    if t in (9, 10):
+        et, items = v
+        head = bytes([(len(items) << 4) | et]) if len(items) < 15 else bytes([0xF0 | et]) + _to_varint(len(items))
+        return head + b"".join(bytes([1 if x else 2]) if et in (1, 2) else _thrift_encode(et, x) for x in items)
+    if t == 11:
+        kt, vt, pairs = v
+        if not pairs:
+            return b"\0"
+        return _to_varint(len(pairs)) + bytes([(kt << 4) | vt]) + b"".join(_thrift_encode(kt, k) + _thrift_encode(vt, x) for k, x in pairs)
+    return _thrift_write(v)
+
+
+def _thrift_write(fields):
+    out, last = bytearray(), 0
+    for fid, t, v in fields:
+        delta = fid - last
+        out += bytes([(delta << 4) | t]) if 0 < delta <= 15 else bytes([t]) + _to_varint((fid << 1) ^ (fid >> 63))
+        out += _thrift_encode(t, v)
+        last = fid
+    return bytes(out) + b"\0"
+
+
+def _get(fields, fid):
+    return next(f for f in fields if f[0] == fid)
+
+
+def _forge_footer(path, edit):
+    """Rewrite the Parquet footer of ``path`` (FileMetaData) through ``edit(fields)``."""
+    raw = Path(path).read_bytes()
+    n = struct.unpack("<I", raw[-8:-4])[0]
+    meta, end = _thrift_struct(raw[-8 - n:-8])
+    assert end == n and _thrift_write(meta) == raw[-8 - n:-8]  # the codec round-trips the real footer
+    edit(meta)
+    new = _thrift_write(meta)
+    Path(path).write_bytes(raw[:-8 - n] + new + struct.pack("<I", len(new)) + b"PAR1")
+
+
+def _row_groups(meta):  # FileMetaData.row_groups (4)
+    return _get(meta, 4)[2][1]
+
+
+def _column_meta(row_group):  # RowGroup.columns (1) -> ColumnChunk.meta_data (3)
+    return [_get(cc, 3)[2] for cc in _get(row_group, 1)[2][1]]
+
+
+def _absurd_rows(meta):  # FileMetaData.num_rows (3) and RowGroup.num_rows (3), consistently
+    _get(meta, 3)[2] = 10**12
+    for rg in _row_groups(meta):
+        _get(rg, 3)[2] = 10**12
+
+
+def _absurd_uncompressed(meta):  # ColumnMetaData.total_uncompressed_size (6)
+    _get(_column_meta(_row_groups(meta)[0])[1], 6)[2] = 10**15
+
+
+def _beyond_the_file(meta):  # ColumnMetaData.total_compressed_size (7)
+    _get(_column_meta(_row_groups(meta)[0])[1], 7)[2] = 10**12
+
+
+def _rows_disagree(meta):
+    _get(meta, 3)[2] = 7
+
+
+@pytest.mark.parametrize("edit, says", [
+    (_absurd_rows, r"the footer declares 1000000000000 rows in 1 row group\(s\).*refused before reading"),
+    (_absurd_uncompressed, r"the footer declares 3 rows .* column 'teff' of 1000000000000000 bytes uncompressed.*refused before reading"),
+    (_beyond_the_file, r"row group 0, column '\w+' declares 1000000000000 bytes at byte \d+, beyond the end of the file"),
+    (_rows_disagree, r"the footer declares 7 rows but its row groups hold 3"),
+], ids=["rows", "uncompressed", "compressed", "sum"])
+def test_parquet_catalogue_with_a_crafted_footer_is_refused_before_reading(catalogue, monkeypatch, edit, says):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from cannonade.tables import read_table
+
+    path = catalogue["parquet"]
+    _forge_footer(path, edit)
+    assert pq.read_metadata(path).num_row_groups == 1  # pyarrow reads the forged footer
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("the data were read")
+
+    monkeypatch.setattr(pq, "read_table", no_data)
+    allocated = pa.total_allocated_bytes()
+    for read in (read_catalogue, read_table):  # the catalogue reader and the user-table reader
+        with pytest.raises(CatalogueError, match=re.escape(str(path)) + ": " + says):
+            read(path)
+    assert pa.total_allocated_bytes() - allocated < MiB
+
+
+def test_the_parquet_checks_keep_real_catalogues_reading(catalogue, tmp_path):
+    from cannonade.tables import read_table
+
+    t = Table(dict(designation=[f"s{i}" for i in range(20000)], teff=np.full(20000, 5000.0), logg=np.full(20000, 4.0),
+                   n_obs=np.ones(20000, dtype=np.int64)))
+    constant = write_catalogue(t, tmp_path / "constant.parquet", schema="wheeler2020", label_names=["teff", "logg"])
+    for path in (catalogue["parquet"], constant):  # constant columns compress far, and still read
+        assert len(read_catalogue(path)) == len(read_table(path)) > 0

@@ -11,7 +11,7 @@ import numpy as np
 
 from cannonade.cannon.model import CannonModel
 from cannonade.cannon.spectral_setup import SpectralSetup
-from cannonade.execution import ChunkedMap, choose_backend
+from cannonade.execution import ChunkedMap, choose_backend, shared_cluster
 from cannonade.pipeline.stages.infer import infer_observations
 from cannonade.pipeline.stages.scaled_train import model_names
 from cannonade.spectra.store import SpectraStore
@@ -38,6 +38,12 @@ def infer_chunk(k, part, store_path, start, stop, model):
 def execute(run):
     chunk = run.cfg.run.chunk_size
     backend, options = choose_backend(run.cfg.run.scheduler, default="serial")  # run.scheduler: docs/scale.md
+    # one dask cluster for the four models (not one started and stopped per model)
+    with shared_cluster(backend, options, run.cfg.run.workers) as options:
+        return _infer_models(run, chunk, backend, options)
+
+
+def _infer_models(run, chunk, backend, options):
     info = {}
     for name, (side, _) in model_names(run.cfg).items():
         m = CannonModel.load(run.path("models", f"{name}.npz"))

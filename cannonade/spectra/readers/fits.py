@@ -26,7 +26,6 @@ import os
 import stat
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
@@ -345,15 +344,15 @@ def read_bytes(path):
             if st.st_size > limit:
                 raise SpectrumFormatError(f"{path}: {st.st_size} bytes, more than a spectrum file may hold "
                                           f"(MAX_SPECTRUM_BYTES = {limit}); refused unread")
-            raw = fh.read(limit + 1)
+            raw = fh.read(st.st_size + 1)  # never a buffer larger than the file (read(n) allocates n)
     except FileNotFoundError:
         raise SpectrumFormatError(f"{path}: file not found") from None
     except IsADirectoryError:
         raise SpectrumFormatError(f"{path}: is a directory, not a spectrum file") from None
     except OSError as exc:
         raise SpectrumFormatError(f"{path}: cannot read ({exc})") from None
-    if len(raw) > limit:  # grew while read
-        raise SpectrumFormatError(f"{path}: more than {limit} bytes, more than a spectrum file may hold (MAX_SPECTRUM_BYTES)")
+    if len(raw) > st.st_size:
+        raise SpectrumFormatError(f"{path}: the file grew while it was read (still being written?)")
     if raw[:2] == _GZIP_MAGIC:  # gzip-compressed FITS (.fits.gz)
         raw = _gunzip(raw, path)
     if raw[: len(_FITS_MAGIC)] != _FITS_MAGIC:
@@ -406,12 +405,12 @@ def _check_compressed(h, path, k):
     axes = [(f"ZNAXIS{i}", _integer_key(h, f"ZNAXIS{i}", path, k)) for i in range(1, znaxis + 1)]
     tiles = [(f"ZTILE{i}", _integer_key(h, f"ZTILE{i}", path, k, low=1)) for i in range(1, znaxis + 1) if f"ZTILE{i}" in h]
     limit = MAX_SPECTRUM_BYTES
-    for what, keys in (("image", axes), ("tile", tiles)):
+    for what, keys in (("the image", axes), ("one tile", tiles)):
         n = abs(zbitpix) // 8 * math.prod(v for _, v in keys)
         if keys and n > limit:
             raise SpectrumFormatError(
                 f"{path}: HDU {k} is a tile-compressed image declaring ZBITPIX = {zbitpix}, "
-                f"{', '.join(f'{key} = {v}' for key, v in keys)}: {n} bytes a {what} once decompressed, more than a spectrum "
+                f"{', '.join(f'{key} = {v}' for key, v in keys)}: {what} is {n} bytes once decompressed, more than a spectrum "
                 f"may hold (MAX_SPECTRUM_BYTES = {limit}); refused before decompressing")
 
 
