@@ -18,7 +18,7 @@ to see that memory does not grow with N.
 
     python benchmarks/bench_survey.py --n 100000 --workers 1 2 [--dir /tmp/bench_survey]
 
-Disk: the store holds ~16 kB per spectrum (compressed float32 flux and ivar), 1.6 GB per 100 000.
+Disk: the store of each (N, workers) run is removed after its inference unless ``--keep``.
 """
 
 from __future__ import annotations

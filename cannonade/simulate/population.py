@@ -28,7 +28,7 @@ from cannonade.galaxy.dynamics import R0_KPC, Z_SUN_KPC, circular_speed, galacto
 from cannonade.simulate.formation import default_vmic
 from cannonade.simulate.lines import ABUNDANCE_ELEMENTS
 
-__all__ = ["simulate_population", "XFE_RELATIONS", "R0_KPC", "STAGES", "ASYMMETRIC_DRIFT_KMS", "HALO_ROTATION_KMS",
+__all__ = ["simulate_population", "XFE_RELATIONS", "INTRINSIC_XFE_SCATTER_SCALE", "R0_KPC", "STAGES", "ASYMMETRIC_DRIFT_KMS", "HALO_ROTATION_KMS",
            "NamedCluster", "NAMED_CLUSTERS", "named_cluster_members"]
 
 # (sigma_R, sigma_phi, sigma_z) at R0 [km/s] of the thin disc, thick disc and halo
@@ -40,6 +40,11 @@ HALO_ROTATION_KMS = 20.0
 #: the thin disc's radial [Fe/H] gradient (dex/kpc; [Fe/H] = −0.05 at the Sun's radius); the thick
 #: disc and the halo have none
 THIN_DISC_FEH_GRADIENT = -0.06
+#: the intrinsic [X/Fe] scatter about :data:`XFE_RELATIONS` as a fraction of its σ, which were fitted
+#: to catalogue values and so hold that catalogue's measurement errors (~0.03–0.04 dex in quadrature:
+#: sqrt(0.045² − 0.035²) ≈ 0.6 × 0.045); the apogee-galah preset draws its stars with it, and its
+#: surveys add their own noise on top (docs/simulate.md)
+INTRINSIC_XFE_SCATTER_SCALE = 0.6
 STAGES = np.array(["dwarf", "subgiant", "rgb", "rc"])
 POPULATIONS = ("thin", "thick", "halo")
 
@@ -173,8 +178,9 @@ def _velocities(rng, comp, x, y):
     return vx, vy, vz
 
 
-def _chemistry(rng, comp, R):
-    """[Fe/H], [α/Fe] and [X/Fe] (dict) for each star's component and radius."""
+def _chemistry(rng, comp, R, xfe_scatter_scale=1.0):
+    """[Fe/H], [α/Fe] and [X/Fe] (dict) for each star's component and radius; the [X/Fe] scatter
+    about their relations is ``xfe_scatter_scale`` × :data:`XFE_RELATIONS`' (the same draws)."""
     n = len(comp)
     feh = np.select(
         [comp == 0, comp == 1],
@@ -190,7 +196,7 @@ def _chemistry(rng, comp, R):
     s_factor = rng.normal(0, 1, n) + np.where(comp == 0, 0.3, -0.3)
     xfe = {}
     for x, (a, b, c, dd, sig) in XFE_RELATIONS.items():
-        xfe[x] = a + b * feh + c * alpha + dd * s_factor + rng.normal(0, sig, n)
+        xfe[x] = a + b * feh + c * alpha + dd * s_factor + rng.normal(0, sig * xfe_scatter_scale, n)
     return feh, alpha, xfe
 
 
@@ -212,7 +218,7 @@ def _absolute_g(teff, logg, stage):
 
 def simulate_population(n, seed=0, rng=None, id_offset=0, population_fractions=(0.80, 0.15, 0.05),
                         cluster_fraction=0.04, binary_fraction=0.04, cluster_size=(8, 40),
-                        stage_probs=(0.52, 0.13, 0.23, 0.12)):
+                        stage_probs=(0.52, 0.13, 0.23, 0.12), xfe_scatter_scale=1.0):
     """Draw a mock stellar population.
 
     Parameters
@@ -234,6 +240,10 @@ def simulate_population(n, seed=0, rng=None, id_offset=0, population_fractions=(
         Range of cluster membership.
     stage_probs : (4,) float
         Field fractions of dwarfs, subgiants, red-giant-branch and red-clump stars.
+    xfe_scatter_scale : float
+        The stars' [X/Fe] scatter about :data:`XFE_RELATIONS` in units of that table's σ (fitted to
+        a catalogue, so they hold its measurement errors too); the apogee-galah preset uses
+        :data:`INTRINSIC_XFE_SCATTER_SCALE`. 1 (default): the draws of earlier versions.
 
     Returns
     -------
@@ -262,8 +272,8 @@ def simulate_population(n, seed=0, rng=None, id_offset=0, population_fractions=(
     vx, vy, vz = _velocities(rng, comp, x, y)
     cvx, cvy, cvz = _velocities(rng, np.zeros(n_clu, int), cx, cy)
 
-    feh, alpha, xfe = _chemistry(rng, comp, np.hypot(x, y))
-    cfeh, calpha, cxfe = _chemistry(rng, np.zeros(n_clu, int), np.hypot(cx, cy))
+    feh, alpha, xfe = _chemistry(rng, comp, np.hypot(x, y), xfe_scatter_scale)
+    cfeh, calpha, cxfe = _chemistry(rng, np.zeros(n_clu, int), np.hypot(cx, cy), xfe_scatter_scale)
 
     # --- assemble: field (incl. primaries) | secondaries | cluster members
     prim_idx = np.arange(n_field, n_prim)  # the last n_pairs field stars are binary primaries

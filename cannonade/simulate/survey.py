@@ -46,7 +46,8 @@ from cannonade.simulate.layout import (
     galah_columns,
     truth_columns,
 )
-from cannonade.simulate.population import NAMED_CLUSTERS, NamedCluster, named_cluster_members, simulate_population
+from cannonade.simulate.population import (INTRINSIC_XFE_SCATTER_SCALE, NAMED_CLUSTERS, NamedCluster, named_cluster_members,
+                                           simulate_population)
 from cannonade.simulate.realism import REFERENCE_ERROR_LABELS, SYSTEMATIC_LABELS, as_realism, draw_error_factors
 from cannonade.simulate.systematics import CROSS_LABELS, as_systematics, cross_survey_systematics
 from cannonade.simulate.writers import FitsTableWriter, card
@@ -299,7 +300,8 @@ def _simulate_apogee_galah_chunk(out, seed, ci, c0, m, params, writers, state, c
     per = np.full(len(clusters), n_cl // max(len(clusters), 1), int)
     per[: n_cl - int(per.sum())] += 1
     field = simulate_population(m - n_cl, rng=_chunk_rng(seed, ci, 0), id_offset=c0, cluster_fraction=0.0,
-                                binary_fraction=params["binary_fraction"], stage_probs=APOGEE_GALAH_STAGES)
+                                binary_fraction=params["binary_fraction"], stage_probs=APOGEE_GALAH_STAGES,
+                                xfe_scatter_scale=INTRINSIC_XFE_SCATTER_SCALE)
     field["cluster_name"] = np.full(len(field), "", dtype="U12")
     if n_cl:
         stars = vstack([field, named_cluster_members(per, _chunk_rng(seed, ci, 9), c0 + m - n_cl, clusters)],

@@ -449,15 +449,15 @@ def continuum_gaussian_batch(wavelength, flux, ivar, sigma=50.0, truncate=150.0)
         raise ConfigError(f"continuum kernel needs sigma > 0 and truncate > 0, got {sigma}, {truncate}")
     good = (ivar > 0) & np.isfinite(ivar) & np.isfinite(flux)
     n = flux.shape[0]
-    X = np.empty((2 * n, flux.shape[1]))  # numerator and denominator rows in one product
-    np.copyto(X[n:], ivar, where=good)
-    X[n:][~good] = 0.0
-    np.multiply(X[n:], np.where(good, flux, 0.0), out=X[:n])
+    X = np.zeros((2 * n, flux.shape[1]))  # numerator and denominator rows in one product
+    np.copyto(X[n:], ivar, where=good)  # w = ivar where good, else 0
+    np.multiply(X[n:], flux, out=X[:n], where=good)  # w f where good, else 0
     S = _smooth(wavelength, X, sigma, truncate)
     num, den = S[:n], S[n:]
     with np.errstate(divide="ignore", invalid="ignore"):
-        cont = np.where(den > 0, num / den, np.nan)
-    return cont
+        np.divide(num, den, out=num)
+    num[~(den > 0)] = np.nan
+    return num
 
 
 def continuum_gaussian(wavelength, flux, ivar, sigma=50.0, truncate=150.0):

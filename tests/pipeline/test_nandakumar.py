@@ -64,14 +64,12 @@ def test_scaling_removes_the_survey_offsets(scaled):
         r = t[(t["label"] == label) & (t["stage"] == stage)][0]
         return float(r["mean"]), float(r["sigma"])
 
-    # the issue asks >= 80 % for both labels on both scales, and sigma down; measured on this mock
-    # (2026-11-30, GALAH label errors at the apogee-galah preset's scale): [Fe/H] 91 % / 93 %
-    # (sigma 0.172 -> 0.062 / 0.079), [alpha/Fe] 99 % / 79 % (sigma 0.051 -> 0.049 / 0.048); the
-    # GALAH-scale [alpha/Fe] case is held to 70 % (on the demo's mock it is 93 % but its sigma
-    # rises: docs/pipeline.md)
+    # the issue's acceptance: >= 80 % for both labels on both scales, and sigma down; measured on
+    # this mock (2026-11-30): [Fe/H] 92 % / 91 % (sigma 0.172 -> 0.051 / 0.081), [alpha/Fe] 93 % /
+    # 83 % (sigma 0.051 -> 0.048 / 0.044)
     for label, stage, shrink, sigma_factor in (("fe_h", "after_apogee_scale", 0.8, 1.0), ("fe_h", "after_galah_scale", 0.8, 1.0),
                                                ("alpha_fe", "after_apogee_scale", 0.8, 1.0),
-                                               ("alpha_fe", "after_galah_scale", 0.7, 1.0)):
+                                               ("alpha_fe", "after_galah_scale", 0.8, 1.0)):
         before, sig_before = get(label, "before")
         assert abs(before) > 0.03, (label, before)  # the mock's injected systematic is there
         after, sig_after = get(label, stage)

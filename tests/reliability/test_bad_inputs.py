@@ -450,3 +450,21 @@ def test_unregistering_an_unknown_reader_names_it_and_the_registered_ones():
     assert "'lamots'" in message and "did you mean 'lamost'" in message and all(repr(n) in message for n in names)
     assert not message.startswith('"')  # readable, not KeyError's quoted repr
     assert [ld.name for ld in readers.registered_readers()] == names
+
+
+def test_a_duplicated_id_in_the_labels_table_is_counted_and_skipped_never_averaged():
+    """A star listed twice in a labels table: its first row is the training star, the repeat is
+    skipped and counted (``n_duplicate_ids``, in the summary); every other star is as without it."""
+    from astropy.table import Table
+
+    from cannonade.tasks.training import join_labels
+
+    store_ids = np.array(["a", "b", "c", "d"])
+    snr = np.array([50.0, 60.0, 70.0, 80.0])
+    t = Table({"obj_id": ["a", "b", "b", "c"], "teff": [5000.0, 5100.0, 9999.0, 5200.0], "logg": [4.0, 4.1, 0.5, 4.2]})
+    ts = join_labels(t, store_ids, snr, ["teff", "logg"], id_column="obj_id")
+    clean = join_labels(t[[0, 1, 3]], store_ids, snr, ["teff", "logg"], id_column="obj_id")
+    assert ts.counts["n_duplicate_ids"] == 1 and "1 duplicate ids skipped" in ts.summary()
+    np.testing.assert_array_equal(ts.labels, clean.labels)
+    assert 9999.0 not in ts.labels[:, 0]
+    assert t["teff"][2] == 9999.0  # the input table is not modified
