@@ -159,10 +159,10 @@ def _overlap_sums(lo, hi, nlo, nhi, f0, var0, bad):
     return new_f, new_var, n_bad, coverage
 
 
-def _resampling_entries(wavelength, new_wavelength):
-    """Non-zero entries (rows, cols, R_ji) of the rebinning map and the output coverage."""
-    lo, hi = pixel_edges(wavelength)
-    nlo, nhi = _edges_cached(new_wavelength)
+def _resampling_entries(wavelength, new_wavelength, edges=None):
+    """Non-zero entries (rows, cols, R_ji) of the rebinning map and the output coverage
+    (``edges``: the input and output pixel edges ``(lo, hi, nlo, nhi)`` when already known)."""
+    lo, hi, nlo, nhi = edges if edges is not None else (*pixel_edges(wavelength), *_edges_cached(new_wavelength))
     rows, cols, overlap = _overlap_entries(lo, hi, nlo, nhi)
     frac = overlap / (nhi - nlo)[rows]
     keep = frac > _OVERLAP_TOL
@@ -263,7 +263,7 @@ def resample(wavelength, flux, ivar, new_wavelength):
     nlo, nhi = _edges_cached(new_wavelength)
     summed = _overlap_sums(lo, hi, nlo, nhi, f0, var0, ~good_in)
     if summed is None:  # an output pixel spans many input pixels: the explicit sparse entries
-        rows, cols, frac, coverage = _resampling_entries(wavelength, new_wavelength)
+        rows, cols, frac, coverage = _resampling_entries(wavelength, new_wavelength, (lo, hi, nlo, nhi))
         n_out = coverage.size
         new_f = np.bincount(rows, weights=frac * f0[cols], minlength=n_out)  # R f
         new_var = np.bincount(rows, weights=frac * frac * var0[cols], minlength=n_out)  # (R o R) var
@@ -443,10 +443,7 @@ def continuum_gaussian_batch(wavelength, flux, ivar, sigma=50.0, truncate=150.0)
     """
     flux = np.atleast_2d(np.asarray(flux, dtype=np.float64))
     ivar = np.atleast_2d(np.asarray(ivar, dtype=np.float64))
-    if flux.shape != ivar.shape or flux.shape[-1] != np.size(wavelength):
-        raise ShapeError(f"flux {flux.shape}, ivar {ivar.shape} and wavelength ({np.size(wavelength)},) disagree")
-    if not (sigma > 0 and truncate > 0):
-        raise ConfigError(f"continuum kernel needs sigma > 0 and truncate > 0, got {sigma}, {truncate}")
+    _check_shapes(wavelength, flux, ivar)
     good = (ivar > 0) & np.isfinite(ivar) & np.isfinite(flux)
     n = flux.shape[0]
     X = np.zeros((2 * n, flux.shape[1]))  # numerator and denominator rows in one product

@@ -286,8 +286,6 @@ _GZIP_MAGIC = b"\x1f\x8b"
 #: tile-compressed image's pixels): a survey spectrum is a few MB at most. A larger file is
 #: refused, never read or inflated past this (a decompression bomb costs at most this much).
 MAX_SPECTRUM_BYTES = 256 * 2**20
-#: FITS's BITPIX values
-_FITS_BITPIX = (8, 16, 32, 64, -32, -64)
 _MAX_NAXIS = 999
 
 
@@ -375,9 +373,9 @@ def _integer_key(h, key, path, k, default=None, low=0, high=None):
 
 def _bitpix(h, key, path, k):
     value = h.get(key)
-    if isinstance(value, bool) or value not in _FITS_BITPIX:
+    if isinstance(value, bool) or value not in BITPIX:
         raise SpectrumFormatError(f"{path}: HDU {k}: header key {key} = {value!r} is not a FITS value "
-                                  f"({', '.join(map(str, _FITS_BITPIX))})")
+                                  f"({', '.join(map(str, BITPIX))})")
     return value
 
 
@@ -450,19 +448,21 @@ def check_hdus(raw, path):
     return out
 
 
-def open_fits(path, raw=None):
+def open_fits(path, raw=None, checked=False):
     """Open a FITS file fully in memory, raising SpectrumFormatError on any problem.
 
     Checks the FITS signature, that every HDU's declared data lie inside the file and fit in
     memory (:func:`check_hdus`, before astropy sees the bytes: astropy reads lazily and only warns
-    on truncation), and forces every data array to be read.
+    on truncation; ``checked=True``: the caller has run it on ``raw``), and forces every data
+    array to be read.
     """
     from astropy.io import fits
     from astropy.utils.exceptions import AstropyWarning
 
     path = str(path)
     raw = read_bytes(path) if raw is None else raw
-    check_hdus(raw, path)
+    if not checked:
+        check_hdus(raw, path)
     try:
         with warnings.catch_warnings():
             # astropy only warns on truncation / non-standard cards; checked by check_hdus
@@ -625,7 +625,7 @@ def load_file(path, loaders, unknown="unknown spectrum layout", **kwargs):
             if layout:
                 with as_format_error(path):
                     return _checked(loader.load_raw(raw, h0, data_start, path, layout, **kwargs), path, loader)
-    hdul = open_fits(path, raw)
+    hdul = open_fits(path, raw, checked=True)
     try:
         with as_format_error(path):
             for loader in loaders:
