@@ -267,19 +267,23 @@ class ProcessBackend:
             raise RuntimeError("ProcessBackend.imap_unordered used outside its 'with' block")
         tasks = iter(tasks)
         pending = {}  # future -> (k, args)
+        refused = []  # (k, args) the pool refused: a worker died after the last wait, before submit
 
         def top_up():
-            while len(pending) < self.max_in_flight:
+            while not refused and len(pending) < self.max_in_flight:
                 try:
                     k, args = next(tasks)
                 except StopIteration:
                     return
-                pending[self._pool.submit(fn, k, *args)] = (k, args)
+                try:
+                    pending[self._pool.submit(fn, k, *args)] = (k, args)
+                except BrokenProcessPool:  # never started: rerun with the pool's broken calls
+                    refused.append((k, args))
 
         top_up()
-        while pending:
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
-            broken = []
+        while pending or refused:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED) if pending else (set(), set())
+            broken, refused[:] = list(refused), []
             for fut in done:
                 k, args = pending.pop(fut)
                 if isinstance(fut.exception(), BrokenProcessPool):

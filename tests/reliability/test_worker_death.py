@@ -152,3 +152,27 @@ def test_without_reruns_the_error_names_every_chunk_that_was_running():
             for k, result in be.imap_unordered(_exit_on_one, ((k, ()) for k in range(6))):
                 got.append((k, result))
     assert all(result == 10 * k for k, result in got) and 1 not in dict(got)
+
+
+def test_a_call_the_broken_pool_refuses_is_rerun_not_lost():
+    """A worker can die between the wait for finished calls and the next submit: the pool then
+    refuses the submit (BrokenProcessPool). That call never ran; it is rerun with the pool's
+    broken calls, and every call's result comes back once (the pool's refusal is simulated,
+    deterministically, on the second submit)."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    from cannonade.execution import ProcessBackend
+
+    with ProcessBackend(workers=1, max_in_flight=1) as be:
+        real, calls = be._pool.submit, []
+
+        def submit(fn, *args):
+            calls.append(args[0])
+            if len(calls) == 2:
+                raise BrokenProcessPool("a child process terminated abruptly (simulated)")
+            return real(fn, *args)
+
+        be._pool.submit = submit
+        out = list(be.imap_unordered(pow, ((k, (2,)) for k in range(4))))
+    assert sorted(out) == [(k, k**2) for k in range(4)]
+    assert calls[:2] == [0, 1]  # call 1 was refused, and still came back
