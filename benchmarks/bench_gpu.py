@@ -53,7 +53,27 @@ def timed(fn):
 
 def sync():
     if "cupy" in sys.modules:
-        sys.modules["cupy"].cuda.get_current_device().synchronize()
+        sys.modules["cupy"].cuda.runtime.deviceSynchronize()
+
+
+def profiled(fn, title):
+    """fn() under cProfile; prints its 25 costliest functions by own time to stderr."""
+    import cProfile
+    import pstats
+
+    prof = cProfile.Profile()
+    out = prof.runcall(lambda: (fn(), sync())[0])
+    print(f"[bench] profile of {title}:", file=sys.stderr)
+    pstats.Stats(prof, stream=sys.stderr).sort_stats("tottime").print_stats(25)
+    return out
+
+
+def gpu_name():
+    """The current CUDA device's name (CuPy must be importable)."""
+    import cupy
+
+    name = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)["name"]
+    return name.decode() if isinstance(name, bytes) else str(name)
 
 
 def load_data(n_test):
@@ -91,6 +111,8 @@ def main(argv=None):
     ap.add_argument("--chunk", type=int, default=20_000, help="spectra generated and inferred per call")
     ap.add_argument("--gpu-star-chunk", type=int, default=None,
                     help="star_chunk of the GPU model (default: the model's own, as on the CPU)")
+    ap.add_argument("--profile", action="store_true",
+                    help="print the 25 costliest functions (cProfile, own time) of the GPU fit and first infer")
     args = ap.parse_args(argv)
 
     from cannonade import CannonModel
@@ -101,14 +123,13 @@ def main(argv=None):
         return 0
     import cupy
 
-    dev = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
-    gpu_name = dev["name"].decode() if isinstance(dev["name"], bytes) else str(dev["name"])
+    name = gpu_name()
     data = load_data(args.n_test)
     names = [str(x) for x in data["label_names"]]
     tl, tf, ti = data["train_labels"], data["train_flux"], data["train_ivar"]
     xf, xi = data["test_flux"].astype(np.float32), data["test_ivar"].astype(np.float32)
     N, P = tf.shape
-    print(f"[bench] {gpu_name}, CuPy {cupy.__version__}; {os.cpu_count()} CPU cores; "
+    print(f"[bench] {name}, CuPy {cupy.__version__}; {os.cpu_count()} CPU cores; "
           f"training {N} x {P}, {len(names)} labels", file=sys.stderr)
 
     def model(device, **kw):
@@ -117,6 +138,14 @@ def main(argv=None):
     # warm-up: CuPy compiles (or loads from its disk cache) every kernel on first use
     _, t_warm = timed(lambda: model("gpu").fit(tl[:300], tf[:300, :200], ti[:300, :200]).infer(xf[:50, :200], xi[:50, :200]))
     print(f"[bench] GPU warm-up (kernel compilation, CUDA context): {t_warm:.1f} s", file=sys.stderr)
+
+    if args.profile:
+        m = profiled(lambda: model("gpu").fit(tl, tf, ti), "the GPU fit")
+        with tempfile.TemporaryDirectory() as tmp:
+            m.save(Path(tmp) / "m.npz")
+            m = CannonModel.load(Path(tmp) / "m.npz")
+        m.device, m.show_progress = "gpu", False
+        profiled(lambda: m.infer(xf, xi), "the GPU first infer")
 
     rows = []
     fitted = {}
@@ -159,7 +188,7 @@ def main(argv=None):
 
     print()
     print(f"GPU backend at the LAMOST shape ({N} training stars x {P} pixels, {len(names)} labels, 55 terms); "
-          f"{gpu_name} vs {os.cpu_count()} CPU cores")
+          f"{name} vs {os.cpu_count()} CPU cores")
     print()
     print("| step | CPU s | GPU s | CPU / GPU |")
     print("|---|---:|---:|---:|")

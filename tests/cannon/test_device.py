@@ -13,6 +13,7 @@ Three kinds of test:
 * on a GPU (skipped unless :func:`gpu_available`): fit and infer on the GPU against the CPU.
 """
 
+import copy
 import hashlib
 import sys
 import types
@@ -290,10 +291,22 @@ def test_fit_and_infer_on_the_gpu_agree_with_the_cpu(data):
     # 1e-6 relative; near-zero entries (θ's small terms, s² at the boundary) of their column's largest
     dtheta = np.abs(gpu_m.theta_ - cpu.theta_)
     assert np.all(dtheta <= 1e-6 * (np.abs(cpu.theta_) + np.abs(cpu.theta_).max(axis=0))), dtheta.max()
-    assert np.all(np.abs(gpu_m.s2_ - cpu.s2_) <= 1e-6 * (cpu.s2_ + cpu.s2_.max()))
-    r_cpu, r_gpu = cpu.infer(tf, ti), gpu_m.infer(tf, ti)
+    # s² is iterated to a stopping rule (fit_scatter: ~1e-3 relative in s left), and rounding can
+    # stop a pixel one step earlier on one device: 1e-6 at most pixels, the rule's own
+    # tolerance at the rest (an H200 run: 2 of 80 pixels differed by 1e-5 relative)
+    ds2 = np.abs(gpu_m.s2_ - cpu.s2_)
+    assert np.mean(ds2 <= 1e-6 * (cpu.s2_ + cpu.s2_.max())) >= 0.9
+    assert np.all(ds2 <= 2e-3 * cpu.s2_ + 1e-6 * cpu.s2_.max())
+    # one model, inferred on each device: labels to 1e-6 of each label's scale
+    r_cpu = cpu.infer(tf, ti)
+    on_gpu = copy.copy(cpu)
+    on_gpu.device = "gpu"
+    r_gpu = on_gpu.infer(tf, ti)
     assert np.array_equal(r_gpu.snr, r_cpu.snr, equal_nan=True)
     assert np.all(np.abs(r_gpu.labels - r_cpu.labels) <= 1e-6 * cpu.scaler_.scale_)
+    # the GPU-trained model (its s² within the stopping rule): labels within 1e-3 of their formal errors
+    r_gpu_m = gpu_m.infer(tf, ti)
+    assert np.all(np.abs(r_gpu_m.labels - r_cpu.labels) <= 1e-3 * r_cpu.raw_errors)
     np.testing.assert_allclose(gpu_m.predict(lab[:5]), cpu.predict(lab[:5]), rtol=1e-6)
     np.testing.assert_allclose(gpu_m.pixel_chi2(lab[:5], tf[:5], ti[:5]), cpu.pixel_chi2(lab[:5], tf[:5], ti[:5]),
                                rtol=1e-5, atol=1e-9)
