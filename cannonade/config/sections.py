@@ -174,6 +174,10 @@ class ScalingSection:
     target_windows: Path | None = field(default=None, metadata=doc("line windows of the target survey's spectra ('' = shipped for its survey)"))
     reference_windows: Path | None = field(default=None, metadata=doc("line windows of the reference survey's spectra ('' = shipped for its survey)"))
     missing_labels: Literal["impute", "drop"] = field(default="impute", metadata=doc("training stars with a missing reference label: impute it from the spectrum, or drop the star"))
+    refine_labels: int = field(default=0, metadata=doc("rounds of refining each survey's training labels by the training spectra of both surveys "
+                                                      "(cross-validated predictions and catalogue values, inverse-variance weighted; "
+                                                      "cannonade.cannon.refinement; not in the paper): 0 = the paper's catalogue labels", minimum=0))
+    refine_folds: int = field(default=4, metadata=doc("cross-validation folds of each refining round", minimum=2))
     giant_logg: float = field(default=3.5, metadata=doc("giants have reference log g below this in tables/systematics.csv (Nandakumar+2022 Sec. 3.2)"))
     clusters: Path | None = field(default=None, metadata=doc("cluster member list ('ID logg cluster' lines, or a table with id and cluster columns); '' skips the cluster table"))
     target_spectra_flag: str = field(default="STARFLAG", metadata=doc("target column copied to flag_spectra ('' = none)"))

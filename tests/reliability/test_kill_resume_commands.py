@@ -281,6 +281,7 @@ NANDAKUMAR_EDITS = {  # a tiny run of the example configuration: ~60 s on 2 core
     'labels = ["teff", "logg", "fe_h", "alpha_fe", "vmic", "vbroad"]': 'labels = ["teff", "logg", "fe_h", "alpha_fe"]',
     'censor = { alpha_fe = ["Si", "Mg", "Ti", "Ca"] }': "",
     "order = 2": "order = 1",
+    "refine_folds = 4": "refine_folds = 2",
 }
 
 

@@ -12,10 +12,13 @@ over the training set (``tables/residuals_<model>.csv``).
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from cannonade.cannon.crossval import cross_validate
 from cannonade.cannon.model import CannonModel
+from cannonade.cannon.refinement import combine_labels, deattenuate, spectral_errors
 from cannonade.cannon.spectral_setup import SpectralSetup
 from cannonade.exceptions import ConfigError
 from cannonade.pipeline.inputs import column
@@ -157,25 +160,94 @@ def _with_repeats(flux, ivar, ids):
     return flux[keep], ivar[keep], ids[keep]
 
 
-def train_pair(run, name, spectra_side, label_side, cs, repeats=None):
-    cfg, tcfg = run.cfg, run.cfg.training
+def training_spectra(run, spectra_side, cs):
+    """The training stars' spectra in ``spectra_side``'s store: (flux, ivar, setup, wavelength, censors)."""
+    train = np.asarray(cs["in_training"], bool)
+    with SpectraStore(run.path(f"{spectra_side}.h5")) as st:
+        flux, ivar = st.read_rows(np.asarray(cs[f"{spectra_side}_store_row"])[train])
+        setup, wavelength = SpectralSetup.from_store(st), st.wavelength
+    return flux, ivar, setup, wavelength, censor_masks(run.cfg, spectra_side, wavelength)
+
+
+def training_labels(cfg, cs, label_side):
+    """The training stars' catalogue labels and errors of ``label_side``: (N, L) each."""
     train = np.asarray(cs["in_training"], bool)
     labs = list(cfg.scaling.labels)
     labels = np.column_stack([np.asarray(cs[f"{label_side}_{lab}"], float)[train] for lab in labs])
     errors = np.column_stack([np.asarray(cs[f"{label_side}_e_{lab}"], float)[train] for lab in labs])
-    with SpectraStore(run.path(f"{spectra_side}.h5")) as st:
-        flux, ivar = st.read_rows(np.asarray(cs[f"{spectra_side}_store_row"])[train])
-        setup, wavelength = SpectralSetup.from_store(st), st.wavelength
-    censors = censor_masks(cfg, spectra_side, wavelength)
-    missing = "impute" if cfg.scaling.missing_labels == "impute" and not np.isfinite(labels).all() else "refuse"
-    m = CannonModel(labs, order=tcfg.order, scale=tcfg.scale, scatter=tcfg.scatter, regularization=tcfg.regularization,
-                    censors=censors, name=name, device=cfg.run.device)
+    return labels, errors
+
+
+def _missing_mode(cfg, labels):
+    return "impute" if cfg.scaling.missing_labels == "impute" and not np.isfinite(labels).all() else "refuse"
+
+
+def _new_model(cfg, censors, name=None, show_progress=True):
+    t = cfg.training
+    return CannonModel(list(cfg.scaling.labels), order=t.order, scale=t.scale, scatter=t.scatter,
+                       regularization=t.regularization, censors=censors, name=name, device=cfg.run.device,
+                       show_progress=show_progress)
+
+
+def refine_training_labels(run, cs, label_side, labels, errors, spectra):
+    """``labels`` refined by the training spectra of both surveys (:mod:`cannonade.cannon.refinement`).
+
+    ``scaling.refine_labels`` rounds: in each, a model per survey's spectra is cross-validated
+    (``scaling.refine_folds`` folds) on the current labels, and each star's catalogue label is
+    combined with both out-of-sample predictions. ``spectra``: side -> :func:`training_spectra`.
+    Returns (labels, errors) refined, and writes ``cv/<survey>_refined_labels.fits``.
+    """
+    from astropy.table import Table
+
+    cfg = run.cfg
+    current = labels
+    for k in range(cfg.scaling.refine_labels):
+        preds, errs = [], []
+        for side in ("target", "reference"):
+            flux, ivar, _, _, censors = spectra(side)
+            cv = cross_validate(_new_model(cfg, censors, show_progress=False), current, flux, ivar, k=cfg.scaling.refine_folds,
+                                seed=cfg.run.seed, missing=_missing_mode(cfg, current))
+            pred = deattenuate(cv.predicted, labels, errors)
+            preds.append(pred)
+            errs.append(spectral_errors(pred, labels, errors))
+        current, refined_errors = combine_labels(labels, errors, preds, errs)
+        survey = getattr(cfg, label_side).survey
+        run.log.info("[scaled_train] %s labels refined by the training spectra, round %d of %d: prediction errors %s; "
+                     "label errors %s -> %s (medians)", survey, k + 1, cfg.scaling.refine_labels,
+                     " / ".join(", ".join(f"{x:.3g}" for x in e) for e in errs),
+                     ", ".join(f"{x:.3g}" for x in np.nanmedian(errors, axis=0)),
+                     ", ".join(f"{x:.3g}" for x in np.nanmedian(refined_errors, axis=0)))
+    t = Table({"common_row": np.flatnonzero(np.asarray(cs["in_training"], bool))})
+    for j, lab in enumerate(cfg.scaling.labels):
+        t[lab] = labels[:, j]
+        t[f"{lab}_refined"] = current[:, j]
+        t[f"e_{lab}_refined"] = refined_errors[:, j]
+    run.write_table(t, f"cv/{getattr(cfg, label_side).survey}_refined_labels.fits")
+    return current, refined_errors
+
+
+def train_pair(run, name, spectra_side, label_side, cs, spectra, labels, errors, repeats=None, catalogue=None):
+    """Train, cross-validate, calibrate and save one model; ``spectra``: :func:`training_spectra`
+    of ``spectra_side``; ``labels``, ``errors``: the training labels (catalogue or refined).
+
+    ``catalogue``: (labels, errors) of the catalogue when ``labels`` are refined ones. The model
+    and its CV folds are trained on the refined labels, but the CV is scored, and the model
+    calibrated and its distance flag scaled, against the catalogue's labels and quoted errors:
+    the survey's scale, as without refinement."""
+    cfg, tcfg = run.cfg, run.cfg.training
+    train = np.asarray(cs["in_training"], bool)
+    flux, ivar, setup, wavelength, censors = spectra
+    missing = _missing_mode(cfg, labels)
+    m = _new_model(cfg, censors, name=name)
     run.log.info("[scaled_train] %s: %s spectra x %s labels, %d stars x %d pixels, %d terms%s", name, getattr(cfg, spectra_side).survey,
                  getattr(cfg, label_side).survey, len(labels), flux.shape[1], m.n_terms,
                  f"; {int((~np.isfinite(labels)).sum())} missing labels imputed" if missing == "impute" else "")
     m.fit(labels, flux, ivar, setup=setup, missing=missing,
           provenance=run.provenance(input_store=run.path(f"{spectra_side}.h5"), command=f"cannonade run: model {name!r}"))
     cv = cross_validate(m, labels, flux, ivar, k=tcfg.cv_folds, seed=cfg.run.seed, missing=missing)
+    if catalogue is not None:
+        cv = dataclasses.replace(cv, truth=np.asarray(catalogue[0], float))
+        errors = catalogue[1]
     if cfg.calibration.enabled:
         c = cfg.calibration
         run.log.info("[scaled_train] %s: calibrating from %d CV stars and %d repeat spectra of %d stars", name, len(cv.truth),
@@ -208,12 +280,25 @@ def execute(run):
     for d in ("models", "cv", "tables"):
         run.path(d).mkdir(exist_ok=True)
     cs = read_common(run)
+    cfg = run.cfg
+    cache = {}
+
+    def spectra(side):  # each store's training spectra, read once for its two models
+        if side not in cache:
+            cache[side] = training_spectra(run, side, cs)
+        return cache[side]
+
+    labels, catalogue = {}, {}
+    for side in ("target", "reference"):
+        lab, err = catalogue[side] = training_labels(cfg, cs, side)
+        labels[side] = refine_training_labels(run, cs, side, lab, err, spectra) if cfg.scaling.refine_labels else (lab, err)
     summaries, info = [], {}
     repeats = {}
-    if run.cfg.calibration.enabled:  # each survey's repeat spectra, read once for its two models
+    if cfg.calibration.enabled:  # each survey's repeat spectra, read once for its two models
         repeats = {"target": target_repeats(run), "reference": reference_repeats(run)}
-    for name, (s, lab) in model_names(run.cfg).items():
-        sm = train_pair(run, name, s, lab, cs, repeats=repeats.get(s))
+    for name, (s, lab) in model_names(cfg).items():
+        sm = train_pair(run, name, s, lab, cs, spectra(s), *labels[lab], repeats=repeats.get(s),
+                        catalogue=catalogue[lab] if cfg.scaling.refine_labels else None)
         summaries.append(sm)
         info[name] = {"scatter": dict(zip(sm["label"], np.round(sm["scatter"], 5)))}
     run.write_table(vstack(summaries), "cv/cv_summary.csv")
