@@ -22,28 +22,18 @@ shrinks. Not in Nandakumar+2022 (off by default there; ``scaling.refine_labels``
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
+from cannonade.cannon.crossval import half_percentile_width
 from cannonade.exceptions import ShapeError
 
-__all__ = ["SPECTRAL_ERROR_FLOOR", "half_width", "deattenuate", "spectral_errors", "combine_labels"]
+__all__ = ["SPECTRAL_ERROR_FLOOR", "deattenuate", "spectral_errors", "combine_labels"]
 
 #: a model's prediction error is at least this fraction of its CV scatter about the catalogue
 #: labels (where the quoted errors would explain all of that scatter, the spectra are not exact)
 SPECTRAL_ERROR_FLOOR = 0.3
-
-
-def half_width(x, axis=0):
-    """Half of the 84th − 16th percentile of the finite values along ``axis`` (NaN with fewer than 2)."""
-    x = np.asarray(x, dtype=float)
-    x = np.moveaxis(x, axis, -1)
-    out = np.full(x.shape[:-1], np.nan)
-    for idx in np.ndindex(out.shape):  # per label: a handful of columns
-        v = x[idx][np.isfinite(x[idx])]
-        if v.size >= 2:
-            lo, hi = np.percentile(v, [16, 84])
-            out[idx] = 0.5 * (hi - lo)
-    return out
 
 
 def _median_error(errors):
@@ -122,7 +112,9 @@ def spectral_errors(predictions, labels, errors):
         label has none).
     """
     predictions, labels, errors = _check(predictions, labels, errors)
-    w = half_width(predictions - labels)
+    with warnings.catch_warnings():  # a label no star was predicted for: NaN, so no weight
+        warnings.simplefilter("ignore", RuntimeWarning)
+        w = half_percentile_width(predictions - labels)
     e = np.nan_to_num(_median_error(errors), nan=0.0)
     return np.sqrt(np.maximum(w * w - e * e, (SPECTRAL_ERROR_FLOOR * w) ** 2))
 

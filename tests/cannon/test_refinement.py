@@ -4,7 +4,8 @@ errors, and the recovery of known truth from noisy catalogue labels and noisy pr
 import numpy as np
 import pytest
 
-from cannonade.cannon.refinement import SPECTRAL_ERROR_FLOOR, combine_labels, deattenuate, half_width, spectral_errors
+from cannonade.cannon.crossval import half_percentile_width
+from cannonade.cannon.refinement import SPECTRAL_ERROR_FLOOR, combine_labels, deattenuate, spectral_errors
 from cannonade.exceptions import CannonadeError, ShapeError
 
 
@@ -68,7 +69,7 @@ def test_the_prediction_error_has_a_floor():
     labels = rng.normal(size=(5000, 1))
     pred = labels + 0.1 * rng.normal(size=labels.shape)
     errors = np.full(labels.shape, 0.5)  # quoted errors larger than the whole scatter
-    w = half_width(pred - labels)
+    w = half_percentile_width(pred - labels)
     assert spectral_errors(pred, labels, errors)[0] == pytest.approx(SPECTRAL_ERROR_FLOOR * w[0])
 
 

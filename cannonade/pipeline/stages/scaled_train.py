@@ -195,7 +195,7 @@ def refine_training_labels(run, cs, label_side, labels, errors, spectra):
     ``scaling.refine_labels`` rounds: in each, a model per survey's spectra is cross-validated
     (``scaling.refine_folds`` folds) on the current labels, and each star's catalogue label is
     combined with both out-of-sample predictions. ``spectra``: side -> :func:`training_spectra`.
-    Returns (labels, errors) refined, and writes ``cv/<survey>_refined_labels.fits``.
+    Returns the refined labels; ``cv/<survey>_refined_labels.fits`` keeps them with their errors.
     """
     from astropy.table import Table
 
@@ -223,17 +223,17 @@ def refine_training_labels(run, cs, label_side, labels, errors, spectra):
         t[f"{lab}_refined"] = current[:, j]
         t[f"e_{lab}_refined"] = refined_errors[:, j]
     run.write_table(t, f"cv/{getattr(cfg, label_side).survey}_refined_labels.fits")
-    return current, refined_errors
+    return current
 
 
-def train_pair(run, name, spectra_side, label_side, cs, spectra, labels, errors, repeats=None, catalogue=None):
+def train_pair(run, name, spectra_side, label_side, cs, spectra, labels, catalogue, repeats=None):
     """Train, cross-validate, calibrate and save one model; ``spectra``: :func:`training_spectra`
-    of ``spectra_side``; ``labels``, ``errors``: the training labels (catalogue or refined).
+    of ``spectra_side``.
 
-    ``catalogue``: (labels, errors) of the catalogue when ``labels`` are refined ones. The model
-    and its CV folds are trained on the refined labels, but the CV is scored, and the model
-    calibrated and its distance flag scaled, against the catalogue's labels and quoted errors:
-    the survey's scale, as without refinement."""
+    ``labels``: the training labels, the catalogue's or refined ones (:func:`refine_training_labels`);
+    ``catalogue``: (labels, errors) of the catalogue. The model and its CV folds are trained on
+    ``labels``; the CV is scored, and the model calibrated and its distance flag scaled, against
+    the catalogue's labels and quoted errors: the survey's scale, with or without refinement."""
     cfg, tcfg = run.cfg, run.cfg.training
     train = np.asarray(cs["in_training"], bool)
     flux, ivar, setup, wavelength, censors = spectra
@@ -245,9 +245,9 @@ def train_pair(run, name, spectra_side, label_side, cs, spectra, labels, errors,
     m.fit(labels, flux, ivar, setup=setup, missing=missing,
           provenance=run.provenance(input_store=run.path(f"{spectra_side}.h5"), command=f"cannonade run: model {name!r}"))
     cv = cross_validate(m, labels, flux, ivar, k=tcfg.cv_folds, seed=cfg.run.seed, missing=missing)
-    if catalogue is not None:
-        cv = dataclasses.replace(cv, truth=np.asarray(catalogue[0], float))
-        errors = catalogue[1]
+    cat_labels, errors = catalogue
+    if cat_labels is not labels:  # refined training labels: scored against the catalogue's
+        cv = dataclasses.replace(cv, truth=np.asarray(cat_labels, float))
     if cfg.calibration.enabled:
         c = cfg.calibration
         run.log.info("[scaled_train] %s: calibrating from %d CV stars and %d repeat spectra of %d stars", name, len(cv.truth),
@@ -291,14 +291,13 @@ def execute(run):
     labels, catalogue = {}, {}
     for side in ("target", "reference"):
         lab, err = catalogue[side] = training_labels(cfg, cs, side)
-        labels[side] = refine_training_labels(run, cs, side, lab, err, spectra) if cfg.scaling.refine_labels else (lab, err)
+        labels[side] = refine_training_labels(run, cs, side, lab, err, spectra) if cfg.scaling.refine_labels else lab
     summaries, info = [], {}
     repeats = {}
     if cfg.calibration.enabled:  # each survey's repeat spectra, read once for its two models
         repeats = {"target": target_repeats(run), "reference": reference_repeats(run)}
     for name, (s, lab) in model_names(cfg).items():
-        sm = train_pair(run, name, s, lab, cs, spectra(s), *labels[lab], repeats=repeats.get(s),
-                        catalogue=catalogue[lab] if cfg.scaling.refine_labels else None)
+        sm = train_pair(run, name, s, lab, cs, spectra(s), labels[lab], catalogue[lab], repeats=repeats.get(s))
         summaries.append(sm)
         info[name] = {"scatter": dict(zip(sm["label"], np.round(sm["scatter"], 5)))}
     run.write_table(vstack(summaries), "cv/cv_summary.csv")
