@@ -10,7 +10,8 @@ true labels. Then, each stage in a fresh process (so its peak memory is its own)
 * ``infer``: every stored spectrum with the model, calibrated errors and flags, written as the
   per-spectrum table (``cannonade.tasks.infer.infer_store``, ``workers`` processes);
 * ``dynamics``: Galactocentric actions with 20 resamples for N stars
-  (``cannonade.galaxy.dynamics.orbits``, galpy's OpenMP with ``workers`` threads).
+  (``cannonade.galaxy.dynamics.orbits``, galpy's OpenMP with ``workers`` threads;
+  ``--action-method staeckel_grid``: galpy's interpolated grid, its set-up included).
 
 For each stage: seconds, spectra (stars) per second, the peak RSS of the parent and of the
 largest worker, and the projection to LAMOST DR10 v2.0's 11.1 million spectra. Run two sizes
@@ -96,7 +97,7 @@ def replicate(base, files, n):
     return listfile
 
 
-def stage_ingest(base, n, workers):
+def stage_ingest(base, n, workers, action_method=None):
     from cannonade.spectra.ingest import ingest
 
     out = Path(base) / f"store_{n}_{workers}.h5"
@@ -106,7 +107,7 @@ def stage_ingest(base, n, workers):
     return dict(seconds=time.perf_counter() - t0, n=rep.n_ok, failed=rep.n_failed)
 
 
-def stage_infer(base, n, workers):
+def stage_infer(base, n, workers, action_method=None):
     from cannonade.tasks.infer import infer_store
 
     store = Path(base) / f"store_{n}_{workers}.h5"
@@ -117,7 +118,7 @@ def stage_infer(base, n, workers):
     return dict(seconds=dt, n=n)
 
 
-def stage_dynamics(base, n, workers):
+def stage_dynamics(base, n, workers, action_method="staeckel"):
     sys.path.insert(0, str(Path(__file__).parent))
     from bench_dynamics import mock_catalogue
 
@@ -125,16 +126,16 @@ def stage_dynamics(base, n, workers):
 
     t = mock_catalogue(n)
     t0 = time.perf_counter()
-    orbits(t, n_samples=20, seed=0, chunk_size=50_000, show_progress=False)
+    orbits(t, n_samples=20, seed=0, chunk_size=50_000, show_progress=False, action_method=action_method)
     return dict(seconds=time.perf_counter() - t0, n=n)
 
 
 STAGES = {"ingest": stage_ingest, "infer": stage_infer, "dynamics": stage_dynamics}
 
 
-def run_stage(base, stage, n, workers):
+def run_stage(base, stage, n, workers, action_method="staeckel"):
     env = dict(os.environ, CANNONADE_QUIET="1", OMP_NUM_THREADS=str(workers))
-    cmd = [sys.executable, __file__, "--dir", str(base), "--_stage", stage, str(n), str(workers)]
+    cmd = [sys.executable, __file__, "--dir", str(base), "--action-method", action_method, "--_stage", stage, str(n), str(workers)]
     res = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
     return json.loads(res.stdout.strip().splitlines()[-1])
 
@@ -147,12 +148,14 @@ def main(argv=None):
     ap.add_argument("--stages", nargs="+", default=list(STAGES), choices=list(STAGES))
     ap.add_argument("--dir", default="bench_survey_work")
     ap.add_argument("--keep", action="store_true", help="keep the stores and tables of each run")
+    ap.add_argument("--action-method", default="staeckel", choices=["staeckel", "staeckel_grid"],
+                    help="dynamics stage: orbits(action_method=...)")
     ap.add_argument("--_stage", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     base = Path(args.dir)
     if args._stage:
         stage, n, workers = args._stage[0], int(args._stage[1]), int(args._stage[2])
-        out = STAGES[stage](base, n, workers)
+        out = STAGES[stage](base, n, workers, action_method=args.action_method)
         out["parent_mb"], out["worker_mb"] = _peaks()
         print(json.dumps(out))
         return 0
@@ -167,7 +170,7 @@ def main(argv=None):
         for w in args.workers:
             total_h = 0.0
             for stage in args.stages:
-                r = run_stage(base, stage, n, w)
+                r = run_stage(base, stage, n, w, args.action_method)
                 rate = r["n"] / r["seconds"]
                 total_h += DR10_SPECTRA / rate / 3600.0
                 results.append(dict(r, stage=stage, N=n, workers=w, rate=rate))

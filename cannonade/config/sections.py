@@ -153,6 +153,10 @@ class DynamicsSection:
     radius_arcsec: float = field(default=1.0, metadata=doc("Gaia match radius [arcsec]", positive=True))
     n_samples: int = field(default=20, metadata=doc("Monte-Carlo resamples (Wheeler+2020 §5.1)", minimum=1))
     rv_column: str = field(default="rv", metadata=doc("target-catalogue RV used for the dynamics, Gaia's where it is missing (its error: <rv_column>_err)"))
+    action_method: Literal["staeckel", "staeckel_grid"] = field(
+        default="staeckel", metadata=doc("staeckel: galpy's Stäckel fudge for every orbit (Wheeler+2020 §5.1); staeckel_grid: galpy's "
+                                         "interpolated Stäckel grid where it is reliable (disc orbits), the fudge elsewhere: "
+                                         "5x (10% halo) to 15x (disc) faster orbits; J_R as the fudge's, J_z to ~0.6% (docs/catalogue.md)"))
 
 
 @dataclass(frozen=True)

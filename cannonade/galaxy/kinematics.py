@@ -46,6 +46,7 @@ def add_dynamics(
     show_progress=True,
     workers=1,
     scheduler="",
+    action_method="staeckel",
 ):
     """Gaia cross-match, distances and orbits for a catalogue (Wheeler+2020 §5.1).
 
@@ -57,8 +58,10 @@ def add_dynamics(
     gaia_table : Table or DataFrame with source_id, ra, dec, pmra, pmra_error, pmdec,
         pmdec_error, radial_velocity, radial_velocity_error, phot_g_mean_mag and
         r_est, r_lo, r_hi [pc] (Bailer-Jones-like distances; a unit on the column is honoured).
-    n_samples, seed, chunk_size, workers, scheduler : passed to :func:`cannonade.galaxy.dynamics.orbits`
-        (``workers``/``scheduler``: where its chunks run, docs/scale.md; the same results)
+    n_samples, seed, chunk_size, workers, scheduler, action_method : passed to
+        :func:`cannonade.galaxy.dynamics.orbits` (``workers``/``scheduler``: where its chunks run,
+        docs/scale.md, the same results; ``action_method``: "staeckel" (default, Wheeler+2020) or
+        "staeckel_grid", galpy's interpolated grid where it is reliable)
     radius_arcsec : float -- match radius; the brightest G source inside it is kept
     rv_column : str or None
     gaia_rv_fallback : bool -- use Gaia's RV where the survey RV is missing (Wheeler+2020
@@ -122,7 +125,7 @@ def add_dynamics(
     if "pmra_pmdec_corr" in g.colnames:
         inp["pmra_pmdec_corr"] = gcol("pmra_pmdec_corr")
     dyn = orbits(inp, n_samples=n_samples, seed=seed, chunk_size=chunk_size, show_progress=show_progress,
-                 workers=workers, scheduler=scheduler)
+                 workers=workers, scheduler=scheduler, action_method=action_method)
     for name, unit in (("distance", "kpc"), ("distance_lo", "kpc"), ("distance_hi", "kpc")):
         t[name] = dist if name == "distance" else (dlo if name == "distance_lo" else dhi)
         t[name].unit = unit

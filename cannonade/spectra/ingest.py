@@ -73,6 +73,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _NORM_BATCH = 256  # spectra normalised at once inside a chunk (bounds temporaries)
+_RESAMPLE_BATCH = 32  # spectra resampled at once: their arrays stay in cache (~3x faster than 256)
 _NORMALISE = ("gaussian", "chebyshev", "none")
 #: ``ingest(join=...)``: one row per file, one row per GALAH star (its four CCDs joined), or pick
 JOIN_MODES = ("auto", "file", "star")
@@ -418,7 +419,7 @@ def prepare_files(files, grid, normalise="gaussian", redshifts=None, norm_kwargs
     failures : list of (file, reason)
         Every per-file problem (unreadable, no good pixel on the grid); none is fatal.
     """
-    from cannonade.spectra.preprocessing import doppler_shift, normalise_batch, resample
+    from cannonade.spectra.preprocessing import doppler_shift
     from cannonade.spectra.readers import read_spectrum
 
     norm_kwargs = dict(norm_kwargs or {})
@@ -426,16 +427,12 @@ def prepare_files(files, grid, normalise="gaussian", redshifts=None, norm_kwargs
     flux = np.empty((len(files), p), dtype=np.float32)
     ivar = np.empty((len(files), p), dtype=np.float32)
     metas, failures = [], []
-    bf, bi, brow = [], [], []
+    pending = []  # (path, rest wavelength, flux, ivar, meta row) read, not yet resampled
 
     def flush():
-        if not bf:
-            return
-        f, i = normalise_batch(grid, np.array(bf), np.array(bi), method=normalise, **norm_kwargs)
-        put_rows(flux, ivar, metas, brow, f, i)
-        bf.clear()
-        bi.clear()
-        brow.clear()
+        if pending:
+            _resample_and_normalise(pending, grid, normalise, norm_kwargs, flux, ivar, metas, failures)
+            pending.clear()
 
     for path in files:
         try:
@@ -443,27 +440,67 @@ def prepare_files(files, grid, normalise="gaussian", redshifts=None, norm_kwargs
             meta = spec.meta
             z = _redshift_for(meta, redshifts)
             z_applied = meta.get("redshift", math.nan) if z is None else z
-            f, i = resample(doppler_shift(spec.wavelength, z_applied), spec.flux, spec.ivar, grid)
-            if not np.any(i > 0):
-                raise CannonadeError(
-                    f"{path}: no good pixel on the common grid ({grid[0]:.0f}-{grid[-1]:.0f} A); "
-                    f"spectrum covers {spec.wavelength[0]:.0f}-{spec.wavelength[-1]:.0f} A"
-                )
+            wave = doppler_shift(spec.wavelength, z_applied)
         except Exception as exc:  # every per-file problem is reported, none is fatal
             failures.append((str(path), _failure_reason(path, exc)))
             continue
         m = {k: meta.get(k) for k in META_COLUMNS if k in meta}
         m["z_applied"] = float(z_applied) if z_applied is not None else math.nan
         m["source_file"] = str(path)
-        brow.append(len(metas))
-        metas.append(m)
-        bf.append(f)
-        bi.append(i)
-        if len(bf) >= _NORM_BATCH:
+        pending.append((str(path), wave, spec.flux, spec.ivar, m))
+        if len(pending) >= _NORM_BATCH:
             flush()
     flush()
     n = len(metas)
     return flux[:n], ivar[:n], metas, failures
+
+
+def _resample_rows_of(items, grid):
+    """(flux, ivar) on ``grid`` of each (path, wave, flux, ivar, meta) item, or the exception that
+    spectrum raised; spectra with as many pixels are resampled together, ``_RESAMPLE_BATCH`` at once."""
+    from cannonade.spectra.preprocessing import resample, resample_batch
+
+    out = [None] * len(items)
+    by_size = {}
+    for k, item in enumerate(items):
+        by_size.setdefault(np.size(item[1]), []).append(k)
+    for ks in by_size.values():
+        for j in range(0, len(ks), _RESAMPLE_BATCH):
+            sel = ks[j : j + _RESAMPLE_BATCH]
+            try:
+                f, i = resample_batch(*(np.array([items[k][c] for k in sel], dtype=np.float64) for c in (1, 2, 3)), grid)
+                for r, k in enumerate(sel):
+                    out[k] = (f[r], i[r])
+            except Exception:  # one bad spectrum: each alone, so only it fails
+                for k in sel:
+                    try:
+                        out[k] = resample(*items[k][1:4], grid)
+                    except Exception as exc:
+                        out[k] = exc
+    return out
+
+
+def _resample_and_normalise(items, grid, normalise, norm_kwargs, flux, ivar, metas, failures):
+    """Resample the read ``items`` onto ``grid``, normalise those with a good pixel in one batch and
+    place them in ``flux``, ``ivar`` (rows after ``metas``' last, in the items' order); the others
+    join ``failures``."""
+    from cannonade.spectra.preprocessing import normalise_batch
+
+    rows, bf, bi = [], [], []
+    for (path, wave, *_, m), res in zip(items, _resample_rows_of(items, grid)):
+        if not isinstance(res, Exception) and not np.any(res[1] > 0):
+            res = CannonadeError(f"{path}: no good pixel on the common grid ({grid[0]:.0f}-{grid[-1]:.0f} A); "
+                                 f"spectrum covers {wave[0]:.0f}-{wave[-1]:.0f} A")
+        if isinstance(res, Exception):
+            failures.append((path, _failure_reason(path, res)))
+            continue
+        rows.append(len(metas))
+        metas.append(m)
+        bf.append(res[0])
+        bi.append(res[1])
+    if rows:
+        f, i = normalise_batch(grid, np.array(bf), np.array(bi), method=normalise, **norm_kwargs)
+        put_rows(flux, ivar, metas, rows, f, i)
 
 
 class _StarFailure(Exception):

@@ -87,20 +87,20 @@ def pixel_edges(wavelength, gap_factor=2.0):
 
     Parameters
     ----------
-    wavelength : (n,) float, strictly increasing, n >= 2
+    wavelength : (n,) or (n_spectra, n) float, strictly increasing (along each row), n >= 2
 
     Returns
     -------
-    lo, hi : (n,) float64
+    lo, hi : float64, the shape of ``wavelength`` (each row's edges are those of that row alone)
     """
     w = np.asarray(wavelength, dtype=np.float64)
-    if w.ndim != 1 or w.size < 2:
-        raise ShapeError(f"wavelength must be 1-D with >= 2 pixels, got shape {w.shape}")
-    d = np.diff(w)
+    if w.ndim not in (1, 2) or w.shape[-1] < 2:
+        raise ShapeError(f"wavelength must be 1-D (or one row per spectrum) with >= 2 pixels, got shape {w.shape}")
+    d = np.diff(w, axis=-1)
     if not np.all(d > 0):
         raise ShapeError("wavelength must be strictly increasing")
-    left = np.concatenate([d[:1], d])  # spacing to the previous centre (mirrored at the start)
-    right = np.concatenate([d, d[-1:]])
+    left = np.concatenate([d[..., :1], d], axis=-1)  # spacing to the previous centre (mirrored at the start)
+    right = np.concatenate([d, d[..., -1:]], axis=-1)
     left = np.where(left > gap_factor * right, right, left)
     right = np.where(right > gap_factor * left, left, right)
     return w - 0.5 * left, w + 0.5 * right
@@ -124,6 +124,54 @@ def _overlap_entries(lo, hi, nlo, nhi):
 
 
 _MAX_OVERLAPS = 16  # input pixels per output pixel handled by _overlap_sums; more: the sparse entries
+_SEARCH_STEPS = 4  # corrections of a row's estimated search index before np.searchsorted takes that row
+
+
+def searchsorted_rows(a, v, side="left"):
+    """``np.searchsorted(a[k], v, side)`` for every row ``k`` at once, exactly.
+
+    Each row's index is first estimated as if the row were evenly spaced in log
+    wavelength (a survey's pixels; after a Doppler shift still so), then corrected
+    a pixel at a time against the definition of the search; a row the estimate
+    misses by more than a few pixels is searched by numpy, so any sorted rows give
+    numpy's answer.
+
+    Parameters
+    ----------
+    a : (n_rows, m) float, each row sorted
+    v : (n_out,) float, sorted
+    side : {'left', 'right'}
+
+    Returns
+    -------
+    (n_rows, n_out) intp
+    """
+    a = np.asarray(a, dtype=np.float64)
+    v = np.asarray(v, dtype=np.float64)
+    n, m = a.shape
+    if n == 0 or v.size == 0:
+        return np.zeros((n, v.size), dtype=np.intp)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        la0 = np.log(a[:, :1])
+        step = (np.log(a[:, -1:]) - la0) / max(m - 1, 1)
+        est = np.floor((np.log(v)[None, :] - la0) / step) + 1.0  # v between a[i-1] and a[i]: i
+    est = np.clip(np.nan_to_num(est, nan=0.0, posinf=m, neginf=0.0), 0, m).astype(np.intp)
+    # the index is right when a[i-1] precedes v and a[i] does not ('left': a < v; 'right': a <= v)
+    before = np.less if side == "left" else np.less_equal
+    flat = np.concatenate([np.full((n, 1), -np.inf), a, np.full((n, 1), np.inf)], axis=1).ravel()  # a[-1] = -inf, a[m] = inf
+    base = (np.arange(n) * (m + 2) + 1)[:, None]
+    moved = np.ones(n, dtype=bool)
+    for _ in range(_SEARCH_STEPS):
+        up = before(flat[est + base], v)  # a[i] precedes v: go right
+        down = ~before(flat[est + (base - 1)], v)  # a[i-1] does not: go left
+        moved = (up | down).any(axis=1)
+        if not moved.any():
+            return est
+        est += up
+        est -= down
+    for k in np.flatnonzero(moved):
+        est[k] = np.searchsorted(a[k], v, side=side)
+    return est
 
 
 def _overlap_sums(lo, hi, nlo, nhi, f0, var0, bad):
@@ -131,30 +179,35 @@ def _overlap_sums(lo, hi, nlo, nhi, f0, var0, bad):
 
     The same entries, in the same order, as :func:`_resampling_entries` + ``bincount`` (so the same
     bits), without building the entry lists: output pixel j overlaps the contiguous inputs
-    ``start_j .. stop_j - 1``, at most a few of them when the grids have similar steps. None when
-    some output pixel overlaps more than ``_MAX_OVERLAPS`` inputs.
+    ``start_j .. stop_j - 1``, at most a few of them when the grids have similar steps. Every
+    argument but ``nlo``, ``nhi`` (n_out,) is (n_rows, n_in): one row per spectrum, each with its
+    own input grid. None when some output pixel overlaps more than ``_MAX_OVERLAPS`` inputs.
     """
-    start = np.searchsorted(hi, nlo, side="right")
-    stop = np.searchsorted(lo, nhi, side="left")
+    start = searchsorted_rows(hi, nlo, side="right")
+    stop = searchsorted_rows(lo, nhi, side="left")
     n_max = int(np.max(stop - start, initial=0))
     if n_max > _MAX_OVERLAPS:
         return None
     width = nhi - nlo
-    new_f = np.zeros(nlo.size)
-    new_var = np.zeros(nlo.size)
-    n_bad = np.zeros(nlo.size)
-    coverage = np.zeros(nlo.size)
-    last = lo.size - 1
+    shape = start.shape
+    new_f = np.zeros(shape)
+    new_var = np.zeros(shape)
+    n_bad = np.zeros(shape)
+    coverage = np.zeros(shape)
+    n_in = lo.shape[-1]
+    # gathers from the flattened rows (several times faster than take_along_axis)
+    lo_f, hi_f, f0_f, var0_f, bad_f = (np.ravel(x) for x in (lo, hi, f0, var0, bad))
+    base = (np.arange(shape[0]) * n_in)[:, None]
     for m in range(n_max):
         col = start + m
         inside = col < stop
-        c = np.minimum(col, last)
-        frac = (np.minimum(hi[c], nhi) - np.maximum(lo[c], nlo)) / width
+        c = np.minimum(col, n_in - 1) + base
+        frac = (np.minimum(hi_f[c], nhi) - np.maximum(lo_f[c], nlo)) / width
         keep = inside & (frac > _OVERLAP_TOL)
         frac = np.where(keep, frac, 0.0)
-        new_f += frac * f0[c]
-        new_var += frac * frac * var0[c]
-        n_bad += keep & bad[c]
+        new_f += frac * f0_f[c]
+        new_var += frac * frac * var0_f[c]
+        n_bad += keep & bad_f[c]
         coverage += frac
     return new_f, new_var, n_bad, coverage
 
@@ -255,6 +308,13 @@ def resample(wavelength, flux, ivar, new_wavelength):
     wavelength = np.asarray(wavelength, dtype=np.float64)
     if not (flux.shape == ivar.shape == wavelength.shape) or flux.ndim != 1:
         raise ShapeError(f"wavelength, flux, ivar must be equal 1-D shapes, got {wavelength.shape}, {flux.shape}, {ivar.shape}")
+    new_f, new_ivar = _resample_rows(wavelength[None], flux[None], ivar[None], new_wavelength)
+    return new_f[0], new_ivar[0]
+
+
+def _resample_rows(wavelength, flux, ivar, new_wavelength):
+    """:func:`resample` of (n_rows, n_in) rows, each with its own grid, in one pass of array
+    operations (per row only where an output pixel spans more than ``_MAX_OVERLAPS`` inputs)."""
     good_in = (ivar > 0) & np.isfinite(ivar) & np.isfinite(flux)
     f0 = np.where(good_in, flux, 0.0)
     with np.errstate(divide="ignore"):
@@ -263,11 +323,13 @@ def resample(wavelength, flux, ivar, new_wavelength):
     nlo, nhi = _edges_cached(new_wavelength)
     summed = _overlap_sums(lo, hi, nlo, nhi, f0, var0, ~good_in)
     if summed is None:  # an output pixel spans many input pixels: the explicit sparse entries
-        rows, cols, frac, coverage = _resampling_entries(wavelength, new_wavelength, (lo, hi, nlo, nhi))
-        n_out = coverage.size
-        new_f = np.bincount(rows, weights=frac * f0[cols], minlength=n_out)  # R f
-        new_var = np.bincount(rows, weights=frac * frac * var0[cols], minlength=n_out)  # (R o R) var
-        n_bad = np.bincount(rows, weights=(~good_in[cols]).astype(np.float64), minlength=n_out)
+        n_out = nlo.size
+        new_f, new_var, n_bad, coverage = (np.empty((len(flux), n_out)) for _ in range(4))
+        for k in range(len(flux)):
+            rows, cols, frac, coverage[k] = _resampling_entries(wavelength[k], new_wavelength, (lo[k], hi[k], nlo, nhi))
+            new_f[k] = np.bincount(rows, weights=frac * f0[k, cols], minlength=n_out)  # R f
+            new_var[k] = np.bincount(rows, weights=frac * frac * var0[k, cols], minlength=n_out)  # (R o R) var
+            n_bad[k] = np.bincount(rows, weights=(~good_in[k, cols]).astype(np.float64), minlength=n_out)
     else:
         new_f, new_var, n_bad, coverage = summed
     good = (coverage > 1.0 - 1e-6) & (n_bad == 0) & (new_var > 0)
@@ -282,7 +344,9 @@ def resample_batch(wavelength, flux, ivar, new_wavelength):
     Parameters
     ----------
     wavelength : (n_in,) or (n_spectra, n_in) float
-        One grid shared by all spectra (one matrix, applied at once) or one per spectrum.
+        One grid shared by all spectra (one matrix, applied at once) or one per spectrum
+        (different rest frames: every spectrum's map built and applied in one pass of array
+        operations, the same numbers as :func:`resample` of each).
     flux, ivar : (n_spectra, n_in) float
     new_wavelength : (n_out,) float
 
@@ -302,11 +366,7 @@ def resample_batch(wavelength, flux, ivar, new_wavelength):
         return _apply_resampling(R, coverage, flux, ivar)
     if wavelength.shape != flux.shape:
         raise ShapeError(f"wavelength {wavelength.shape} and flux {flux.shape} differ")
-    out_f = np.empty((flux.shape[0], len(new_wavelength)))
-    out_i = np.empty_like(out_f)
-    for k in range(flux.shape[0]):  # one sparse map per spectrum (different rest frames)
-        out_f[k], out_i[k] = resample(wavelength[k], flux[k], ivar[k], new_wavelength)
-    return out_f, out_i
+    return _resample_rows(wavelength, flux, ivar, new_wavelength)  # one map per spectrum, all at once
 
 
 # ---------------------------------------------------------------------------

@@ -48,6 +48,12 @@ def test_config_validation_messages(tmp_path):
     p.write_text(MINIMAL + "[training]\nregularization = -0.5\n")
     with pytest.raises(ConfigError, match="training.regularization must be >= 0"):
         load_config(p)
+    p.write_text(MINIMAL + '[dynamics]\naction_method = "grid"\n')
+    with pytest.raises(ConfigError, match=r"dynamics.action_method must be one of \['staeckel', 'staeckel_grid'\], got 'grid'"):
+        load_config(p)
+    p.write_text(MINIMAL + '[dynamics]\naction_method = "staeckel_grid"\n')
+    assert load_config(p).dynamics.action_method == "staeckel_grid"
+    assert RunConfig.__dataclass_fields__["dynamics"].default_factory().action_method == "staeckel"  # the paper's by default
 
 
 def test_clean_normalise_is_not_a_silent_key(tmp_path):

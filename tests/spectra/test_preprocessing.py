@@ -302,3 +302,46 @@ def test_resampling_without_entry_lists_gives_the_same_bits(seed, monkeypatch):
         monkeypatch.setattr(preprocessing, "_MAX_OVERLAPS", 0)
         entries = resample(w, f, iv, nw)
         assert np.array_equal(fast[0], entries[0], equal_nan=True) and np.array_equal(fast[1], entries[1])
+
+
+def test_resample_batch_rest_frames_equal_resample_of_each():
+    """One pass over many rest frames gives resample()'s numbers bit for bit (bad pixels, edges, gaps)."""
+    rng = np.random.default_rng(7)
+    grid = common_grid("lamost")
+    n, npix = 40, 3909
+    z = rng.uniform(-1.5e-3, 1.5e-3, n)  # up to ~6 pixels: some outputs fall off either end
+    wave = 10 ** (3.5682 + 1e-4 * np.arange(npix))[None, :] / (1 + z[:, None])
+    flux = 1 + 0.1 * rng.normal(size=(n, npix))
+    ivar = rng.uniform(10, 100, (n, npix))
+    ivar[rng.random((n, npix)) < 0.02] = 0.0
+    flux[3, 100:110] = np.nan
+    f, iv = resample_batch(wave, flux, ivar, grid)
+    for k in range(n):
+        fk, ik = resample(wave[k], flux[k], ivar[k], grid)
+        np.testing.assert_array_equal(f[k], fk)
+        np.testing.assert_array_equal(iv[k], ik)
+    assert np.all(iv[3][(grid > wave[3, 99]) & (grid < wave[3, 110])] == 0)
+    # a coarser output grid (several inputs per output pixel) and a finer one
+    for new in (log_lambda_grid(4000, 8000, 700), log_lambda_grid(5000, 5100, 900)):
+        f, iv = resample_batch(wave[:5], flux[:5], ivar[:5], new)
+        for k in range(5):
+            fk, ik = resample(wave[k], flux[k], ivar[k], new)
+            np.testing.assert_array_equal(f[k], fk)
+            np.testing.assert_array_equal(iv[k], ik)
+
+
+def test_searchsorted_rows_is_numpy_searchsorted_on_any_sorted_rows():
+    from cannonade.spectra.preprocessing import searchsorted_rows
+
+    rng = np.random.default_rng(3)
+    rows = [
+        np.sort(rng.uniform(1, 100, 300)),  # not log-spaced: the estimate misses, numpy takes the row
+        10 ** (3.6 + 1e-4 * np.arange(300)),  # log-spaced: the estimate hits
+        np.sort(rng.uniform(-50, 50, 300)),  # non-positive values: no log estimate
+        np.concatenate([np.full(150, 4000.0), np.full(150, 4100.0)]),  # ties
+    ]
+    a = np.array(rows)
+    v = np.sort(np.concatenate([rng.uniform(-60, 110, 50), rng.uniform(3900, 4200, 50), [4000.0, 4100.0]]))
+    for side in ("left", "right"):
+        expected = np.array([np.searchsorted(r, v, side=side) for r in a])
+        np.testing.assert_array_equal(searchsorted_rows(a, v, side), expected)

@@ -22,6 +22,9 @@ from cannonade.spectra.readers import (
     read_spectrum,
 )
 
+from cannonade.spectra.readers.fits import check_hdus, read_bytes
+from tests.conftest import SHARED_DATA
+
 STD_KEYS = ("survey", "obj_id", "ra", "dec", "snr", "redshift", "rv", "source_file")
 
 
@@ -427,3 +430,49 @@ def test_gzip_is_read_alike_with_and_without_isal(tmp_path, monkeypatch):
 
     monkeypatch.setattr(builtins, "__import__", no_isal)
     assert fits_reader.read_bytes(path) == payload
+
+
+def _write_galah_like(path, rng, bitpix_flux=-64, scaled=False):
+    n = 500
+    flux = 1000 + 10 * rng.normal(size=n)
+    h = fits.Header()
+    h["CRVAL1"], h["CDELT1"], h["CRPIX1"] = 5650.0, 0.046, 1.0
+    h["RVCOM"], h["SNR"], h["RA_ICRS"], h["DEC_ICRS"] = 12.5, 40.0, 10.0, -20.0
+    primary = fits.PrimaryHDU((flux if bitpix_flux == -64 else flux.astype(np.float32)), header=h)
+    if scaled:  # integer pixels with BSCALE / BZERO, as some archives write them
+        primary = fits.PrimaryHDU(np.round(flux * 10).astype(np.int32), header=h)
+        primary.header["BSCALE"], primary.header["BZERO"] = 0.1, 0.0
+    hdus = [primary,
+            fits.ImageHDU(flux / 1000, name="normalized"),
+            fits.ImageHDU(np.full(n, 0.01), name="relative_error"),
+            fits.ImageHDU(np.zeros(n, np.float32), name="sky")]
+    fits.HDUList(hdus).writeto(path)
+
+
+def test_galah_read_from_the_bytes_equals_astropy(tmp_path):
+    """The raw-bytes GALAH loader (no astropy, most of the cost) gives astropy's spectrum exactly."""
+    from cannonade.spectra.readers import galah
+
+    rng = np.random.default_rng(0)
+    files = []
+    for k, kw in enumerate(({}, {"bitpix_flux": -32}, {"scaled": True})):
+        files.append(tmp_path / f"14010100010100{k}2.fits")
+        _write_galah_like(files[-1], rng, **kw)
+    files += sorted((SHARED_DATA / "galah" / "com").glob("*.fits"))[:8]  # the real files, where present
+    for f in files:
+        for normalised in (False, True):
+            via_astropy = read_galah_ccd(f, normalised=normalised)
+            raw = read_bytes(f)
+            hdus = check_hdus(raw, str(f))
+            assert galah.identify_hdus(hdus) == "galah_ccd"
+            from_bytes = galah.load_hdus(raw, hdus, str(f), normalised=normalised)
+            for attr in ("wavelength", "flux", "ivar"):
+                np.testing.assert_array_equal(getattr(from_bytes, attr), getattr(via_astropy, attr))
+            assert from_bytes.meta.keys() == via_astropy.meta.keys()
+            assert from_bytes.meta["rv"] == via_astropy.meta["rv"] and from_bytes.meta["ccd"] == via_astropy.meta["ccd"]
+    # without a relative_error extension it is not a GALAH file, from the bytes or from astropy
+    bad = tmp_path / "140101000101001x.fits"
+    fits.HDUList([fits.PrimaryHDU(np.ones(10)), fits.ImageHDU(np.ones(10), name="normalized")]).writeto(bad)
+    assert galah.identify_hdus(check_hdus(read_bytes(bad), str(bad))) == ""
+    with pytest.raises(SpectrumFormatError, match="unknown"):
+        read_spectrum(bad)

@@ -21,7 +21,7 @@ def execute(run):
     # with run.scheduler, the orbit chunks run on the dask cluster (docs/scale.md); the same results
     out = add_dynamics(star, run.table("gaia"), n_samples=d.n_samples, seed=run.cfg.run.seed, radius_arcsec=d.radius_arcsec,
                        rv_column="rv" if "rv" in star.colnames else None, workers=run.cfg.run.workers,
-                       scheduler=run.cfg.run.scheduler)
+                       scheduler=run.cfg.run.scheduler, action_method=d.action_method)
     run.write_table(out, "per_star_dynamics.fits")
     n_match = int(np.isfinite(np.asarray(out["gaia_sep_arcsec"], float)).sum()) if "gaia_sep_arcsec" in out.colnames else 0
     n_unbound = int(np.asarray(out["unbound"]).sum()) if "unbound" in out.colnames else 0

@@ -47,6 +47,7 @@ __all__ = [
     "to_float",
     "BITPIX",
     "primary_image",
+    "hdu_image",
     "is_image",
     "header_axis",
     "log_linear_wavelength",
@@ -135,10 +136,8 @@ def _parse_value(text):
         return False
     if v == "":
         return None
-    try:
+    if v.isdigit() or (v[:1] in "+-" and v[1:].isdigit()):  # an integer, without raising
         return int(v)
-    except ValueError:
-        pass
     try:
         return float(v.replace("D", "E"))
     except ValueError:
@@ -161,13 +160,12 @@ def parse_header_bytes(raw, start, path):
         block = raw[pos : pos + 2880].decode("ascii", "replace")
         pos += 2880
         for k in range(0, 2880, 80):
-            card = block[k : k + 80]
-            key = card[:8].rstrip()
+            key = block[k : k + 8].rstrip()
             if key == "END":
                 return out, pos
-            if not key or card[8:10] != "= " or key in out or key in ("COMMENT", "HISTORY"):
+            if not key or block[k + 8 : k + 10] != "= " or key in out or key in ("COMMENT", "HISTORY"):
                 continue
-            out[key] = _parse_value(card[10:])
+            out[key] = _parse_value(block[k + 10 : k + 80])
 
 
 def clean_header(h):
@@ -501,14 +499,27 @@ def primary_image(raw, h, start, path):
 
     SpectrumFormatError naming the file and keys for a BITPIX that is not a FITS value, NAXIS1 or
     NAXIS2 not a positive integer, or an image larger than the file holds (checked before reading)."""
-    dtype = np.dtype(BITPIX[_bitpix(h, "BITPIX", path, 0)])
-    n1, n2 = (_integer_key(h, key, path, 0, low=1) for key in ("NAXIS1", "NAXIS2"))
-    nbytes = n1 * n2 * dtype.itemsize
-    if start + nbytes > len(raw):
-        raise SpectrumFormatError(f"{path}: truncated or crafted FITS file: the primary image (BITPIX = {h['BITPIX']}, "
-                                  f"NAXIS1 = {n1}, NAXIS2 = {n2}) needs {nbytes} bytes, the file holds "
+    for key in ("NAXIS1", "NAXIS2"):
+        _integer_key(h, key, path, 0, low=1)
+    return hdu_image(raw, h, start, path, 0).reshape(h["NAXIS2"], h["NAXIS1"])
+
+
+def hdu_image(raw, h, start, path, k=0):
+    """HDU ``k``'s image straight from the bytes (no astropy): float64 of shape (NAXISn, ..., NAXIS1).
+
+    ``h`` and ``start`` are the HDU's parsed header and data offset (:func:`check_hdus`); BSCALE
+    and BZERO applied. SpectrumFormatError naming the file, HDU and keys for a BITPIX that is not
+    a FITS value, NAXISn not a positive integer, or an image larger than the file holds."""
+    dtype = np.dtype(BITPIX[_bitpix(h, "BITPIX", path, k)])
+    naxis = _integer_key(h, "NAXIS", path, k, low=1, high=_MAX_NAXIS)
+    shape = tuple(_integer_key(h, f"NAXIS{i}", path, k, low=1) for i in range(naxis, 0, -1))
+    count = math.prod(shape)
+    if start + count * dtype.itemsize > len(raw):
+        axes = ", ".join(f"NAXIS{i} = {h[f'NAXIS{i}']}" for i in range(1, naxis + 1))
+        raise SpectrumFormatError(f"{path}: truncated or crafted FITS file: the image of HDU {k} (BITPIX = {h['BITPIX']}, "
+                                  f"{axes}) needs {count * dtype.itemsize} bytes, the file holds "
                                   f"{max(len(raw) - start, 0)} after its header")
-    data = np.frombuffer(raw, dtype=dtype, count=n1 * n2, offset=start).reshape(n2, n1).astype(np.float64)
+    data = np.frombuffer(raw, dtype=dtype, count=count, offset=start).reshape(shape).astype(np.float64)
     bscale, bzero = h.get("BSCALE", 1), h.get("BZERO", 0)
     if bscale not in (1, None) or bzero not in (0, None):
         data = data * float(bscale) + float(bzero)
@@ -583,6 +594,13 @@ class Loader:
     load_raw : callable, optional
         ``load_raw(raw, header_dict, data_start, path, layout, **kwargs) -> Spectrum``
         reading straight from the bytes; required with ``identify_header``.
+    identify_hdus : callable, optional
+        ``identify_hdus(hdus) -> str``: a fast path deciding from every HDU's parsed
+        header (:func:`check_hdus`' list of ``(header_dict, data_start, data_size)``),
+        for layouts recognised by their extensions.
+    load_hdus : callable, optional
+        ``load_hdus(raw, hdus, path, layout, **kwargs) -> Spectrum`` reading straight
+        from the bytes; required with ``identify_hdus``.
     """
 
     name: str
@@ -591,6 +609,8 @@ class Loader:
     description: str = ""
     identify_header: Optional[Callable] = None
     load_raw: Optional[Callable] = None
+    identify_hdus: Optional[Callable] = None
+    load_hdus: Optional[Callable] = None
 
 
 def load_file(path, loaders, unknown="unknown spectrum layout", **kwargs):
@@ -600,8 +620,9 @@ def load_file(path, loaders, unknown="unknown spectrum layout", **kwargs):
     ----------
     path : str or Path
     loaders : sequence of Loader
-        Tried in order: first every ``identify_header`` on the primary header
-        (no astropy), then every ``identify`` on the opened file.
+        Tried in order: first every ``identify_header`` on the primary header, then every
+        ``identify_hdus`` on all the headers (neither needs astropy), then every ``identify``
+        on the opened file.
     unknown : str
         Reason given when no loader recognises the file.
     **kwargs
@@ -618,13 +639,20 @@ def load_file(path, loaders, unknown="unknown spectrum layout", **kwargs):
     """
     path = str(path)
     raw = read_bytes(path)
-    h0, data_start, _ = check_hdus(raw, path)[0]  # nothing declared is allocated before this
+    hdus = check_hdus(raw, path)  # nothing declared is allocated before this
+    h0, data_start, _ = hdus[0]
     for loader in loaders:
         if loader.identify_header is not None:
             layout = loader.identify_header(h0)
             if layout:
                 with as_format_error(path):
                     return _checked(loader.load_raw(raw, h0, data_start, path, layout, **kwargs), path, loader)
+    for loader in loaders:
+        if loader.identify_hdus is not None:
+            layout = loader.identify_hdus(hdus)
+            if layout:
+                with as_format_error(path):
+                    return _checked(loader.load_hdus(raw, hdus, path, layout, **kwargs), path, loader)
     hdul = open_fits(path, raw, checked=True)
     try:
         with as_format_error(path):

@@ -19,10 +19,19 @@ import numpy as np
 
 from cannonade.exceptions import SpectrumFormatError
 from cannonade.spectra.linelists import air_to_vacuum
-from cannonade.spectra.readers.fits import Loader, header_axis, header_of, ivar_from_error, std_meta, to_float, with_hdul
+from cannonade.spectra.readers.fits import (
+    Loader,
+    hdu_image,
+    header_axis,
+    header_of,
+    ivar_from_error,
+    std_meta,
+    to_float,
+    with_hdul,
+)
 from cannonade.spectra.readers.spectrum import Spectrum, rv_to_redshift
 
-__all__ = ["identify", "load", "read_galah_ccd", "read_galah_star", "galah_ccd_name", "LOADER"]
+__all__ = ["identify", "identify_hdus", "load", "load_hdus", "read_galah_ccd", "read_galah_star", "galah_ccd_name", "LOADER"]
 
 _GALAH_NAME = re.compile(r"^(\d{15})([1-4])$")
 _FITS_ENDINGS = (".fits.gz", ".fit.gz", ".fts.gz", ".fits", ".fit", ".fts")  # longest first
@@ -86,7 +95,41 @@ def load(hdul, path, layout, **kwargs):
     return _read_galah_ccd(hdul, path, **kwargs)
 
 
-LOADER = Loader("galah", identify, load, "GALAH per-CCD")
+def _extensions(hdus):
+    """{lower-case EXTNAME: index} of check_hdus' list (the first of a name, as astropy's ``hdul[name]``)."""
+    out = {}
+    for k, (h, _, _) in enumerate(hdus):
+        name = h.get("EXTNAME")
+        if k and isinstance(name, str):
+            out.setdefault(name.strip().lower(), k)
+    return out
+
+
+def identify_hdus(hdus):
+    """:func:`identify` from the parsed headers alone (:func:`~cannonade.spectra.readers.fits.check_hdus`)."""
+    h0 = hdus[0][0]
+    names = _extensions(hdus)
+    if h0.get("NAXIS") == 1 and "relative_error" in names and "normalized" in names:
+        return "galah_ccd"
+    return ""
+
+
+def load_hdus(raw, hdus, path, layout="galah_ccd", normalised=False, vacuum=True):
+    """Read a GALAH CCD file straight from its bytes (see :func:`identify_hdus`): the same
+    spectrum as :func:`read_galah_ccd`, without astropy's header parsing (most of its cost)."""
+    if layout != "galah_ccd":
+        raise SpectrumFormatError(f"{path}: not a GALAH CCD spectrum (layout {layout or 'unknown'})")
+    names = _extensions(hdus)
+
+    def image(k):
+        h, start, _ = hdus[k]
+        return hdu_image(raw, h, start, path, k).ravel()
+
+    flux = image(names["normalized"] if normalised else 0)
+    return _galah_ccd(hdus[0][0], flux, image(names["relative_error"]), path, normalised, vacuum)
+
+
+LOADER = Loader("galah", identify, load, "GALAH per-CCD", identify_hdus=identify_hdus, load_hdus=load_hdus)
 
 
 def _read_galah_ccd(hdul, path, normalised=False, vacuum=True):
@@ -96,7 +139,11 @@ def _read_galah_ccd(hdul, path, normalised=False, vacuum=True):
         rel = np.asarray(hdul["relative_error"].data, dtype=np.float64)
     except KeyError as exc:
         raise SpectrumFormatError(f"{path}: GALAH file lacks extension {exc}") from None
-    flux = np.asarray(flux_ext.data, dtype=np.float64)
+    return _galah_ccd(h, np.asarray(flux_ext.data, dtype=np.float64), rel, path, normalised, vacuum)
+
+
+def _galah_ccd(h, flux, rel, path, normalised, vacuum):
+    """A GALAH CCD's primary header dict, flux and relative error (NAXIS1,) -> Spectrum."""
     npix = flux.size
     wave_air = header_axis(h, npix, path, "linear wavelength solution for a GALAH file")  # barycentric, air
     wave = air_to_vacuum(wave_air) if vacuum else wave_air

@@ -128,6 +128,21 @@ def _read_lamost_image(hdul, path, and_bits=surveys.LAMOST_AND_BITS_DEFAULT, or_
     return _lamost_image(np.asarray(hdul[0].data, dtype=np.float64), header_of(hdul, 0, path), path, and_bits, or_bits)
 
 
+_WAVES: dict = {}  # (COEFF0, COEFF1, n_pixels) -> wavelengths; a survey's files share a few
+
+
+def _log_linear(c0, c1, npix):
+    """``10**(c0 + c1 i)``, i < npix: computed once per distinct (c0, c1, npix) (the power costs
+    about as much as the rest of reading a LAMOST file) and copied out, so the same bits every time."""
+    key = (c0, c1, npix)
+    wave = _WAVES.get(key)
+    if wave is None:
+        if len(_WAVES) >= 64:
+            _WAVES.pop(next(iter(_WAVES)))
+        wave = _WAVES[key] = 10.0 ** (c0 + c1 * np.arange(npix))
+    return wave.copy()
+
+
 def _lamost_image(data, h, path, and_bits=surveys.LAMOST_AND_BITS_DEFAULT, or_bits=surveys.LAMOST_OR_BITS_DEFAULT):
     """LAMOST DR1-DR7 image rows (flux, ivar, [3rd row], andmask, ormask) + header dict -> Spectrum."""
     if data.ndim != 2:
@@ -142,7 +157,7 @@ def _lamost_image(data, h, path, and_bits=surveys.LAMOST_AND_BITS_DEFAULT, or_bi
             key = "COEFF0" if not math.isfinite(c0) else "COEFF1"
             raise SpectrumFormatError(f"{path}: LAMOST wavelength solution: header key {key} = {h[key]!r}; "
                                       "COEFF0 must be a number and the log-wavelength step COEFF1 positive")
-        wave = 10.0 ** (c0 + c1 * np.arange(npix))
+        wave = _log_linear(c0, c1, npix)
     elif nrow >= 3 and np.all(np.diff(data[2]) > 0) and 3000 < data[2, 0] < 10000:
         wave = data[2].copy()  # layouts whose row 3 *is* the wavelength and no COEFF0
     else:
