@@ -1,7 +1,9 @@
 """Readers on the real sample files (../shared/data) and on synthetic/broken files."""
 
 import math
+import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,7 +25,6 @@ from cannonade.spectra.readers import (
 )
 
 from cannonade.spectra.readers.fits import check_hdus, read_bytes
-from tests.conftest import SHARED_DATA
 
 STD_KEYS = ("survey", "obj_id", "ra", "dec", "snr", "redshift", "rv", "source_file")
 
@@ -449,7 +450,7 @@ def _write_galah_like(path, rng, bitpix_flux=-64, scaled=False):
     fits.HDUList(hdus).writeto(path)
 
 
-def test_galah_read_from_the_bytes_equals_astropy(tmp_path):
+def test_galah_read_from_the_bytes_equals_astropy(tmp_path, request):
     """The raw-bytes GALAH loader (no astropy, most of the cost) gives astropy's spectrum exactly."""
     from cannonade.spectra.readers import galah
 
@@ -458,7 +459,8 @@ def test_galah_read_from_the_bytes_equals_astropy(tmp_path):
     for k, kw in enumerate(({}, {"bitpix_flux": -32}, {"scaled": True})):
         files.append(tmp_path / f"14010100010100{k}2.fits")
         _write_galah_like(files[-1], rng, **kw)
-    files += sorted((SHARED_DATA / "galah" / "com").glob("*.fits"))[:8]  # the real files, where present
+    shared = request.config.rootpath.parent / "shared" / "data"
+    files += sorted(Path(os.environ.get("CANNONADE_SHARED_DATA", shared)).joinpath("galah", "com").glob("*.fits"))[:8]  # real files, where present
     for f in files:
         for normalised in (False, True):
             via_astropy = read_galah_ccd(f, normalised=normalised)
