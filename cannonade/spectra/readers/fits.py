@@ -136,8 +136,10 @@ def _parse_value(text):
         return False
     if v == "":
         return None
-    if v.isdigit() or (v[:1] in "+-" and v[1:].isdigit()):  # an integer, without raising
+    try:
         return int(v)
+    except ValueError:
+        pass
     try:
         return float(v.replace("D", "E"))
     except ValueError:
@@ -160,12 +162,13 @@ def parse_header_bytes(raw, start, path):
         block = raw[pos : pos + 2880].decode("ascii", "replace")
         pos += 2880
         for k in range(0, 2880, 80):
-            key = block[k : k + 8].rstrip()
+            card = block[k : k + 80]
+            key = card[:8].rstrip()
             if key == "END":
                 return out, pos
-            if not key or block[k + 8 : k + 10] != "= " or key in out or key in ("COMMENT", "HISTORY"):
+            if not key or card[8:10] != "= " or key in out or key in ("COMMENT", "HISTORY"):
                 continue
-            out[key] = _parse_value(block[k + 10 : k + 80])
+            out[key] = _parse_value(card[10:])
 
 
 def clean_header(h):
