@@ -13,6 +13,15 @@ independent of each other.
 Usage::
 
     python benchmarks/bench_ingest.py --n 2000 20000 [--workers 2] [--dir /tmp/bench]
+
+``--breakdown FILE_LIST`` instead measures where one core's time goes per spectrum (CPU time,
+BLAS on one thread) on the files listed (one path per line; e.g. ``bench_survey.py``'s
+``list_<N>.txt`` of gzipped mock LAMOST files): reading the bytes, gunzip, the header cards,
+decoding the image, the rest frame, resampling, the continuum and the store-ready arrays, and the
+whole ``prepare_files`` (what an ingest worker runs). Beside it, the same files read by astropy
+(``fits.open`` + the image) and by ``fitsio`` (cfitsio, when installed)::
+
+    python benchmarks/bench_ingest.py --breakdown /tmp/bench_survey/list_30000.txt [--n 2000]
 """
 
 from __future__ import annotations
@@ -131,15 +140,123 @@ def _run_one(listfile, out, workers, chunk_size):
     print(json.dumps({"n_ok": report.n_ok, "n_failed": report.n_failed, "seconds": dt, "self_mb": self_kb / 1024, "worker_mb": child_kb / 1024}))
 
 
+def _cpu_ms(fn, n):
+    """CPU milliseconds per item of ``fn()`` over ``n`` items, and its result."""
+    t0 = time.process_time()
+    out = fn()
+    return (time.process_time() - t0) / n * 1e3, out
+
+
+def breakdown(listfile, n):
+    """Print CPU ms per spectrum of each ingest step on the first ``n`` files of ``listfile``."""
+    os.environ.setdefault("CANNONADE_QUIET", "1")
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1)  # one core, as an ingest worker
+    except ImportError:
+        pass
+    from cannonade.spectra import ingest as ing
+    from cannonade.spectra.preprocessing import doppler_shift, normalise_batch, resample_batch
+    from cannonade.spectra.readers import lamost
+    from cannonade.spectra.readers.fits import _gunzip, check_hdus
+    from cannonade.spectra.surveys import common_grid
+
+    files = [line.strip() for line in open(listfile) if line.strip()][:n]
+    n = len(files)
+    grid = common_grid("lamost")
+    ing.prepare_files(files[:64], grid)  # caches (kernel, wavelengths) as a worker has them after its first chunk
+    # one pass as prepare_files makes it (file by file, then batches), each step's CPU time summed
+    names = ["open + read the file", "gunzip", "header cards (check_hdus)", "image + LAMOST decode (load_raw)",
+             "rest frame (doppler_shift)", "resample (batches of 32)", "continuum + divide (batches of 256)",
+             "store-ready float32 rows (put_rows)"]
+    ns = dict.fromkeys(names, 0)
+    clock = time.thread_time_ns
+    f32 = np.empty((ing._NORM_BATCH, grid.size), np.float32)
+    i32 = np.empty_like(f32)
+    metas = [{} for _ in range(ing._NORM_BATCH)]
+    pending, resampled = [], []
+
+    def timed(name, fn, *args):
+        t0 = clock()
+        out = fn(*args)
+        ns[name] += clock() - t0
+        return out
+
+    def flush_resample():
+        if pending:
+            cols = [np.array([p[c] for p in pending]) for c in range(3)]
+            resampled.append(timed(names[5], resample_batch, *cols, grid))
+            pending.clear()
+
+    def flush_normalise():
+        flush_resample()
+        if resampled:
+            fl, iv = np.concatenate([r[0] for r in resampled]), np.concatenate([r[1] for r in resampled])
+            nf, ni = timed(names[6], normalise_batch, grid, fl, iv)
+            timed(names[7], ing.put_rows, f32, i32, metas, range(len(nf)), nf, ni)
+            resampled.clear()
+
+    for f in files:
+        packed = timed(names[0], lambda: open(f, "rb").read())
+        raw = timed(names[1], _gunzip, packed, f)
+        (h, start, _), *_ = timed(names[2], check_hdus, raw, f)
+        spec = timed(names[3], lamost.load_raw, raw, h, start, f)
+        pending.append((timed(names[4], doppler_shift, spec.wavelength, spec.meta["redshift"]), spec.flux, spec.ivar))
+        if len(pending) == ing._RESAMPLE_BATCH:
+            flush_resample()
+        if sum(len(r[0]) for r in resampled) >= ing._NORM_BATCH:
+            flush_normalise()
+    flush_normalise()
+    rows = [(name, ns[name] / n / 1e6) for name in names]
+    parts = sum(ms for _, ms in rows)
+
+    def step(name, fn):
+        ms, out = _cpu_ms(fn, n)
+        rows.append((name, ms))
+        return ms
+
+    whole = step("whole prepare_files (one worker's chunk)", lambda: ing.prepare_files(files, grid))
+    from astropy.io import fits
+
+    def astropy_all():
+        for f in files:
+            with fits.open(f, memmap=False) as hdul:
+                _ = dict(hdul[0].header), np.asarray(hdul[0].data, dtype=np.float64)
+
+    step("astropy: fits.open + header + image", astropy_all)
+    try:
+        import fitsio
+    except ImportError:
+        fitsio = None
+    if fitsio is not None:
+        def fitsio_all():
+            for f in files:
+                with fitsio.FITS(f) as fh:
+                    _ = fh[0].read_header(), fh[0].read()
+
+        step("fitsio: header + image", fitsio_all)
+    print(f"\nwhere ingest's time goes: {n} files of {listfile}, CPU ms per spectrum (BLAS on one thread)")
+    print("| step | ms per spectrum |\n|---|---|")
+    for name, ms in rows:
+        print(f"| {name} | {ms:.3f} |")
+    print(f"\nsum of the steps {parts:.3f} ms; prepare_files {whole:.3f} ms per spectrum = {1e3 / whole:.0f} spectra/s "
+          "per core (4 000 spectra/s on 2 cores needs 0.5 ms)")
+    return 0
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, nargs="+", default=[2000, 20000])
+    ap.add_argument("--breakdown", metavar="FILE_LIST", help="per-step CPU time per spectrum on these files (see above)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--chunk-size", type=int, default=1000)
     ap.add_argument("--dir", default=None, help="where to write the synthetic files (default: a temporary dir, removed)")
     ap.add_argument("--keep", action="store_true", help="keep the synthetic files")
     ap.add_argument("--_one", nargs=2, metavar=("LIST", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.breakdown:
+        return breakdown(args.breakdown, args.n[0] if args.n != ap.get_default("n") else 2000)
     if args._one:
         _run_one(args._one[0], args._one[1], args.workers, args.chunk_size)
         return 0

@@ -36,6 +36,7 @@ from cannonade.cannon.vectorizer import collapse_to_monomials, monomial_plan, pa
 # the namespace is looked up through the module (devices.array_namespace), not bound here: a
 # test can then watch which array functions the maths asks for
 from cannonade.execution import device as devices
+from cannonade.execution.backends import native_threads
 from cannonade.util import progress
 
 
@@ -200,11 +201,7 @@ def _stacked(fn, *args, factor_of=None, isolate=True):
         if not isolate:
             return out, xp.zeros(n, dtype=bool)
         ok = xp.ones(n, dtype=bool)
-        for p in range(n):
-            try:
-                out[p] = fn(*(a[p] for a in args))
-            except LinAlgError:
-                ok[p] = False
+        _isolate_failures(fn, args, out, ok, 0, n)
         return out, ok
     if xp is np:
         return out, np.ones(n, dtype=bool)
@@ -218,10 +215,44 @@ def _stacked(fn, *args, factor_of=None, isolate=True):
     return out, ok
 
 
+def _isolate_failures(fn, args, out, ok, lo, hi):
+    """``fn`` on matrices ``lo:hi`` of a stack known to hold a failure: halves that work are kept,
+    halves that raise are split again, so f failed matrices among n cost ~2 f log2(n) calls rather
+    than n (a pixel with no usable star fails every iteration of a training batch). Each matrix's
+    result is the one a call on it alone gives (LAPACK runs matrix by matrix in a stack)."""
+    if hi - lo == 1:
+        ok[lo] = False
+        return
+    mid = (lo + hi) // 2
+    for a, b in ((lo, mid), (mid, hi)):
+        try:
+            out[a:b] = fn(*(x[a:b] for x in args))
+        except LinAlgError:
+            _isolate_failures(fn, args, out, ok, a, b)
+
+
+def _unsupported(A):
+    """(P,) bool: normal equations XᵀWX with a diagonal entry that is not positive (or not finite):
+    a term that no usable star supports (a pixel without data), so the matrix is singular for sure.
+    They are set aside before the batched LAPACK calls, where one would make the whole stack raise."""
+    xp = devices.array_namespace(A)
+    d = xp.diagonal(A, axis1=1, axis2=2)
+    return ~xp.all(xp.isfinite(d) & (d > 0), axis=1)
+
+
+def _set_aside(A, bad):
+    """A with the matrices ``bad`` replaced by the identity (their results are discarded)."""
+    xp = devices.array_namespace(A)
+    return xp.where(bad[:, None, None], xp.eye(A.shape[1]), A) if bool(bad.any()) else A
+
+
 def _solve(A, rhs):
     """Batched SPD solve: θ (P, K) and ln det A (P,) from one Cholesky and one LU; NaN where singular."""
     xp = devices.array_namespace(A, rhs)
+    bad = _unsupported(A)
+    A = _set_aside(A, bad)
     Lc, ok = _stacked(xp.linalg.cholesky, A, factor_of=A)  # rare failures: the singular pixels
+    ok &= ~bad
     A = xp.where(ok[:, None, None], A, xp.eye(A.shape[1]))
     # numerically singular systems can slip through the Cholesky (a pixel with fewer usable
     # stars than terms): they are isolated the same way and become NaN
@@ -243,7 +274,9 @@ def _inverse(A, max_vif=1e12):
     variance-inflation factor A_kk (A⁻¹)_kk exceeds ``max_vif`` (its θ would be noise).
     """
     xp = devices.array_namespace(A)
-    Ainv = _stacked(xp.linalg.inv, A)[0]  # an exactly singular pixel: NaN
+    bad = _unsupported(A)
+    Ainv = _stacked(xp.linalg.inv, _set_aside(A, bad))[0]  # an exactly singular pixel: NaN
+    Ainv[bad] = np.nan
     d = xp.diagonal(Ainv, axis1=1, axis2=2)
     vif = d * xp.diagonal(A, axis1=1, axis2=2)
     ok = xp.all(xp.isfinite(Ainv), axis=(1, 2)) & xp.all(d > 0, axis=1) & xp.all(vif < max_vif, axis=1)
@@ -440,9 +473,10 @@ def fit_scatter(X, y, ivar, active=None, method="reml", s_min=1e-6, plan=None, i
         if cold and it == 0:
             # from a cold start (s² = 0) the first step only has to land near the optimum:
             # take it without the inverse (θ̂ by one solve, average leverages)
-            theta, solved = _stacked(xp.linalg.solve, A, rhs[..., None], isolate=False)
+            bad = _unsupported(A)
+            theta, solved = _stacked(xp.linalg.solve, _set_aside(A, bad), rhs[..., None], isolate=False)
             # a singular pixel: the careful path isolates it
-            theta = theta[..., 0] if bool(solved.all()) else _solve(A, rhs)[0]
+            theta = theta[..., 0] if bool(solved.all()) and not bool(bad.any()) else _solve(A, rhs)[0]
             r = yy - X @ xp.nan_to_num(theta).T
             e = r * r
             if method == "reml":
@@ -524,8 +558,32 @@ def auto_pixel_chunk(n_stars, elements=131072):
 GPU_CHUNK_ELEMENTS = 1 << 23
 
 
+def training_threads():
+    """Threads that train pixel batches at once on the host: as many as the BLAS library may use
+    in this process (``OMP_NUM_THREADS``, ``OPENBLAS_NUM_THREADS``, or a ``threadpoolctl`` limit
+    set by the caller, e.g. a worker's ``threads_per_worker``), so training never takes more cores
+    than the matrix products alone would. 1 without ``threadpoolctl``."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return 1
+    blas = [int(i.get("num_threads") or 1) for i in threadpool_info() if i.get("user_api") == "blas"]
+    return max(1, min(blas)) if blas else 1
+
+
+def _fit_batch(Xs, f_c, i_c, act, s2_c, init, reg_c, col, method, plan):
+    """θ and s² of one batch of pixels (:func:`train_pixels`' loop body; batches are independent)."""
+    if s2_c is None:
+        s2_c, th = fit_scatter(Xs, f_c, i_c, act, method=method, plan=plan, init_s2=init)
+    else:
+        th = solve_theta(Xs, f_c, i_c, s2_c, act, plan=plan)[0]
+    if (reg_c > 0).any():
+        th = l1_theta(Xs, f_c, i_c, s2_c, reg_c, act, term_weights=1.0 / col, plan=plan)
+    return th, s2_c
+
+
 def train_pixels(X, exponents, flux, ivar, active=None, method="reml", s2=None, init_s2=None, regularization=0.0,
-                 pixel_chunk=None, digest=None, show_progress=True):
+                 pixel_chunk=None, digest=None, show_progress=True, threads=None):
     """θ and s² of every pixel, trained batch by batch of pixels (Wheeler+2020 Eqs. 3 and 5).
 
     The design's columns are equilibrated first (θ is unchanged, the K×K systems are well
@@ -558,6 +616,13 @@ def train_pixels(X, exponents, flux, ivar, active=None, method="reml", s2=None, 
     digest : hashlib hash, optional
         Updated with every cleaned batch's flux and ivar bytes (the training-set hash).
     show_progress : bool
+    threads : int, optional
+        Batches trained at once by a pool of threads on the host (default
+        :func:`training_threads`: the BLAS library's thread count). Every batch runs with BLAS on
+        one thread: the batches are independent and NumPy's LAPACK and array loops release the
+        GIL, so the cores that one batch's small matrices leave idle are used, and θ, s² are the
+        same bits whatever the thread count or the machine's cores. A GPU trains its batches one
+        after another.
 
     Returns
     -------
@@ -583,23 +648,31 @@ def train_pixels(X, exponents, flux, ivar, active=None, method="reml", s2=None, 
     theta, s2_out, n_valid = xp.zeros((P, K)), xp.zeros(P), xp.zeros(P, dtype=int)
     pixel_chunk = pixel_chunk or auto_pixel_chunk(N, **({} if xp is np else {"elements": GPU_CHUNK_ELEMENTS}))
     chunks = range(0, P, pixel_chunk)
-    for p0 in progress(chunks, desc="train (pixel chunks)", total=len(chunks), disable=not show_progress or None):
-        sl = slice(p0, min(P, p0 + pixel_chunk))
-        act = None if active is None else active[sl]
-        f_c, i_c = clean_spectra(flux[:, sl], ivar[:, sl])
-        if digest is not None:
-            digest.update(np.ascontiguousarray(f_c).tobytes() + np.ascontiguousarray(i_c).tobytes())
-        f_c, i_c = xp.asarray(f_c), xp.asarray(i_c)  # to X's device, once (no copy on the host)
-        n_valid[sl] = (i_c > 0).sum(axis=0)
-        if s2 is None:
-            init = None if init_s2 is None else np.asarray(init_s2, dtype=float)[sl]
-            s2_c, th = fit_scatter(Xs, f_c, i_c, act, method=method, plan=plan, init_s2=init)
+    threads = 1 if xp is not np else int(threads or training_threads())
+
+    def batches():
+        """Each batch's arguments of :func:`_fit_batch`, cleaned and hashed in pixel order."""
+        for p0 in chunks:
+            sl = slice(p0, min(P, p0 + pixel_chunk))
+            f_c, i_c = clean_spectra(flux[:, sl], ivar[:, sl])
+            if digest is not None:
+                digest.update(np.ascontiguousarray(f_c).tobytes() + np.ascontiguousarray(i_c).tobytes())
+            f_c, i_c = xp.asarray(f_c), xp.asarray(i_c)  # to X's device, once (no copy on the host)
+            n_valid[sl] = (i_c > 0).sum(axis=0)
+            init = None if (s2 is not None or init_s2 is None) else np.asarray(init_s2, dtype=float)[sl]
+            yield sl, (Xs, f_c, i_c, None if active is None else active[sl], None if s2 is None else xp.asarray(s2[sl]),
+                       init, reg[sl], col, method, plan)
+
+    # each batch's BLAS on one thread, whatever the pool: the iterations of fit_scatter stop at a
+    # tolerance, so a product summed in another order (another BLAS thread count) could move s² by
+    # ~1e-6; this way θ and s² are the same bits on any number of cores
+    with native_threads(1), progress(total=len(chunks), desc="train (pixel chunks)", disable=not show_progress or None) as bar:
+        if threads <= 1 or len(chunks) < 2:
+            for sl, args in batches():
+                theta[sl], s2_out[sl] = _fit_batch(*args)
+                bar.update()
         else:
-            s2_c = xp.asarray(s2[sl])
-            th = solve_theta(Xs, f_c, i_c, s2_c, act, plan=plan)[0]
-        if (reg[sl] > 0).any():
-            th = l1_theta(Xs, f_c, i_c, s2_c, reg[sl], act, term_weights=1.0 / col, plan=plan)
-        theta[sl], s2_out[sl] = th, s2_c
+            _fit_batches_threaded(batches(), threads, theta, s2_out, bar)
     theta = theta / col  # undo the column equilibration
     if active is not None:
         theta[~active] = 0.0
@@ -608,3 +681,30 @@ def train_pixels(X, exponents, flux, ivar, active=None, method="reml", s2=None, 
     theta[~pixel_ok] = 0.0
     s2_out[~pixel_ok] = 0.0
     return theta, s2_out, pixel_ok
+
+
+def _fit_batches_threaded(batches, threads, theta, s2_out, bar):
+    """:func:`_fit_batch` of every ``(slice, args)`` of ``batches`` on ``threads`` threads (the caller
+    holds BLAS to one thread each, so the cores are not oversubscribed); at most two batches per thread are
+    prepared ahead (memory). Results go to their pixels of ``theta``, ``s2_out``; the first
+    exception raised by a batch is raised here."""
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    def collect(done):
+        for fut in done:
+            sl = pending.pop(fut)
+            theta[sl], s2_out[sl] = fut.result()
+            bar.update()
+
+    pending = {}
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="cannonade-train") as pool:
+        try:
+            for sl, args in batches:
+                pending[pool.submit(_fit_batch, *args)] = sl
+                if len(pending) >= 2 * threads:
+                    collect(wait(pending, return_when=FIRST_COMPLETED)[0])
+            while pending:
+                collect(wait(pending, return_when=FIRST_COMPLETED)[0])
+        finally:
+            for fut in pending:
+                fut.cancel()

@@ -276,6 +276,49 @@ def test_a_singular_pixel_is_isolated_without_an_exception(monkeypatch):
     assert ok.all() and np.isfinite(x).all()
 
 
+def test_failed_matrices_of_a_stack_are_isolated_by_halving():
+    """NumPy raises for the whole stack when one matrix is singular: the stack is split in halves
+    until each failure is alone. Every other matrix gets exactly the inverse a call on it alone
+    gives, the singular ones NaN, in a few calls per failure instead of one per matrix."""
+    rng = np.random.default_rng(2)
+    G = rng.normal(size=(256, 6, 6))
+    A = G @ np.swapaxes(G, 1, 2) + 6 * np.eye(6)
+    bad = [3, 4, 200]
+    A[bad] = 0.0  # a pixel without a usable star
+    calls = []
+
+    def inv(a):
+        calls.append(len(a))
+        return np.linalg.inv(a)
+
+    out, ok = training._stacked(inv, A)
+    assert ok.tolist() == [p not in bad for p in range(len(A))]
+    assert np.isnan(out[bad]).all()
+    good = np.flatnonzero(ok)
+    assert np.array_equal(out[good], np.stack([np.linalg.inv(A[p]) for p in good]))
+    assert len(calls) <= 1 + 2 * len(bad) * int(np.log2(len(A)))  # one per matrix would be 257
+
+
+def test_a_pixel_without_data_is_set_aside_before_the_batched_inverse(monkeypatch):
+    """Normal equations with a zero diagonal entry (a term no usable star supports) are singular
+    for sure: they are replaced before the stack goes to LAPACK, so it raises nothing and runs
+    once; those pixels come back NaN and unusable, the others as inverted alone."""
+    rng = np.random.default_rng(3)
+    G = rng.normal(size=(64, 5, 5))
+    A = G @ np.swapaxes(G, 1, 2) + 5 * np.eye(5)
+    A[[7, 40]] = 0.0
+    A[9, 2, :] = A[9, :, 2] = 0.0  # one term without support
+    calls = []
+    inv = np.linalg.inv
+    monkeypatch.setattr(np.linalg, "inv", lambda a: calls.append(len(a)) or inv(a))
+    Ainv, ok = training._inverse(A)
+    assert calls == [64]
+    assert ok.tolist() == [p not in (7, 9, 40) for p in range(64)] and np.isnan(Ainv[[7, 9, 40]]).all()
+    assert np.array_equal(Ainv[ok], np.stack([inv(A[p]) for p in np.flatnonzero(ok)]))
+    theta, logdet = training._solve(A, np.ones((64, 5)))
+    assert np.isnan(theta[[7, 9, 40]]).all() and np.isnan(logdet[[7, 9, 40]]).all() and np.isfinite(theta[ok]).all()
+
+
 # ----------------------------------------------------------------------------- on a GPU
 
 gpu = pytest.mark.skipif(not gpu_available(), reason="no CuPy or no CUDA device (pip install 'cannonade[gpu]')")

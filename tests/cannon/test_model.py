@@ -389,3 +389,43 @@ def test_pixels_the_training_set_cannot_constrain_are_excluded():
     assert r.converged.all() and np.all(r.dof == 38 - 3)
     cv = cross_validate(m, lab, flux, ivar, k=4, seed=1)  # folds must survive such pixels too
     assert np.all(np.isfinite(cv.scatter))
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_training_threads_give_the_same_bits_as_one(threads, monkeypatch):
+    """Pixel batches trained on a pool of threads: θ, s², the usable pixels and the training-set
+    hash are the same bits as batch by batch on one thread (censored terms, L1 and bad pixels
+    included); a batch that raises stops the training with its error."""
+    import hashlib
+
+    from cannonade.cannon import training
+
+    u = PolyUniverse(3, 150, seed=11)
+    lab = u.labels(400)
+    flux, ivar = u.spectra(lab)
+    ivar[:, 40:45] = 0.0  # pixels without data
+    ivar[::7, 90] = 0.0
+    X = design_matrix((lab - lab.mean(0)) / lab.std(0), u.E)
+    active = np.ones((u.P, len(u.E)), dtype=bool)
+    active[::4, u.E[:, 2] > 0] = False
+    reg = np.where(np.arange(u.P) % 5 == 0, 50.0, 0.0)
+    runs = []
+    for n in (1, threads):
+        digest = hashlib.sha256()
+        out = training.train_pixels(X, u.E, flux, ivar, active=active, regularization=reg, pixel_chunk=16,
+                                    digest=digest, show_progress=False, threads=n)
+        runs.append((*out, digest.hexdigest()))
+    (t1, s1, ok1, h1), (t2, s2, ok2, h2) = runs
+    assert np.array_equal(t1, t2) and np.array_equal(s1, s2) and np.array_equal(ok1, ok2) and h1 == h2
+    assert not ok1[40:45].any() and ok1.sum() == u.P - 5
+    fit, calls = training._fit_batch, []
+
+    def failing(*args):
+        calls.append(1)
+        if len(calls) == 4:
+            raise ZeroDivisionError("batch 4")
+        return fit(*args)
+
+    monkeypatch.setattr(training, "_fit_batch", failing)
+    with pytest.raises(ZeroDivisionError, match="batch 4"):
+        training.train_pixels(X, u.E, flux, ivar, pixel_chunk=16, show_progress=False, threads=threads)

@@ -483,3 +483,56 @@ def test_galah_read_from_the_bytes_equals_astropy(tmp_path):
     assert galah.identify_hdus(check_hdus(read_bytes(bad), str(bad))) == ""
     with pytest.raises(SpectrumFormatError, match="unknown"):
         read_spectrum(bad)
+
+
+def _card_bytes(cards):
+    """FITS header bytes: the 80-column cards, END, padded with blanks to whole 2880-byte blocks."""
+    text = "".join(c.ljust(80)[:80] for c in cards) + "END".ljust(80)
+    return (text + " " * (-len(text) % 2880)).encode("ascii")
+
+
+def test_header_cards_parse_as_astropy_reads_them():
+    """The bytes parser (ingest's header path) gives astropy's value for every kind of card:
+    strings (quotes, escaped quotes, a '/' inside, trailing blanks), integers, floats with E or D
+    exponents, logicals, undefined values, comments; the first of a repeated key; COMMENT/HISTORY
+    skipped; cards after END ignored; a header spanning several blocks."""
+    from cannonade.spectra.readers.fits import parse_header_bytes
+
+    cards = [
+        "SIMPLE  =                    T / conforms to FITS",
+        "BITPIX  =                  -32",
+        "NAXIS   =                    2",
+        "NAXIS1  =                 3909 / pixels",
+        "LOGIC   =                    F",
+        "DESIG   = 'LAMOST J000000.00+000000.0' / designation",
+        "QUOTED  = 'O''HARA  '",
+        "SLASH   = 'a/b / c'            / a slash inside the string",
+        "EMPTYSTR= ''",
+        "COEFF0  =               3.5682 / log10 of the first wavelength",
+        "COEFF1  =               1.0E-4",
+        "EXPD    =              1.5D+03",
+        "NEGINT  =                -9999",
+        "NEGFLT  =              -9999.0",
+        "PLUSINT =                   +7",
+        "UNDEF   =                      / undefined value",
+        "COMMENT   this is a comment = 5",
+        "HISTORY   and history",
+        "NAXIS1  =                    1 / a repeat: the first is kept",
+    ] + [f"FILL{k:04d}= {k * 0.5:20.3f}" for k in range(40)]  # past one 2880-byte block
+    raw = _card_bytes(cards) + _card_bytes(["AFTER   =                    1"])
+    h, end = parse_header_bytes(raw, 0, "x.fits")
+    assert end == 2 * 2880  # 60 cards + END: two blocks
+    ref = fits.Header.fromstring(raw[:end].decode("ascii"))
+    expected = {}
+    for card in ref.cards:
+        if card.keyword in ("COMMENT", "HISTORY", "") or card.keyword in expected:
+            continue
+        v = card.value
+        expected[card.keyword] = None if type(v).__name__ == "Undefined" else v
+    assert h == expected
+    for key, value in expected.items():
+        assert type(h[key]) is type(value), key
+    assert h["QUOTED"] == "O'HARA" and h["SLASH"] == "a/b / c" and h["NAXIS1"] == 3909 and h["EXPD"] == 1500.0
+    assert "AFTER" not in h and "COMMENT" not in h
+    with pytest.raises(SpectrumFormatError, match="truncated FITS header"):
+        parse_header_bytes(raw[: 2 * 2880 - 80][:2880], 0, "x.fits")

@@ -112,23 +112,34 @@ def header_dict(header):
     return out
 
 
+def _parse_quoted(t):
+    """A FITS string value from text starting at its opening quote ('' is an escaped quote)."""
+    out, i = [], 1
+    while i < len(t):
+        j = t.find("'", i)
+        if j < 0:
+            out.append(t[i:])
+            break
+        out.append(t[i:j])
+        if t[j + 1 : j + 2] == "'":
+            out.append("'")
+            i = j + 2
+        else:
+            break
+    return "".join(out).rstrip()
+
+
+_NOT_INTEGER = frozenset(".EeDd")  # a value holding one of these is never a Python int literal
+
+
 def _parse_value(text):
     """The value of one FITS card from the text after '= ' (fast, no astropy)."""
     t = text.lstrip()
-    if t.startswith("'"):
-        out, i = [], 1
-        while i < len(t):
-            j = t.find("'", i)
-            if j < 0:
-                out.append(t[i:])
-                break
-            out.append(t[i:j])
-            if t[j + 1 : j + 2] == "'":  # '' is an escaped quote
-                out.append("'")
-                i = j + 2
-            else:
-                break
-        return "".join(out).rstrip()
+    if t[:1] == "'":
+        j = t.find("'", 1)
+        if j > 0 and t[j + 1 : j + 2] != "'":  # the common string: no escaped quote inside
+            return t[1:j].rstrip()
+        return _parse_quoted(t)
     v = t.split("/", 1)[0].strip()
     if v == "T":
         return True
@@ -136,10 +147,11 @@ def _parse_value(text):
         return False
     if v == "":
         return None
-    try:
-        return int(v)
-    except ValueError:
-        pass
+    if _NOT_INTEGER.isdisjoint(v):  # int() would fail on a '.' or an exponent: no failed try (~1 us)
+        try:
+            return int(v)
+        except ValueError:
+            pass
     try:
         return float(v.replace("D", "E"))
     except ValueError:
@@ -162,13 +174,14 @@ def parse_header_bytes(raw, start, path):
         block = raw[pos : pos + 2880].decode("ascii", "replace")
         pos += 2880
         for k in range(0, 2880, 80):
-            card = block[k : k + 80]
-            key = card[:8].rstrip()
+            key = block[k : k + 8].rstrip()
             if key == "END":
                 return out, pos
-            if not key or card[8:10] != "= " or key in out or key in ("COMMENT", "HISTORY"):
-                continue
-            out[key] = _parse_value(card[10:])
+            if block[k + 8 : k + 10] == "= " and key and key not in out and key not in _SKIPPED_KEYS:
+                out[key] = _parse_value(block[k + 10 : k + 80])
+
+
+_SKIPPED_KEYS = frozenset(("COMMENT", "HISTORY"))
 
 
 def clean_header(h):
