@@ -14,8 +14,9 @@ true labels. Then, each stage in a fresh process (so its peak memory is its own)
   ``--action-method staeckel_grid``: galpy's interpolated grid, its set-up included).
 
 For each stage: seconds, spectra (stars) per second, the peak RSS of the parent and of the
-largest worker, and the projection to LAMOST DR10 v2.0's 11.1 million spectra. Run two sizes
-to see that memory does not grow with N.
+largest worker (and that worker's PSS and private memory, sampled each second: a forked worker's
+RSS also counts the parent's pages it shares), and the projection to LAMOST DR10 v2.0's
+11.1 million spectra. Run two sizes to see that memory does not grow with N.
 
     python benchmarks/bench_survey.py --n 100000 --workers 1 2 [--dir /tmp/bench_survey]
 
@@ -43,6 +44,58 @@ LABELS = ("teff", "logg", "fe_h", "mg_fe")
 def _peaks():
     return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
             resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0)
+
+
+class WorkerMemory:
+    """The largest private memory (USS: pages no other process maps) and PSS of this process's
+    child processes, sampled every ``interval`` seconds from ``/proc/<pid>/smaps_rollup`` (Linux;
+    zeros elsewhere). A forked worker's RSS also counts the parent's pages it shares (the list of
+    a million file names, the imported libraries): its private memory is what the worker itself
+    costs, the figure that must not grow with N."""
+
+    def __init__(self, interval=1.0):
+        import threading
+
+        self.private_mb = self.pss_mb = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(interval,), daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    @staticmethod
+    def _children():
+        me = os.getpid()
+        for pid in os.listdir("/proc"):
+            if pid.isdigit():
+                try:
+                    with open(f"/proc/{pid}/stat") as fh:
+                        ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+                except (OSError, ValueError, IndexError):
+                    continue
+                if ppid == me:
+                    yield pid
+
+    def _sample(self):
+        for pid in self._children():
+            try:
+                with open(f"/proc/{pid}/smaps_rollup") as fh:
+                    kb = {k: int(v.split()[0]) for k, v in (line.split(":", 1) for line in fh.read().splitlines()[1:])}
+            except (OSError, ValueError):
+                continue
+            self.private_mb = max(self.private_mb, (kb.get("Private_Clean", 0) + kb.get("Private_Dirty", 0)) / 1024.0)
+            self.pss_mb = max(self.pss_mb, kb.get("Pss", 0) / 1024.0)
+
+    def _run(self, interval):
+        if not os.path.exists("/proc/self/smaps_rollup"):
+            return
+        while not self._stop.wait(interval):
+            self._sample()
 
 
 def prepare(base, n_mock, seed=0):
@@ -155,14 +208,16 @@ def main(argv=None):
     base = Path(args.dir)
     if args._stage:
         stage, n, workers = args._stage[0], int(args._stage[1]), int(args._stage[2])
-        out = STAGES[stage](base, n, workers, action_method=args.action_method)
+        with WorkerMemory() as mem:
+            out = STAGES[stage](base, n, workers, action_method=args.action_method)
         out["parent_mb"], out["worker_mb"] = _peaks()
+        out["worker_private_mb"], out["worker_pss_mb"] = mem.private_mb, mem.pss_mb
         print(json.dumps(out))
         return 0
     base.mkdir(parents=True, exist_ok=True)
     files, _ = prepare(base, args.mock_stars)
     print(f"{len(files)} mock LAMOST files (gzipped, DR1 layout) replicated to N; cpu count {os.cpu_count()}")
-    print("| N | workers | stage | seconds | per s | parent MB | largest worker MB | DR10 (11.1 M) h |")
+    print("| N | workers | stage | seconds | per s | parent MB | largest worker MB (RSS / PSS / private) | DR10 (11.1 M) h |")
     print("|---|---|---|---|---|---|---|---|")
     results = []
     for n in args.n:
@@ -175,7 +230,8 @@ def main(argv=None):
                 total_h += DR10_SPECTRA / rate / 3600.0
                 results.append(dict(r, stage=stage, N=n, workers=w, rate=rate))
                 print(f"| {n:,} | {w} | {stage} | {r['seconds']:.0f} | {rate:,.0f} | {r['parent_mb']:.0f} | "
-                      f"{r['worker_mb']:.0f} | {DR10_SPECTRA / rate / 3600.0:.2f} |", flush=True)
+                      f"{r['worker_mb']:.0f} / {r['worker_pss_mb']:.0f} / {r['worker_private_mb']:.0f} | "
+                      f"{DR10_SPECTRA / rate / 3600.0:.2f} |", flush=True)
             print(f"| {n:,} | {w} | **end to end** | | | | | **{total_h:.2f}** |", flush=True)
             if not args.keep:
                 for p in base.glob(f"*_{n}_{w}.*"):

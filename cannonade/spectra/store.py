@@ -56,7 +56,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cannonade.exceptions import ConfigError, ShapeError, StoreFormatError
+from cannonade.exceptions import ColumnError, ConfigError, ShapeError, StoreFormatError
 from cannonade.util import atomic_path
 
 __all__ = [
@@ -554,14 +554,25 @@ class SpectraStore:
             i = j
         return flux, ivar
 
-    def meta(self, start=0, stop=None):
-        """Per-spectrum metadata (rows ``start:stop``) as an astropy Table."""
+    def meta(self, start=0, stop=None, columns=None):
+        """Per-spectrum metadata (rows ``start:stop``; only ``columns`` when given) as an astropy Table.
+
+        Raises
+        ------
+        ColumnError
+            A column in ``columns`` that the store does not have (names it and the store).
+        """
         from astropy.table import Table
 
         g = self._h5["meta"]
         stop = self.n_spectra if stop is None else min(int(stop), self.n_spectra)
         cols = {}
         order = [c for c in META_COLUMNS if c in g] + sorted(c for c in g if c not in META_COLUMNS)
+        if columns is not None:
+            missing = [c for c in columns if c not in g]
+            if missing:
+                raise ColumnError(f"{self.path}: no metadata column {missing[0]!r} (it has {', '.join(order)})")
+            order = list(columns)
         for name in order:
             ds = g[name]
             if ds.dtype.kind == "O" or h5_is_string(ds):

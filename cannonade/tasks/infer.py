@@ -137,14 +137,15 @@ def infer_chunk(k, part, store_path, start, stop, models, classes, label_names):
     return stop - start
 
 
-def label_table(arrays, label_names, meta):
+def label_table(arrays, label_names, meta, first_row=0):
     """The output table: one row per spectrum, columns of the ``labels`` catalogue schema
-    (units and descriptions: :data:`cannonade.catalogue.schemas.LABELS`)."""
+    (units and descriptions: :data:`cannonade.catalogue.schemas.LABELS`); ``meta`` holds the
+    store's rows ``first_row`` onwards."""
     from astropy.table import Table
 
     t = Table()
     t["obj_id"] = np.asarray(meta["obj_id"]).astype(str)
-    t["store_row"] = np.arange(len(meta))
+    t["store_row"] = np.arange(first_row, first_row + len(meta))
     t["source_file"] = np.asarray(meta["source_file"]).astype(str)
     t["model"] = np.asarray(arrays["model_class"]).astype(str)
     for i, lab in enumerate(label_names):
@@ -244,11 +245,10 @@ def infer_store(models, store, out, model_by="chi2", catalogue=None, allow_misma
     store = Path(store)
     with SpectraStore(store) as st:
         setup = SpectralSetup.from_store(st)
-        meta = st.meta()
+        ids = np.asarray(st.meta(columns=["obj_id"])["obj_id"]).astype(str)  # the rest, chunk by chunk
         n = st.n_spectra
     for m in models.values():
         m.check_spectra(setup, allow_mismatch=allow_mismatch, what=f"the spectra of {store}")
-    ids = np.asarray(meta["obj_id"]).astype(str)
     classes = model_classes(models, model_by, ids, catalogue=catalogue, **catalogue_options)
     label_names = list(dict.fromkeys(lab for m in models.values() for lab in m.label_names))
     starts = list(range(0, n, chunk_size))
@@ -279,17 +279,47 @@ def infer_store(models, store, out, model_by="chi2", catalogue=None, allow_misma
         workers = (os.cpu_count() or 1) if str(scheduler or "").strip() == LOCAL_SCHEDULER else 1
     cm.run(infer_chunk, args=args, backend=backend, workers=workers, desc="infer", total=n, unit="spec",
            weight=lambda k: min(n, starts[k] + chunk_size) - starts[k], stop_after=stop_after, on_done=on_done, **options)
-    arrays = _read_parts(cm.parts(), label_names, n)
-    t = label_table(arrays, label_names, meta)
     prov = provenance(recipe="cannonade infer", input_store=store, training_hash={k: m.training_hash_ for k, m in models.items()},
                       models=paths, model_by=model_by)
-    write_labels(t, out, prov, label_names)
+    used, n_clean = _write_label_parts(cm.parts(), starts, store, out, prov, label_names)
     cm.cleanup()
-    used = np.asarray(t["model"])
-    counts = {k: int((used == k).sum()) for k in models}
-    if (used == "").any():
-        counts["none"] = int((used == "").sum())
-    return InferReport(out, n, counts, int((np.asarray(t["flags"]) == 0).sum()), len(starts), n_before, len(stale))
+    counts = {k: int(used.get(k, 0)) for k in models}
+    if used.get(""):
+        counts["none"] = int(used[""])
+    return InferReport(out, n, counts, n_clean, len(starts), n_before, len(stale))
+
+
+def _write_label_parts(parts, starts, store, out, prov, label_names):
+    """Write the label table of the finished ``parts`` (chunk k = store rows from ``starts[k]``).
+
+    Parquet is streamed part by part (:class:`~cannonade.catalogue.writers.CatalogueWriter`): this
+    process holds one chunk's rows, not the survey's (1 000 000 spectra: 2.5 GB in one table). FITS
+    and CSV, and an empty store, are written from one table. Returns (spectra per model name,
+    spectra with flags 0)."""
+    from collections import Counter
+
+    from cannonade.catalogue.writers import CatalogueWriter
+
+    used, n_clean = Counter(), 0
+
+    def tally(t):
+        nonlocal n_clean
+        used.update(np.asarray(t["model"]).tolist())
+        n_clean += int((np.asarray(t["flags"]) == 0).sum())
+
+    with SpectraStore(store) as st:
+        if not out.name.lower().endswith(".parquet") or not parts:
+            t = label_table(_read_parts(parts, label_names, st.n_spectra), label_names, st.meta())
+            write_labels(t, out, prov, label_names)
+            tally(t)
+            return used, n_clean
+        with CatalogueWriter(out, schema="labels", label_names=label_names, provenance=prov) as w:
+            for part, s0 in zip(parts, starts):
+                arrays = _read_parts([part], label_names, None)
+                t = label_table(arrays, label_names, st.meta(s0, s0 + len(arrays["flags"])), first_row=s0)
+                w.write(t)
+                tally(t)
+    return used, n_clean
 
 
 def _digest(values):

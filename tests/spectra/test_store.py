@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from astropy.table import Table
 
-from cannonade.exceptions import ConfigError, ShapeError
+from cannonade.exceptions import ColumnError, ConfigError, ShapeError
 from cannonade.spectra.store import (
     BLOSC_FILTER,
     COMPRESSION_OPTIONS,
@@ -43,6 +43,10 @@ def test_write_store_roundtrip(tmp_path):
         assert list(m["obj_id"]) == [f"s{k}" for k in range(7)]
         np.testing.assert_array_equal(m["teff"], np.arange(7) * 100.0)  # extra column kept
         assert np.all(np.isnan(m["dec"]))  # missing standard column -> NaN
+        some = st.meta(2, 5, columns=["teff", "obj_id"])  # only these, in this order
+        assert some.colnames == ["teff", "obj_id"] and list(some["obj_id"]) == ["s2", "s3", "s4"]
+        with pytest.raises(ColumnError, match="'nope'"):
+            st.meta(columns=["obj_id", "nope"])
         chunks = list(st.iter_chunks(3))
         assert [(a, b) for a, b, _, _ in chunks] == [(0, 3), (3, 6), (6, 7)]
         np.testing.assert_allclose(np.vstack([c[2] for c in chunks]), flux, rtol=1e-6)

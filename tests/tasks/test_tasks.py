@@ -121,6 +121,27 @@ def test_infer_one_row_per_spectrum_in_store_order(survey, model_path, tmp_path)
     assert "cannonade infer" in text and model_path[1].model.training_hash_ in text
 
 
+def test_streamed_parquet_labels_equal_the_one_table_fits(survey, model_path, tmp_path):
+    """A Parquet label table is written part by part (the process holds one chunk's rows, not the
+    survey's); it equals the FITS table written from one table: every column, unit, the store
+    rows in order, the provenance; the report's counts are those of the table."""
+    from cannonade.catalogue import read_catalogue
+
+    d, lab, ids = survey
+    store = d / "survey.h5"
+    rep_p = infer_store([model_path[0]], store, tmp_path / "s.parquet", chunk_size=90)  # 5 parts, the last short
+    rep_f = infer_store([model_path[0]], store, tmp_path / "s.fits", chunk_size=90)
+    a, b = read_catalogue(tmp_path / "s.parquet"), read_catalogue(tmp_path / "s.fits")
+    assert a.colnames == b.colnames and len(a) == len(b) == len(ids)
+    assert list(a["store_row"]) == list(range(len(ids))) and list(a["obj_id"]) == list(ids)
+    for c in a.colnames:
+        assert a[c].unit == b[c].unit, c
+        x, y = np.asarray(a[c]), np.asarray(b[c])
+        assert np.array_equal(x, y, equal_nan=x.dtype.kind == "f"), c
+    assert rep_p.n_flag_free == rep_f.n_flag_free == int(np.sum(np.asarray(a["flags"]) == 0))
+    assert rep_p.counts == rep_f.counts == {"giant": len(ids)}
+
+
 def test_infer_refuses_another_grid_or_normalisation(survey, model_path, tmp_path):
     d, _, _ = survey
     with pytest.raises(SpectraMismatchError, match="wavelength grid") as e:
