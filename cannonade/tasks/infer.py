@@ -292,8 +292,8 @@ def infer_store(models, store, out, model_by="chi2", catalogue=None, allow_misma
 def _write_label_parts(parts, starts, store, out, prov, label_names):
     """Write the label table of the finished ``parts`` (chunk k = store rows from ``starts[k]``).
 
-    Parquet is streamed part by part (:class:`~cannonade.catalogue.writers.CatalogueWriter`): this
-    process holds one chunk's rows, not the survey's (1 000 000 spectra: 2.5 GB in one table). FITS
+    Parquet is streamed (:class:`~cannonade.catalogue.writers.CatalogueWriter`), :data:`WRITE_ROWS`
+    rows at a time: this process holds those, not the survey's (1 000 000 spectra: 2.5 GB in one table). FITS
     and CSV, and an empty store, are written from one table. Returns (spectra per model name,
     spectra with flags 0)."""
     from collections import Counter
@@ -314,12 +314,22 @@ def _write_label_parts(parts, starts, store, out, prov, label_names):
             tally(t)
             return used, n_clean
         with CatalogueWriter(out, schema="labels", label_names=label_names, provenance=prov) as w:
-            for part, s0 in zip(parts, starts):
-                arrays = _read_parts([part], label_names, None)
-                t = label_table(arrays, label_names, st.meta(s0, s0 + len(arrays["flags"])), first_row=s0)
-                w.write(t)
-                tally(t)
+            # parts grouped to ~WRITE_ROWS rows a write: a write's fixed cost (the store's metadata
+            # columns, the Arrow conversion) is then small per row, and memory still bounded
+            ends = list(starts[1:]) + [st.n_spectra]
+            first = 0  # the first part of the group not yet written
+            for k in range(len(parts)):
+                if ends[k] - starts[first] >= WRITE_ROWS or k == len(parts) - 1:
+                    arrays = _read_parts(parts[first : k + 1], label_names, None)
+                    t = label_table(arrays, label_names, st.meta(starts[first], ends[k]), first_row=starts[first])
+                    w.write(t)
+                    tally(t)
+                    first = k + 1
     return used, n_clean
+
+
+#: rows of the label table written at once when streaming Parquet (~25 MB of rows in memory)
+WRITE_ROWS = 50_000
 
 
 def _digest(values):
