@@ -198,7 +198,7 @@ def breakdown(listfile, n):
             resampled.clear()
 
     for f in files:
-        packed = timed(names[0], lambda: open(f, "rb").read())
+        packed = timed(names[0], Path(f).read_bytes)
         raw = timed(names[1], _gunzip, packed, f)
         (h, start, _), *_ = timed(names[2], check_hdus, raw, f)
         spec = timed(names[3], lamost.load_raw, raw, h, start, f)

@@ -309,7 +309,7 @@ def _write_label_parts(parts, starts, store, out, prov, label_names):
 
     with SpectraStore(store) as st:
         if not out.name.lower().endswith(".parquet") or not parts:
-            t = label_table(_read_parts(parts, label_names, st.n_spectra), label_names, st.meta())
+            t = label_table(_read_parts(parts, label_names), label_names, st.meta())
             write_labels(t, out, prov, label_names)
             tally(t)
             return used, n_clean
@@ -320,7 +320,7 @@ def _write_label_parts(parts, starts, store, out, prov, label_names):
             first = 0  # the first part of the group not yet written
             for k in range(len(parts)):
                 if ends[k] - starts[first] >= WRITE_ROWS or k == len(parts) - 1:
-                    arrays = _read_parts(parts[first : k + 1], label_names, None)
+                    arrays = _read_parts(parts[first : k + 1], label_names)
                     t = label_table(arrays, label_names, st.meta(starts[first], ends[k]), first_row=starts[first])
                     w.write(t)
                     tally(t)
@@ -336,7 +336,7 @@ def _digest(values):
     return hashlib.sha256("\n".join(np.asarray(values).astype(str).tolist()).encode()).hexdigest()[:16]
 
 
-def _read_parts(parts, label_names, n):
+def _read_parts(parts, label_names):
     """The chunks' arrays concatenated in store order (label columns in ``label_names`` order)."""
     arrays = {}
     for p in parts:
