@@ -14,7 +14,8 @@ continuum, approximated by smoothing the spectra with a Gaussian kernel with a
 * :func:`continuum_gaussian` -- ivar-weighted Gaussian smoothing,
   ``C = sum_j w_j K_ij f_j / sum_j w_j K_ij`` (Ho+2017; Wheeler+2020 §3).
 * :func:`continuum_chebyshev` -- a Chebyshev series per detector region fitted
-  by weighted least squares with iterative asymmetric sigma-clipping of lines.
+  by weighted least squares with iterative asymmetric sigma-clipping of lines
+  (:func:`continuum_chebyshev_batch`: many spectra at once).
 * :func:`normalise` -- ``f / C`` and ``ivar C^2``.
 
 No medians or quantiles anywhere: they make the normalisation depend on S/N and
@@ -44,6 +45,7 @@ __all__ = [
     "continuum_gaussian",
     "continuum_gaussian_batch",
     "continuum_chebyshev",
+    "continuum_chebyshev_batch",
     "normalise",
     "normalise_batch",
     "prepare_spectrum",
@@ -575,37 +577,95 @@ def continuum_chebyshev(wavelength, flux, ivar, regions=None, degree=4, continuu
     iv = np.asarray(ivar, dtype=np.float64)
     if not (w.shape == f.shape == iv.shape) or w.ndim != 1:
         raise ShapeError(f"wavelength, flux, ivar must be equal 1-D shapes, got {w.shape}, {f.shape}, {iv.shape}")
-    usable = (iv > 0) & np.isfinite(iv) & np.isfinite(f)
+    return continuum_chebyshev_batch(w, f[None], iv[None], regions, degree, continuum_mask, n_iter, low, high)[0]
+
+
+def continuum_chebyshev_batch(wavelength, flux, ivar, regions=None, degree=4, continuum_mask=None, n_iter=5, low=2.0,
+                              high=3.0):
+    """:func:`continuum_chebyshev` of many spectra on one grid, all fitted at once.
+
+    Every spectrum's clipped fit is the one :func:`continuum_chebyshev` describes; the fits of a
+    region run in lock-step (one batch of (degree + 1)² normal equations per clipping iteration,
+    a spectrum leaving the batch when its kept pixels stop changing) instead of one least-squares
+    call per spectrum, region and iteration.
+
+    Parameters
+    ----------
+    wavelength : (n_pixels,) float
+    flux, ivar : (n_spectra, n_pixels) float
+    regions, degree, continuum_mask, n_iter, low, high
+        As :func:`continuum_chebyshev`.
+
+    Returns
+    -------
+    continuum : (n_spectra, n_pixels) float64
+        NaN outside every region and in a region where a spectrum has fewer than ``degree + 2``
+        good pixels.
+    """
+    w = np.asarray(wavelength, dtype=np.float64)
+    flux = np.atleast_2d(np.asarray(flux, dtype=np.float64))
+    ivar = np.atleast_2d(np.asarray(ivar, dtype=np.float64))
+    _check_shapes(w, flux, ivar)
+    usable = (ivar > 0) & np.isfinite(ivar) & np.isfinite(flux)
     if continuum_mask is not None:
-        usable &= np.asarray(continuum_mask, dtype=bool)
+        usable &= np.asarray(continuum_mask, dtype=bool)[None, :]
     regions = _segments(w) if regions is None else regions
-    cont = np.full(w.shape, np.nan)
+    cont = np.full(flux.shape, np.nan)
     for lo, hi in regions:
         sel = (w >= lo) & (w <= hi)  # a pixel on a shared boundary goes to the later region
-        if not sel.any():
+        if not sel.any() or not len(flux):
             continue
         a, b = w[sel].min(), w[sel].max()
-        x_all = (2.0 * (w[sel] - a) / (b - a) - 1.0) if b > a else np.zeros(sel.sum())
-        V_all = np.polynomial.chebyshev.chebvander(x_all, degree)
-        f_r, iv_r = f[sel], iv[sel]
-        keep = usable[sel].copy()
-        coef = None
-        for _ in range(n_iter + 1):
-            if keep.sum() < degree + 2:
-                coef = None
-                break
-            sw = np.sqrt(iv_r[keep])
-            coef, *_ = np.linalg.lstsq(V_all[keep] * sw[:, None], f_r[keep] * sw, rcond=None)
-            model = V_all @ coef
-            z = (np.where(usable[sel], f_r, 0.0) - model) * np.sqrt(np.where(usable[sel], iv_r, 0.0))
-            s = math.sqrt(float(np.mean(z[keep] ** 2)))
-            new_keep = usable[sel] & (z > -low * s) & (z < high * s)
-            if np.array_equal(new_keep, keep):
-                break
-            keep = new_keep
-        if coef is not None:
-            cont[sel] = V_all @ coef
+        x = (2.0 * (w[sel] - a) / (b - a) - 1.0) if b > a else np.zeros(sel.sum())
+        V = np.polynomial.chebyshev.chebvander(x, degree)
+        coef = _clipped_chebyshev_fits(V, flux[:, sel], ivar[:, sel], usable[:, sel], n_iter, low, high)
+        with np.errstate(invalid="ignore"):
+            cont[:, sel] = coef @ V.T  # NaN rows (too few pixels) stay NaN
     return cont
+
+
+def _clipped_chebyshev_fits(V, flux, ivar, usable, n_iter, low, high):
+    """Coefficients (n, k) of each row's iteratively clipped ivar-weighted fit of the basis V (m, k);
+    NaN for a row left with fewer than k + 1 kept pixels. ``flux``, ``ivar``, ``usable`` are (n, m)."""
+    n, k = flux.shape[0], V.shape[1]
+    f0 = np.where(usable, flux, 0.0)
+    iv0 = np.where(usable, ivar, 0.0)
+    sqrt_iv = np.sqrt(iv0)
+    VV = (V[:, :, None] * V[:, None, :]).reshape(V.shape[0], k * k)  # A_s = sum_p w_sp V_p V_p^T as one product
+    coef = np.full((n, k), np.nan)
+    keep = usable.copy()
+    todo = np.arange(n)
+    for _ in range(n_iter + 1):
+        todo = todo[keep[todo].sum(axis=1) >= k + 1]  # the others keep NaN (continuum_chebyshev: < degree + 2)
+        if not todo.size:
+            break
+        kt = keep[todo]
+        wk = np.where(kt, iv0[todo], 0.0)
+        fit = _weighted_fits(V, VV, wk, f0[todo])
+        coef[todo] = fit
+        z = (f0[todo] - fit @ V.T) * sqrt_iv[todo]
+        s = np.sqrt(np.sum(np.where(kt, z * z, 0.0), axis=1) / kt.sum(axis=1))[:, None]
+        new_keep = usable[todo] & (z > -low * s) & (z < high * s)
+        changed = np.any(new_keep != kt, axis=1)
+        keep[todo] = new_keep
+        todo = todo[changed]  # a row whose kept pixels did not change is done
+    return coef
+
+
+def _weighted_fits(V, VV, w, f):
+    """argmin_c sum_p w_sp (V_p c - f_sp)^2 for each row s: the normal equations, solved as one
+    batch; a row whose system is singular gets the least-squares (minimum-norm) solution."""
+    k = V.shape[1]
+    A = (w @ VV).reshape(-1, k, k)
+    rhs = (w * f) @ V
+    try:
+        return np.linalg.solve(A, rhs[:, :, None])[:, :, 0]
+    except np.linalg.LinAlgError:
+        out = np.empty(rhs.shape)
+        for r in range(len(rhs)):
+            sw = np.sqrt(w[r])
+            out[r] = np.linalg.lstsq(V * sw[:, None], f[r] * sw, rcond=None)[0]
+        return out
 
 
 def _continuum(wavelength, flux, ivar, method, **kwargs):
@@ -675,8 +735,10 @@ def normalise_batch(wavelength, flux, ivar, method="gaussian", **kwargs):
         return _no_continuum(flux, ivar)
     if method == "gaussian":
         cont = continuum_gaussian_batch(wavelength, flux, ivar, **kwargs)
+    elif method == "chebyshev":
+        cont = continuum_chebyshev_batch(wavelength, flux, ivar, **kwargs)
     else:
-        cont = np.stack([_continuum(wavelength, f, i, method, **kwargs) for f, i in zip(flux, ivar)]) if len(flux) else np.empty_like(flux)
+        raise ConfigError(f"unknown continuum method {method!r}: use 'gaussian', 'chebyshev' or 'none'")
     return _divide(flux, ivar, cont)
 
 
