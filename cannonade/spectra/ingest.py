@@ -206,9 +206,10 @@ def expand_inputs(inputs):
 
 
 def _read_list_file(listfile):
+    """The paths of a list file, one ``str`` at a time (a survey's list holds millions: no Path
+    object outlives its line)."""
     if not listfile.is_file():
         raise ConfigError(f"list file {listfile} not found")
-    paths = []
     with open(listfile, encoding="utf-8") as fh:
         for line in fh:
             line = line.strip()
@@ -217,8 +218,7 @@ def _read_list_file(listfile):
             p = Path(line)
             if not p.is_absolute() and not p.exists() and (listfile.parent / p).exists():
                 p = listfile.parent / p
-            paths.append(p)
-    return paths
+            yield str(p)
 
 
 def load_redshift_catalogue(source):
@@ -522,11 +522,19 @@ def _ccd_slices(grid):
             for lo, hi in detector_regions("galah")]
 
 
-def _join_star(paths, grid, slices, redshifts):
-    """One GALAH star's CCD files -> (flux, ivar, meta) on ``grid``, resampled but not normalised.
+def _read_star(paths, redshifts):
+    """One GALAH star's CCD files, read and shifted to the rest frame (not yet resampled).
 
-    Raises _StarFailure(file, reason) for a star that cannot be stored."""
-    from cannonade.spectra.preprocessing import doppler_shift, resample
+    Returns
+    -------
+    sid : str
+    ccds : list of (ccd, path, rest wavelength, flux, ivar, meta, z_applied, (first, last observed wavelength))
+        CCDs 1, 2, ... in order, up to the first that cannot be read.
+    error : (path, reason) or None
+        That CCD's failure (the star is lost, unless an earlier CCD already fails on the grid).
+
+    Raises _StarFailure(file, reason) for files that do not make a star (names, a CCD twice or missing)."""
+    from cannonade.spectra.preprocessing import doppler_shift
     from cannonade.spectra.readers import read_spectrum
     from cannonade.spectra.readers.galah import galah_ccd_name
 
@@ -546,9 +554,7 @@ def _join_star(paths, grid, slices, redshifts):
         found = ", ".join(str(c) for c in sorted(by_ccd))
         raise _StarFailure(paths[0], f"GALAH star {sid}: missing CCD(s) {', '.join(str(c) for c in missing)} "
                                      f"(found {found}; a star is stored only with all four)")
-    flux = np.full(grid.size, np.nan)
-    ivar = np.zeros(grid.size)
-    metas = {}
+    ccds = []
     for ccd in _GALAH_CCDS:
         path = by_ccd[ccd][0]
         try:
@@ -559,25 +565,61 @@ def _join_star(paths, grid, slices, redshifts):
             z = _redshift_for(meta, redshifts)
             z_applied = meta.get("redshift", math.nan) if z is None else z
             z_applied = math.nan if z_applied is None else float(z_applied)
-            sl = slices[ccd - 1]
-            if sl.stop > sl.start:  # the grid reaches this CCD's region: its pixels go there, and only there
-                f, i = resample(doppler_shift(spec.wavelength, z_applied), spec.flux, spec.ivar, grid[sl])
-                if not np.any(i > 0):
-                    raise CannonadeError(
-                        f"{path}: no good pixel in the CCD's region of the grid ({grid[sl.start]:.0f}-{grid[sl.stop - 1]:.0f} A); "
-                        f"spectrum covers {spec.wavelength[0]:.0f}-{spec.wavelength[-1]:.0f} A"
-                    )
-                flux[sl] = f
-                ivar[sl] = i
+            wave = doppler_shift(spec.wavelength, z_applied)
         except Exception as exc:  # one bad CCD loses the star, never the run
-            raise _StarFailure(path, f"GALAH star {sid}, CCD {ccd}: {_failure_reason(path, exc)}") from None
+            return sid, ccds, _ccd_failure(sid, ccd, path, exc)
+        ccds.append((ccd, path, wave, spec.flux, spec.ivar, meta, z_applied, (spec.wavelength[0], spec.wavelength[-1])))
+    return sid, ccds, None
+
+
+def _ccd_failure(sid, ccd, path, exc):
+    return path, f"GALAH star {sid}, CCD {ccd}: {_failure_reason(path, exc)}"
+
+
+def _resample_stars(stars, grid, slices):
+    """Every read CCD of ``stars`` (:func:`_read_star` outputs) resampled onto its own region of
+    ``grid``: all the stars' CCD k at once (:func:`_resample_rows_of`, the same numbers as one by
+    one). Returns, per star, per read CCD, (flux, ivar) on the region, an exception, or None
+    when the grid misses the CCD's region."""
+    out = [[None] * len(ccds) for _, ccds, _ in stars]
+    for k in _GALAH_CCDS:
+        sl = slices[k - 1]
+        if sl.stop <= sl.start:
+            continue
+        where = [(s, j) for s, (_, ccds, _) in enumerate(stars) for j, c in enumerate(ccds) if c[0] == k]
+        items = [(c[1], c[2], c[3], c[4], None) for c in (stars[s][1][j] for s, j in where)]
+        for (s, j), res in zip(where, _resample_rows_of(items, grid[sl])):
+            out[s][j] = res
+    return out
+
+
+def _star_row(sid, ccds, error, resampled, grid, slices):
+    """One star's row on ``grid`` (flux, ivar, meta), resampled but not normalised, from its read
+    CCDs and their resampled regions. Raises _StarFailure(file, reason) for the first CCD, in
+    order, that cannot be read or has no good pixel in its region, or a row without any."""
+    flux = np.full(grid.size, np.nan)
+    ivar = np.zeros(grid.size)
+    metas = {}
+    for (ccd, path, _, _, _, meta, z_applied, observed), res in zip(ccds, resampled):
+        sl = slices[ccd - 1]
+        if res is not None:  # the grid reaches this CCD's region: its pixels go there, and only there
+            if not isinstance(res, Exception) and not np.any(res[1] > 0):
+                res = CannonadeError(
+                    f"{path}: no good pixel in the CCD's region of the grid ({grid[sl.start]:.0f}-{grid[sl.stop - 1]:.0f} A); "
+                    f"spectrum covers {observed[0]:.0f}-{observed[1]:.0f} A"
+                )
+            if isinstance(res, Exception):
+                raise _StarFailure(*_ccd_failure(sid, ccd, path, res))
+            flux[sl], ivar[sl] = res
         metas[ccd] = (meta, z_applied)
+    if error is not None:
+        raise _StarFailure(*error)
     if not np.any(ivar > 0):
-        raise _StarFailure(by_ccd[1][0], f"GALAH star {sid}: no good pixel on the common grid "
-                                         f"({grid[0]:.0f}-{grid[-1]:.0f} A), which misses the four CCD regions")
+        raise _StarFailure(ccds[0][1], f"GALAH star {sid}: no good pixel on the common grid "
+                                       f"({grid[0]:.0f}-{grid[-1]:.0f} A), which misses the four CCD regions")
     ref, z_ref = metas[2]  # the green CCD, as read_galah_star and Nandakumar+2022's snr_c2 cut
     m = {k: ref.get(k) for k in META_COLUMNS if k in ref}
-    m.update(obj_id=sid, survey="galah", source_file=str(by_ccd[1][0]), z_applied=z_ref)
+    m.update(obj_id=sid, survey="galah", source_file=str(ccds[0][1]), z_applied=z_ref)
     m.update({f"snr_c{c}": _as_float(metas[c][0].get("snr")) for c in _GALAH_CCDS})
     return flux, ivar, m
 
@@ -641,18 +683,34 @@ def prepare_stars(files, grid, normalise="gaussian", redshifts=None, norm_kwargs
         bi.clear()
         brow.clear()
 
+    read = []  # read stars, not yet resampled: _RESAMPLE_BATCH at a time (their CCDs resampled together)
+
+    def place():
+        for star, res in zip(read, _resample_stars(read, grid, slices)):
+            if star[0] is None:  # files that make no star: reported in star order, as every failure
+                failures.append(star[2])
+                continue
+            try:
+                f, i, m = _star_row(*star, res, grid, slices)
+            except _StarFailure as exc:
+                failures.append((str(exc.args[0]), str(exc.args[1])))
+                continue
+            brow.append(len(metas))
+            metas.append(m)
+            bf.append(f)
+            bi.append(i)
+            if len(bf) >= _NORM_BATCH:
+                flush()
+        read.clear()
+
     for paths in stars:
         try:
-            f, i, m = _join_star(paths, grid, slices, redshifts)
+            read.append(_read_star(paths, redshifts))
         except _StarFailure as exc:
-            failures.append((str(exc.args[0]), str(exc.args[1])))
-            continue
-        brow.append(len(metas))
-        metas.append(m)
-        bf.append(f)
-        bi.append(i)
-        if len(bf) >= _NORM_BATCH:
-            flush()
+            read.append((None, [], (str(exc.args[0]), str(exc.args[1]))))
+        if len(read) >= _RESAMPLE_BATCH:
+            place()
+    place()
     flush()
     n = len(metas)
     return flux[:n], ivar[:n], metas, failures

@@ -618,37 +618,58 @@ def continuum_chebyshev_batch(wavelength, flux, ivar, regions=None, degree=4, co
         a, b = w[sel].min(), w[sel].max()
         x = (2.0 * (w[sel] - a) / (b - a) - 1.0) if b > a else np.zeros(sel.sum())
         V = np.polynomial.chebyshev.chebvander(x, degree)
-        coef = _clipped_chebyshev_fits(V, flux[:, sel], ivar[:, sel], usable[:, sel], n_iter, low, high)
+        cols = np.flatnonzero(sel)
+        coef = np.empty((len(flux), V.shape[1]))
+        for r0 in range(0, len(flux), _CHEBYSHEV_ROWS):  # blocks of rows whose work arrays stay in cache
+            r = slice(r0, r0 + _CHEBYSHEV_ROWS)
+            coef[r] = _clipped_chebyshev_fits(V, flux[r, cols], ivar[r, cols], usable[r, cols], n_iter, low, high)
         with np.errstate(invalid="ignore"):
             cont[:, sel] = coef @ V.T  # NaN rows (too few pixels) stay NaN
     return cont
 
 
+_CHEBYSHEV_ROWS = 32  # spectra fitted in lock-step at once
+
+
 def _clipped_chebyshev_fits(V, flux, ivar, usable, n_iter, low, high):
     """Coefficients (n, k) of each row's iteratively clipped ivar-weighted fit of the basis V (m, k);
-    NaN for a row left with fewer than k + 1 kept pixels. ``flux``, ``ivar``, ``usable`` are (n, m)."""
+    NaN for a row left with fewer than k + 1 kept pixels. ``flux``, ``ivar``, ``usable`` are (n, m).
+
+    The rows still iterating are kept together in working arrays, compacted only when some leave
+    (no gather of every array at every iteration)."""
     n, k = flux.shape[0], V.shape[1]
+    coef = np.full((n, k), np.nan)
+    rows = np.arange(n)  # the working arrays' rows in the caller's arrays
     f0 = np.where(usable, flux, 0.0)
     iv0 = np.where(usable, ivar, 0.0)
     sqrt_iv = np.sqrt(iv0)
-    VV = (V[:, :, None] * V[:, None, :]).reshape(V.shape[0], k * k)  # A_s = sum_p w_sp V_p V_p^T as one product
-    coef = np.full((n, k), np.nan)
+    ok = usable
     keep = usable.copy()
-    todo = np.arange(n)
+    VV = (V[:, :, None] * V[:, None, :]).reshape(V.shape[0], k * k)  # A_s = sum_p w_sp V_p V_p^T as one product
     for _ in range(n_iter + 1):
-        todo = todo[keep[todo].sum(axis=1) >= k + 1]  # the others keep NaN (continuum_chebyshev: < degree + 2)
-        if not todo.size:
+        n_kept = keep.sum(axis=1)
+        enough = n_kept >= k + 1  # the others keep NaN (continuum_chebyshev: < degree + 2)
+        if not enough.all():
+            rows, f0, iv0, sqrt_iv, ok, keep, n_kept = (a[enough] for a in (rows, f0, iv0, sqrt_iv, ok, keep, n_kept))
+        if not rows.size:
             break
-        kt = keep[todo]
-        wk = np.where(kt, iv0[todo], 0.0)
-        fit = _weighted_fits(V, VV, wk, f0[todo])
-        coef[todo] = fit
-        z = (f0[todo] - fit @ V.T) * sqrt_iv[todo]
-        s = np.sqrt(np.sum(np.where(kt, z * z, 0.0), axis=1) / kt.sum(axis=1))[:, None]
-        new_keep = usable[todo] & (z > -low * s) & (z < high * s)
-        changed = np.any(new_keep != kt, axis=1)
-        keep[todo] = new_keep
-        todo = todo[changed]  # a row whose kept pixels did not change is done
+        w = iv0 * keep  # ivar of the kept pixels, 0 elsewhere
+        fit = _weighted_fits(V, VV, w, f0)
+        coef[rows] = fit
+        z = f0 - fit @ V.T
+        z *= sqrt_iv
+        w = np.square(z, out=w)
+        w *= keep
+        s = np.sqrt(w.sum(axis=1) / n_kept)[:, None]
+        new_keep = z > -low * s
+        new_keep &= z < high * s
+        new_keep &= ok
+        changed = (new_keep != keep).any(axis=1)
+        keep = new_keep
+        if not changed.all():  # a row whose kept pixels did not change is done
+            if not changed.any():
+                break
+            rows, f0, iv0, sqrt_iv, ok, keep = (a[changed] for a in (rows, f0, iv0, sqrt_iv, ok, keep))
     return coef
 
 

@@ -9,6 +9,7 @@ chunks hold whole stars and resume.
 import csv
 import functools
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from cannonade.spectra.ingest import (
     GALAH_STAR_COLUMNS,
     group_galah_stars,
     ingest,
+    prepare_stars,
     process_chunk,
     resolve_join,
 )
@@ -175,6 +177,41 @@ def test_an_unreadable_ccd_loses_its_star(mock_galah, tmp_path):
     assert rep.join == "star" and rep.n_ok == 1 and rep.n_failed == 1
     (file, reason), = rep.failures
     assert file == str(bad) and reason.startswith(f"GALAH star {galah_ccd_name(bad)[0]}, CCD 2: ")
+
+
+def test_stars_resampled_together_fail_one_by_one_in_star_order(mock_galah, tmp_path):
+    """The CCDs of a chunk's stars are resampled together; each star still fails alone, at its
+    first bad CCD in CCD order (an unreadable CCD 3 after a CCD 1 off the grid: CCD 1), the
+    failures come in star order, and the good stars' rows are those each star gets alone."""
+    from cannonade.spectra.surveys import common_grid
+
+    d = tmp_path / "in"
+    d.mkdir()
+    for p in mock_galah[:16]:  # four stars
+        os.symlink(p, d / os.path.basename(p))
+    files = [str(d / os.path.basename(p)) for p in mock_galah[:16]]
+    ids = [galah_ccd_name(f)[0] for f in files[::4]]
+    for f in (files[4 + 2], files[8 + 2]):  # stars 2 and 3: CCD 3 unreadable
+        os.unlink(f)
+        Path(f).write_bytes(b"SIMPLE  =                    T" + b"\x00" * 100)
+    odd = d / "odd.fits"
+    odd.symlink_to(mock_galah[0])
+    grid = common_grid("galah")
+    redshifts = {ids[2]: 0.5}  # star 3 shifted off every CCD region: its CCD 1 fails first
+    flux, ivar, metas, failures = prepare_stars(files + [str(odd)], grid, normalise="chebyshev", redshifts=redshifts)
+    assert [m["obj_id"] for m in metas] == [ids[0], ids[3]]
+    order = [galah_ccd_name(s[0])[0] if galah_ccd_name(s[0]) else "odd" for s in group_galah_stars(files + [str(odd)])]
+    failed = [galah_ccd_name(f)[0] if galah_ccd_name(f) else "odd" for f, _ in failures]
+    assert failed == [s for s in order if s in (ids[1], ids[2], "odd")]
+    reasons = dict(failures)
+    assert reasons[files[4 + 2]].startswith(f"GALAH star {ids[1]}, CCD 3: ")
+    assert reasons[files[8]].startswith(f"GALAH star {ids[2]}, CCD 1: no good pixel in the CCD's region")
+    assert "cannot be joined" in reasons[str(odd)]
+    for row, k in ((0, 0), (1, 3)):  # the same bits as the star ingested on its own
+        f1, i1, m1, _ = prepare_stars(files[4 * k : 4 * k + 4], grid, normalise="chebyshev")
+        np.testing.assert_array_equal(flux[row], f1[0])
+        np.testing.assert_array_equal(ivar[row], i1[0])
+        assert metas[row] == m1[0]
 
 
 def logged_chunk(k, part_path, files, log):
