@@ -104,18 +104,24 @@ def catalogue_classes(catalogue, store_ids, id_column=None, teff_column="teff", 
     ids = text_column(table, id_column)
     cls = classify(float_column(table, teff_column), float_column(table, logg_column))
     lookup = dict(zip(ids.tolist(), cls.tolist()))
-    return np.array([lookup.get(i, EITHER) for i in np.asarray(store_ids).astype(str).tolist()], dtype="U32")
+    width = max(len(c) for c in (EITHER, *lookup.values()))
+    return np.array([lookup.get(i, EITHER) for i in np.asarray(store_ids).astype(str).tolist()], dtype=f"U{width}")
 
 
 def model_classes(models, model_by, store_ids, catalogue=None, **catalogue_options):
-    """The model (or 'either') each stored spectrum is inferred with, by the rule ``model_by``."""
+    """The model (or 'either') each stored spectrum is inferred with, by the rule ``model_by``.
+
+    ``store_ids``: the store's ``obj_id`` (n,) str, needed by ``model_by='wheeler2020'`` with two
+    models; else the number of spectra will do."""
     names = list(models)
     if model_by not in RULES:
         raise ConfigError(f"--model-by {model_by!r}: rules are {', '.join(RULES)}")
+    n = store_ids if isinstance(store_ids, (int, np.integer)) else len(store_ids)
+    # as wide as the longest name, not 32 characters: this process holds one per stored spectrum
     if len(names) == 1:
-        return np.full(len(store_ids), names[0], dtype="U32")
+        return np.full(n, names[0], dtype=f"U{len(names[0])}")
     if model_by == "chi2":
-        return np.full(len(store_ids), EITHER, dtype="U32")
+        return np.full(n, EITHER, dtype=f"U{len(EITHER)}")
     missing = {"dwarf", "giant"} - set(names)
     if missing:
         raise ConfigError(f"--model-by wheeler2020 needs models named 'dwarf' and 'giant'; got {names} "
@@ -245,8 +251,9 @@ def infer_store(models, store, out, model_by="chi2", catalogue=None, allow_misma
     store = Path(store)
     with SpectraStore(store) as st:
         setup = SpectralSetup.from_store(st)
-        ids = np.asarray(st.meta(columns=["obj_id"])["obj_id"]).astype(str)  # the rest, chunk by chunk
         n = st.n_spectra
+        # the identifiers only where a catalogue names each spectrum's model (the rest, chunk by chunk)
+        ids = np.asarray(st.meta(columns=["obj_id"])["obj_id"]).astype(str) if catalogue is not None and model_by == "wheeler2020" else n
     for m in models.values():
         m.check_spectra(setup, allow_mismatch=allow_mismatch, what=f"the spectra of {store}")
     classes = model_classes(models, model_by, ids, catalogue=catalogue, **catalogue_options)
@@ -332,8 +339,16 @@ def _write_label_parts(parts, starts, store, out, prov, label_names):
 WRITE_ROWS = 50_000
 
 
-def _digest(values):
-    return hashlib.sha256("\n".join(np.asarray(values).astype(str).tolist()).encode()).hexdigest()[:16]
+def _digest(values, block=100_000):
+    """sha256 of the values joined by newlines (16 hex digits), hashed ``block`` values at a time
+    (the same digest without a string of the survey's length)."""
+    values = np.asarray(values)
+    h = hashlib.sha256()
+    for b0 in range(0, len(values), block):
+        if b0:
+            h.update(b"\n")
+        h.update("\n".join(values[b0 : b0 + block].astype(str).tolist()).encode())
+    return h.hexdigest()[:16]
 
 
 def _read_parts(parts, label_names):

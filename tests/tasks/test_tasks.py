@@ -252,3 +252,17 @@ def test_model_file_keeps_setup_and_provenance_and_old_files_load(model_path, tm
     # a format-1 file written before the setup existed: loads, setup unknown, nothing refused
     old = CannonModel.load(Path(__file__).resolve().parents[1] / "cannon" / "data" / "model_format1.npz")
     assert old.spectral_setup_.normalise == "unknown" and old.provenance_ == {}
+
+
+def test_model_classes_hold_a_name_per_spectrum_no_wider_than_the_names():
+    """The process running `cannonade infer` holds one class per stored spectrum: as wide as the
+    longest name (not 32 characters), and from the number of spectra alone unless a catalogue
+    chooses per spectrum."""
+    from cannonade.tasks.infer import model_classes
+
+    one = model_classes({"giant": None}, "chi2", 4)
+    assert one.tolist() == ["giant"] * 4 and one.dtype == np.dtype("U5")
+    either = model_classes({"dwarf": None, "giant": None}, "chi2", np.array(["a", "b"]))
+    assert either.tolist() == ["either", "either"] and either.dtype == np.dtype("U6")
+    with pytest.raises(ConfigError, match="needs --catalogue"):
+        model_classes({"dwarf": None, "giant": None}, "wheeler2020", 3)
