@@ -648,8 +648,9 @@ def _clipped_chebyshev_fits(V, flux, ivar, usable, n_iter, low, high):
     VV = (V[:, :, None] * V[:, None, :]).reshape(V.shape[0], k * k)  # A_s = sum_p w_sp V_p V_p^T as one product
     for _ in range(n_iter + 1):
         n_kept = keep.sum(axis=1)
-        enough = n_kept >= k + 1  # the others keep NaN (continuum_chebyshev: < degree + 2)
+        enough = n_kept >= k + 1  # the others get NaN, even after a fit (continuum_chebyshev: < degree + 2)
         if not enough.all():
+            coef[rows[~enough]] = np.nan
             rows, f0, iv0, sqrt_iv, ok, keep, n_kept = (a[enough] for a in (rows, f0, iv0, sqrt_iv, ok, keep, n_kept))
         if not rows.size:
             break

@@ -249,7 +249,8 @@ def _chebyshev_one_by_one(w, flux, ivar, regions, degree, n_iter=5, low=2.0, hig
 
 def test_chebyshev_batch_equals_one_spectrum_at_a_time():
     """Lock-step clipped fits of many spectra = each spectrum's own fit: different S/N, lines, bad
-    pixels, a region with too few good pixels (NaN there only), a spectrum with none at all."""
+    pixels, a region with too few good pixels (NaN there only), a spectrum with none at all, a
+    region clipped below the minimum after its first fit."""
     rng = np.random.default_rng(11)
     w = np.concatenate([log_lambda_grid(15100, 15800, 1500), log_lambda_grid(15860, 16430, 1200)])
     regions = [(15090, 15830), (15830, 16440)]
@@ -265,6 +266,8 @@ def test_chebyshev_batch_equals_one_spectrum_at_a_time():
     ivar[5, 1500:1502] = 1.0  # two good pixels there: fewer than degree + 2 = 5
     ivar[6] = 0  # no good pixel at all
     flux[7, 10] = np.nan
+    flux[8, 1500:] = 0.0  # a dead fibre in the second region: the exact fit leaves s = 0, every pixel is clipped,
+    # and the next iteration has too few pixels: NaN there, though the first iteration had a fit
     batch = continuum_chebyshev_batch(w, flux, ivar, regions=regions, degree=3)
     for k in range(n):
         ref = _chebyshev_one_by_one(w, flux[k], ivar[k], regions, 3)
@@ -273,6 +276,7 @@ def test_chebyshev_batch_equals_one_spectrum_at_a_time():
         np.testing.assert_allclose(continuum_chebyshev(w, flux[k], ivar[k], regions=regions, degree=3), batch[k], rtol=1e-12)
     assert np.all(np.isnan(batch[5, :1500])) and np.all(np.isfinite(batch[5, 1500:]))
     assert np.all(np.isnan(batch[6]))
+    assert np.all(np.isnan(batch[8, 1500:])) and np.all(np.isfinite(batch[8, :1500]))
     good = np.isfinite(batch).all(axis=1)
     assert np.max(np.abs(batch[good] / cont[good] - 1)) < 0.03  # the clipped fit finds the continuum under the lines
     assert continuum_chebyshev_batch(w, flux[:0], ivar[:0], regions=regions).shape == (0, w.size)
