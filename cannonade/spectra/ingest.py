@@ -586,10 +586,10 @@ def _resample_stars(stars, grid, slices):
         sl = slices[k - 1]
         if sl.stop <= sl.start:
             continue
-        where = [(s, j) for s, (_, ccds, _) in enumerate(stars) for j, c in enumerate(ccds) if c[0] == k]
-        items = [(c[1], c[2], c[3], c[4], None) for c in (stars[s][1][j] for s, j in where)]
-        for (s, j), res in zip(where, _resample_rows_of(items, grid[sl])):
-            out[s][j] = res
+        read = [s for s, (_, ccds, _) in enumerate(stars) if len(ccds) >= k]  # ccds[k - 1] is CCD k
+        items = [(path, wave, flux, ivar, None) for _, path, wave, flux, ivar, *_ in (stars[s][1][k - 1] for s in read)]
+        for s, res in zip(read, _resample_rows_of(items, grid[sl])):
+            out[s][k - 1] = res
     return out
 
 

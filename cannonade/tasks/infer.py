@@ -336,7 +336,8 @@ def _write_label_parts(parts, starts, store, out, prov, label_names):
     return used, n_clean
 
 
-#: rows of the label table written at once when streaming Parquet (~25 MB of rows in memory)
+#: rows of the label table written at once when streaming Parquet: the group's conversions (astropy,
+#: Arrow) set this process's peak (100 000 spectra: 394 MB with 50 000 rows, 283 MB with 10 000)
 WRITE_ROWS = 50_000
 
 
