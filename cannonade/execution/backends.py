@@ -77,6 +77,7 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 from cannonade.exceptions import ConfigError, WorkerDiedError
+from cannonade.execution.memory import keep_freed_memory
 
 __all__ = ["SerialBackend", "ProcessBackend", "DaskBackend", "BACKENDS", "get_backend", "choose_backend", "mp_context",
            "validate_workers", "native_threads", "LOCAL_SCHEDULER", "shared_cluster"]
@@ -166,8 +167,12 @@ class SerialBackend:
             yield k, result
 
 
-def _worker_bootstrap(threads, initializer, initargs):
-    """Process-pool worker initializer: size the native thread pools, then the user's initializer."""
+def _worker_bootstrap(threads, initializer, initargs, own_process=True):
+    """Worker initializer: size the native thread pools, keep freed memory for reuse in a worker
+    process this package started (``own_process``; :mod:`cannonade.execution.memory`), then the
+    user's initializer."""
+    if own_process:
+        keep_freed_memory()
     for var in THREAD_ENV_VARS:
         os.environ.setdefault(var, str(threads))  # inside the worker process only
     try:  # libraries already loaded (e.g. BLAS inherited through fork) ignore the variables
@@ -328,9 +333,10 @@ class ProcessBackend:
             yield k, fut.result()
 
 
-def _worker_setup_plugin(name, threads, initializer, initargs):
+def _worker_setup_plugin(name, threads, initializer, initargs, own_process=False):
     """A ``distributed.WorkerPlugin`` running :func:`_worker_bootstrap` on every worker (current,
-    joining or restarted). Built here so that ``distributed`` is imported only when used."""
+    joining or restarted); ``own_process`` for an embedded cluster's workers. Built here so that
+    ``distributed`` is imported only when used."""
     from distributed import WorkerPlugin
 
     class CannonadeWorkerSetup(WorkerPlugin):
@@ -339,7 +345,7 @@ def _worker_setup_plugin(name, threads, initializer, initargs):
             self.idempotent = False
 
         def setup(self, worker):
-            _worker_bootstrap(threads, initializer, initargs)
+            _worker_bootstrap(threads, initializer, initargs, own_process)
 
     return CannonadeWorkerSetup()
 
@@ -450,7 +456,8 @@ class DaskBackend:
             if self.initializer is not None:
                 self._plugin = f"cannonade-setup-{uuid.uuid4().hex[:12]}"
                 self.client.register_plugin(
-                    _worker_setup_plugin(self._plugin, self.threads_per_worker, self.initializer, self.initargs),
+                    _worker_setup_plugin(self._plugin, self.threads_per_worker, self.initializer, self.initargs,
+                                         own_process=self._cluster is not None),
                     name=self._plugin,
                 )
         except BaseException:

@@ -232,6 +232,30 @@ def test_backends_bounded_in_flight(tmp_path):
         it.close()
 
 
+def _keeps_freed_memory(k):
+    from cannonade.execution.memory import keeps_freed_memory
+
+    return keeps_freed_memory()
+
+
+def test_process_workers_keep_freed_memory_this_process_does_not():
+    """The process pool's workers raise glibc's mmap and trim thresholds (a chunk's arrays are
+    then reused, not page-faulted anew: cannonade.execution.memory); the caller's process and the
+    serial backend, which runs in it, are left alone."""
+    import ctypes.util
+    import sys
+
+    from cannonade.execution.memory import keeps_freed_memory
+
+    if not sys.platform.startswith("linux") or "musl" in (ctypes.util.find_library("c") or ""):
+        pytest.skip("glibc's mallopt only")
+    with get_backend("process", workers=2) as be:
+        assert [r for _, r in be.imap_unordered(_keeps_freed_memory, [(k, ()) for k in range(4)])] == [True] * 4
+    with get_backend("serial") as be:
+        assert [r for _, r in be.imap_unordered(_keeps_freed_memory, [(0, ())])] == [False]
+    assert not keeps_freed_memory()
+
+
 def test_get_backend_errors_and_serial_initializer():
     assert set(BACKENDS) >= {"serial", "process"}
     with pytest.raises(ConfigError, match="unknown execution backend 'mpi'"):

@@ -3,6 +3,7 @@
 import csv
 import functools
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -87,6 +88,12 @@ def test_expand_inputs_relative_list_and_suffixes(tmp_path):
     assert [p[len(str(d)) + 1 :] for p in expand_inputs(d)] == ["a.fit", "b.fits", "sub/c.fts.gz"]
     (d / "list.txt").write_text("b.fits\nmissing.fits\n")
     assert expand_inputs(f"@{d / 'list.txt'}") == [str(d / "b.fits"), "missing.fits"]
+    # absolute lines: a plain one is kept as written, the others as pathlib writes them (the same
+    # names, so the same ingest fingerprint, as before the plain lines' fast path)
+    lines = [f"{d}/b.fits", f"{d}//sub/./c.fts.gz", f"{d}/sub/", f"{d}/sub/.", f"{d}/./a.fit", f"{d}/sub/../b.fits"]
+    (d / "abs.txt").write_text("\n".join(lines) + "\n")
+    assert expand_inputs(f"@{d / 'abs.txt'}") == list(dict.fromkeys(str(Path(line)) for line in lines))  # sub/ = sub/.
+    assert expand_inputs(f"@{d / 'abs.txt'}")[1] == f"{d}/sub/c.fts.gz"
 
 
 def test_ingest_reports_bad_files_and_matches_readers(tmp_path, lamost_dir):

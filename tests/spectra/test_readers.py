@@ -534,5 +534,17 @@ def test_header_cards_parse_as_astropy_reads_them():
         assert type(h[key]) is type(value), key
     assert h["QUOTED"] == "O'HARA" and h["SLASH"] == "a/b / c" and h["NAXIS1"] == 3909 and h["EXPD"] == 1500.0
     assert "AFTER" not in h and "COMMENT" not in h
+    # the parsed cards are cached (a survey's files share most of them): a second parse, all hits,
+    # and one with the cache emptied every few cards give the same header
+    from cannonade.spectra.readers import fits as fits_module
+
+    assert parse_header_bytes(raw, 0, "x.fits") == (h, end)
+    saved = fits_module._MAX_CARDS
+    try:
+        fits_module._MAX_CARDS = 5
+        fits_module._CARDS.clear()
+        assert parse_header_bytes(raw, 0, "x.fits") == (h, end) and len(fits_module._CARDS) <= 5
+    finally:
+        fits_module._MAX_CARDS = saved
     with pytest.raises(SpectrumFormatError, match="truncated FITS header"):
         parse_header_bytes(raw[: 2 * 2880 - 80][:2880], 0, "x.fits")

@@ -168,31 +168,58 @@ def parse_header_bytes(raw, start, path):
     out = {}
     pos = start
     n = len(raw)
+    cards = _CARDS
     while True:
         if pos + 2880 > n:
             raise SpectrumFormatError(f"{path}: truncated FITS header (no END card before byte {n})")
         block = raw[pos : pos + 2880].decode("ascii", "replace")
         pos += 2880
         for k in range(0, 2880, 80):
-            key = block[k : k + 8].rstrip()
-            if key == "END":
-                return out, pos
-            if block[k + 8 : k + 10] == "= " and key and key not in out and key not in _SKIPPED_KEYS:
-                out[key] = _parse_value(block[k + 10 : k + 80])
+            card = block[k : k + 80]
+            parsed = cards.get(card)
+            if parsed is None:
+                parsed = _parse_card(card)
+                if len(cards) >= _MAX_CARDS:
+                    cards.clear()
+                cards[card] = parsed
+            key, value = parsed
+            if key and key not in out:
+                if key is _END:
+                    return out, pos
+                out[key] = value
 
 
 _SKIPPED_KEYS = frozenset(("COMMENT", "HISTORY"))
+_END = "END"
+# card text -> (key, value), key '' for a card without a value (blank, COMMENT, HISTORY, no '= ').
+# A survey's files share most of their cards (LAMOST DR1: ~120 of 144 per file), so most cards are
+# parsed once per process, not once per file; values are immutable (str, int, float, bool, None).
+_CARDS: dict = {}
+_MAX_CARDS = 16384  # ~4 MB; cleared when full (the varying cards: RA, DEC, OBSID, ...)
+
+
+def _parse_card(card):
+    """(key, value) of one 80-character header card; key ``'END'`` for the END card, ``''`` for a
+    card that holds no value (:func:`parse_header_bytes` keeps the first value of each key)."""
+    key = card[:8].rstrip()
+    if key == _END:
+        return _END, None
+    if card[8:10] == "= " and key and key not in _SKIPPED_KEYS:
+        return key, _parse_value(card[10:80])
+    return "", None
 
 
 def clean_header(h):
     """A parsed header dict with float sentinels (<= -9998, NaN, inf) and int -9999 -> NaN."""
-    out = {}
+    out = dict(h)
     for key, value in h.items():
-        if isinstance(value, float) and (not math.isfinite(value) or value <= surveys.MISSING_SENTINEL):
-            value = math.nan
+        if type(value) is str:  # most cards: nothing to check
+            continue
+        if isinstance(value, float):
+            if not (surveys.MISSING_SENTINEL < value < math.inf):  # NaN fails this too
+                out[key] = math.nan
         elif isinstance(value, int) and not isinstance(value, bool) and value == -9999:
-            value = math.nan
-        out[key] = value
+            out[key] = math.nan
     return out
 
 
@@ -229,6 +256,8 @@ def check_wavelength(wave, path, source="wavelength"):
     """``wave`` if it is finite and strictly increasing, else SpectrumFormatError naming the file
     and ``source`` (the header keys or column it came from) and the first bad pixel."""
     wave = np.asarray(wave, dtype=np.float64)
+    if wave.size > 1 and math.isfinite(wave[0]) and math.isfinite(wave[-1]) and np.diff(wave).min() > 0:
+        return wave  # strictly increasing between finite ends: all finite (the common case, one pass)
     bad = ~np.isfinite(wave)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])

@@ -116,12 +116,14 @@ def _lamost_meta(header, path, layout):
 
 
 def _lamost_bad(andmask, ormask, and_bits, or_bits):
-    bad = np.zeros(np.shape(andmask), dtype=bool)
-    if andmask is not None and and_bits:
-        bad |= (np.asarray(andmask).astype(np.int64) & int(and_bits)) != 0
-    if ormask is not None and or_bits:
-        bad |= (np.asarray(ormask).astype(np.int64) & int(or_bits)) != 0
-    return bad
+    """Pixels with an ``and_bits`` bit of ANDMASK or an ``or_bits`` bit of ORMASK set (both masks
+    converted to integers at once)."""
+    rows = [(m, int(b)) for m, b in ((andmask, and_bits), (ormask, or_bits)) if m is not None and b]
+    if not rows:
+        return np.zeros(np.shape(andmask if andmask is not None else ormask), dtype=bool)
+    masks = np.array([m for m, _ in rows], dtype=np.float64).astype(np.int64)
+    masks &= np.array([b for _, b in rows], dtype=np.int64)[:, None]
+    return masks.any(axis=0)
 
 
 def _read_lamost_image(hdul, path, and_bits=surveys.LAMOST_AND_BITS_DEFAULT, or_bits=surveys.LAMOST_OR_BITS_DEFAULT):
