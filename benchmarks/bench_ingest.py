@@ -156,6 +156,9 @@ def breakdown(listfile, n):
         threadpool_limits(1)  # one core, as an ingest worker
     except ImportError:
         pass
+    from cannonade.execution.memory import keep_freed_memory
+
+    keep_freed_memory()  # as an ingest worker does (cannonade.execution.memory)
     from cannonade.spectra import ingest as ing
     from cannonade.spectra.preprocessing import doppler_shift, normalise_batch, resample_batch
     from cannonade.spectra.readers import lamost

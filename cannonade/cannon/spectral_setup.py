@@ -68,7 +68,8 @@ class SpectralSetup:
             params = json.loads(params) if isinstance(params, str) else dict(params)
         except (TypeError, ValueError):
             params = {"raw": str(params)}
-        surveys = sorted({str(s) for s in np.asarray(store.meta()["survey"]).tolist() if str(s)}) if store.n_spectra else []
+        # the survey column alone, block by block (a million spectra's metadata at once is ~1 GB)
+        surveys = [str(s) for s in store.unique("survey") if str(s)]
         return cls(wavelength=store.wavelength, grid=str(attrs.get("grid", UNKNOWN)),
                    normalise=str(attrs.get("normalise", UNKNOWN)), norm_params=params,
                    survey="+".join(surveys) or UNKNOWN, resolution=resolution)

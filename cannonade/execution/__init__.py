@@ -26,6 +26,10 @@ Where the Cannon's arrays live is :mod:`cannonade.execution.device`: ``array_nam
 (``numpy`` or ``cupy`` for given arrays), ``get_namespace(device)``, ``to_device``,
 ``to_host`` and ``gpu_available`` (CuPy is optional and imported only when a GPU is asked for).
 
+The process pool's workers (and an embedded ``LocalCluster``'s) keep freed memory for reuse
+(:mod:`cannonade.execution.memory`: glibc's mmap and trim thresholds raised; a chunk's batch arrays
+are then not page-faulted anew).
+
 Layering: this package imports only the base modules (``cannonade.exceptions``,
 ``cannonade.util``); it knows nothing about spectra, models or catalogues.
 """

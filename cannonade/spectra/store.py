@@ -581,6 +581,20 @@ class SpectraStore:
                 cols[name] = ds[start:stop]
         return Table(cols)
 
+    def unique(self, column, block=100_000):
+        """The distinct values of one metadata column, sorted, read ``block`` rows at a time (a
+        survey's store: never the whole column, or every column, at once).
+
+        Raises
+        ------
+        ColumnError
+            The store has no such column (names it and the store).
+        """
+        values = set()
+        for start in range(0, self.n_spectra, int(block)):
+            values.update(np.unique(np.asarray(self.meta(start, start + int(block), columns=[column])[column])).tolist())
+        return sorted(values)
+
     def iter_chunks(self, chunk_size=1000):
         """Yield ``(start, stop, flux, ivar)`` over the store, ``chunk_size`` rows at a time (float64)."""
         chunk_size = int(chunk_size)

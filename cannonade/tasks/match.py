@@ -73,7 +73,7 @@ def match_catalogue(catalogue, store, out, radius_arcsec=1.0, ra_column="ra", de
     table = read_table(catalogue)
     require_columns(table, [ra_column, dec_column], what=str(catalogue))
     with SpectraStore(store) as st:
-        meta = st.meta()
+        meta = st.meta(columns=["obj_id", "ra", "dec", "snr"])  # not every column of a survey's store
     ra_s, dec_s = np.asarray(meta["ra"], float), np.asarray(meta["dec"], float)
     if not np.isfinite(ra_s).any():
         raise TrainingSetError(f"{store}: its spectra carry no sky positions (ra, dec); match by id instead (--id-column of cannonade train)")

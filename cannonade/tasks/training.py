@@ -168,7 +168,7 @@ def join_labels(table, store_ids, store_snr, label_names, id_column=None, error_
 def load_training_set(labels_path, store, label_names, id_column=None, error_prefix="e_", missing="drop"):
     """:func:`join_labels` of a labels file and an open :class:`~cannonade.spectra.store.SpectraStore`."""
     table = read_table(labels_path)
-    meta = store.meta()
+    meta = store.meta(columns=["obj_id", "snr"])  # not every column of a survey's store
     return join_labels(table, np.asarray(meta["obj_id"]).astype(str), np.asarray(meta["snr"], float), label_names,
                        id_column=id_column, error_prefix=error_prefix, where=str(labels_path), missing=missing)
 

@@ -169,3 +169,24 @@ def test_empty_store(tmp_path):
     path = write_store(tmp_path / "e.h5", np.linspace(4000, 5000, 10), np.zeros((0, 10)), np.zeros((0, 10)))
     with SpectraStore(path) as st:
         assert st.n_spectra == 0 and st.read()[0].shape == (0, 10)
+
+
+def test_unique_reads_one_column_in_blocks(tmp_path):
+    """``unique`` gives the distinct values of one column, block by block (what a survey's setup
+    needs of its million spectra); SpectralSetup.from_store joins the surveys with '+'."""
+    from cannonade.cannon.spectral_setup import SpectralSetup
+
+    w = common_grid("4000:5000:20")
+    surveys = ["lamost", "lamost", "galah", "lamost", "", "apogee", "galah"]
+    meta = Table({"obj_id": [f"s{k}" for k in range(7)], "survey": surveys, "snr": np.arange(7.0)})
+    path = write_store(tmp_path / "u.h5", w, np.ones((7, 20)), np.ones((7, 20)), meta, {"grid": "test", "normalise": "none"})
+    with SpectraStore(path) as st:
+        for block in (1, 2, 3, 100):
+            assert st.unique("survey", block=block) == ["", "apogee", "galah", "lamost"]
+        assert st.unique("snr", block=4) == [float(k) for k in range(7)]
+        with pytest.raises(ColumnError, match="no metadata column 'teff_x'"):
+            st.unique("teff_x")
+        assert SpectralSetup.from_store(st).survey == "apogee+galah+lamost"
+    empty = write_store(tmp_path / "e.h5", w, np.zeros((0, 20)), np.zeros((0, 20)))
+    with SpectraStore(empty) as st:
+        assert st.unique("survey") == [] and SpectralSetup.from_store(st).survey == "unknown"

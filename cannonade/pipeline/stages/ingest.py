@@ -86,7 +86,7 @@ def target_rows(run):
     if run.target_rows_cache is None:
         names = [os.path.basename(n) for n in column(run.table("target"), run.cfg.target.file_column, kind="text")]
         with SpectraStore(run.path("target.h5")) as st:
-            src = [os.path.basename(str(s)) for s in st.meta()["source_file"]]
+            src = [os.path.basename(str(s)) for s in st.meta(columns=["source_file"])["source_file"]]
         index = {s: i for i, s in enumerate(src)}
         run.target_rows_cache = np.array([index.get(n, -1) for n in names], dtype=int)
     return run.target_rows_cache
