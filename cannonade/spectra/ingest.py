@@ -52,6 +52,7 @@ from cannonade.exceptions import CannonadeError, ColumnError, ConfigError, Store
 from cannonade.execution import ChunkedMap, choose_backend
 from cannonade.execution.backends import validate_workers
 from cannonade.spectra import store
+from cannonade.spectra.filelist import ListedFiles, read_list_file
 from cannonade.spectra.store import META_COLUMNS, STORE_FORMAT, STORE_VERSION, SpectraStore
 from cannonade.tables import FITS_SUFFIXES, float_column, text_column
 from cannonade.util import atomic_path, check_output_file, remove_stale_temporaries, remove_temporaries_of
@@ -191,7 +192,7 @@ def expand_inputs(inputs):
     for item in inputs:
         item = str(item)
         if item.startswith("@"):
-            for p in _read_list_file(Path(item[1:])):
+            for p in read_list_file(Path(item[1:])):
                 add(p)
         elif os.path.isdir(item):
             found = []
@@ -205,30 +206,14 @@ def expand_inputs(inputs):
     return out
 
 
-def _read_list_file(listfile):
-    """The paths of a list file, one ``str`` at a time (a survey's list holds millions: no Path
-    object outlives its line)."""
-    if not listfile.is_file():
-        raise ConfigError(f"list file {listfile} not found")
-    with open(listfile, encoding="utf-8") as fh:
-        for line in fh:
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            if _plain_absolute(line):  # str(Path(line)) == line: no Path needed (~5x faster per line)
-                yield line
-                continue
-            p = Path(line)
-            if not p.is_absolute() and not p.exists() and (listfile.parent / p).exists():
-                p = listfile.parent / p
-            yield str(p)
-
-
-def _plain_absolute(line):
-    """True for an absolute POSIX path that ``Path`` leaves as it is (no ``//``, ``/./``, trailing
-    ``/`` or ``/.``); a survey's list of millions of files is mostly such lines."""
-    return (os.sep == "/" and line.startswith("/") and not line.startswith("//") and "//" not in line
-            and "/./" not in line and not line.endswith(("/", "/.")))
+def input_files(inputs):
+    """The files of an ingest: :func:`expand_inputs`, except that a single ``@list`` file (a
+    survey's millions of files) is a :class:`~cannonade.spectra.filelist.ListedFiles`, the same
+    paths in the same order read from the list when a chunk needs them (not held in memory)."""
+    items = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+    if len(items) == 1 and str(items[0]).startswith("@"):
+        return ListedFiles(Path(str(items[0])[1:]))
+    return expand_inputs(items)
 
 
 def load_redshift_catalogue(source):
@@ -936,7 +921,7 @@ def ingest(
     grid_arr = common_grid(grid)
     z_map = load_redshift_catalogue(redshifts)
     norm_kwargs = default_norm_kwargs(normalise, grid_name, norm_kwargs)
-    files = expand_inputs(inputs)
+    files = input_files(inputs)
     if not files:
         raise ConfigError(f"no input files found in {inputs}")
     join = resolve_join(join, grid, files)

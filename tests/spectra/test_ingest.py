@@ -79,6 +79,33 @@ def test_expand_inputs(tmp_path, lamost_dir):
         expand_inputs(["@" + str(tmp_path / "missing.txt")])
 
 
+def test_ingest_of_one_list_reads_it_chunk_by_chunk_and_gives_the_same_store(tmp_path, lamost_dir, clean_store):
+    """A single @list is read from the file chunk by chunk (ListedFiles, not held in memory): the
+    same files in the same order (repeats dropped), so the same store and the same fingerprint as
+    the same files named one by one."""
+    from cannonade.spectra import ingest as ingest_module
+
+    files = expand_inputs([str(lamost_dir)])
+    lst = tmp_path / "survey.txt"
+    lst.write_text("# the survey\n" + "\n".join(files[:5] + files[2:4] + files[5:]) + "\n")  # two repeats
+    seen = []
+    real = ingest_module.ListedFiles
+
+    def spy(*args, **kwargs):
+        seen.append(real(*args, **kwargs))
+        return seen[-1]
+
+    ingest_module.ListedFiles = spy
+    try:
+        rep = ingest([f"@{lst}"], tmp_path / "listed.h5", workers=2, chunk_size=4)
+    finally:
+        ingest_module.ListedFiles = real
+    assert len(seen) == 1 and list(seen[0]) == files and rep.n_ok == 14 and rep.n_failed == 3
+    _assert_same_store(clean_store, tmp_path / "listed.h5")
+    with SpectraStore(tmp_path / "listed.h5") as a, SpectraStore(clean_store) as b:
+        assert a.attrs["ingest_key"] == b.attrs["ingest_key"]
+
+
 def test_expand_inputs_relative_list_and_suffixes(tmp_path):
     d = tmp_path / "data"
     (d / "sub").mkdir(parents=True)
