@@ -156,8 +156,22 @@ def searchsorted_rows(a, v, side="left"):
     with np.errstate(divide="ignore", invalid="ignore"):
         la0 = np.log(a[:, :1])
         step = (np.log(a[:, -1:]) - la0) / max(m - 1, 1)
-        est = np.floor((np.log(v)[None, :] - la0) / step) + 1.0  # v between a[i-1] and a[i]: i
-    est = np.clip(np.nan_to_num(est, nan=0.0, posinf=m, neginf=0.0), 0, m).astype(np.intp)
+        lv = np.log(v)
+    # only the estimate depends on these, the corrections below (or numpy's search) give the exact
+    # index: a row without a usable log step (values <= 0 or NaN, a constant row) and a value of v
+    # without a log (<= 0 or NaN) start from 0, by the same clip that bounds the others
+    lv[np.isnan(lv)] = -np.inf
+    unusable = ~(np.isfinite(la0) & np.isfinite(step) & (step > 0))
+    if unusable.any():
+        la0, step = np.where(unusable, 0.0, la0), np.where(unusable, 1.0, step)
+    est = lv[None, :] - la0  # v between a[i-1] and a[i]: i
+    est /= step
+    np.floor(est, out=est)
+    est += 1.0
+    np.clip(est, 0, m, out=est)  # no NaN left: +-inf clip to m or 0
+    est = est.astype(np.intp)
+    if unusable.any():
+        est[unusable[:, 0]] = 0
     # the index is right when a[i-1] precedes v and a[i] does not ('left': a < v; 'right': a <= v)
     before = np.less if side == "left" else np.less_equal
     flat = np.concatenate([np.full((n, 1), -np.inf), a, np.full((n, 1), np.inf)], axis=1).ravel()  # a[-1] = -inf, a[m] = inf
@@ -177,7 +191,8 @@ def searchsorted_rows(a, v, side="left"):
 
 
 def _overlap_sums(lo, hi, nlo, nhi, f0, var0, bad):
-    """R f, (R o R) var, bad inputs touched and coverage, one output pixel's m-th overlap at a time.
+    """R f, (R o R) var, whether a bad input is touched, and coverage, one output pixel's m-th
+    overlap at a time.
 
     The same entries, in the same order, as :func:`_resampling_entries` + ``bincount`` (so the same
     bits), without building the entry lists: output pixel j overlaps the contiguous inputs
@@ -194,7 +209,7 @@ def _overlap_sums(lo, hi, nlo, nhi, f0, var0, bad):
     shape = start.shape
     new_f = np.zeros(shape)
     new_var = np.zeros(shape)
-    n_bad = np.zeros(shape)
+    touched_bad = np.zeros(shape, dtype=bool)  # any bad input overlapped (only == 0 matters)
     coverage = np.zeros(shape)
     n_in = lo.shape[-1]
     # gathers from the flattened rows with np.take (several times faster than take_along_axis, ~1.6x
@@ -202,17 +217,20 @@ def _overlap_sums(lo, hi, nlo, nhi, f0, var0, bad):
     lo_f, hi_f, f0_f, var0_f, bad_f = (np.ravel(x) for x in (lo, hi, f0, var0, bad))
     base = (np.arange(shape[0]) * n_in)[:, None]
     for m in range(n_max):
-        col = start + m
-        inside = col < stop
-        c = np.minimum(col, n_in - 1) + base
+        c = start + m
+        inside = c < stop
+        np.minimum(c, n_in - 1, out=c)
+        c += base
         frac = (np.minimum(np.take(hi_f, c), nhi) - np.maximum(np.take(lo_f, c), nlo)) / width
         keep = inside & (frac > _OVERLAP_TOL)
         frac = np.where(keep, frac, 0.0)
         new_f += frac * np.take(f0_f, c)
-        new_var += frac * frac * np.take(var0_f, c)
-        n_bad += keep & np.take(bad_f, c)
+        term = frac * frac  # (frac frac) var, in this order: the same bits as the sparse map
+        term *= np.take(var0_f, c)
+        new_var += term
+        touched_bad |= keep & np.take(bad_f, c)
         coverage += frac
-    return new_f, new_var, n_bad, coverage
+    return new_f, new_var, touched_bad, coverage
 
 
 def _resampling_entries(wavelength, new_wavelength, edges=None):
@@ -700,12 +718,19 @@ def _continuum(wavelength, flux, ivar, method, **kwargs):
 
 
 def _divide(flux, ivar, cont):
-    good = np.isfinite(cont) & (cont > 0)
+    """``f / C`` (NaN where C is not finite and > 0) and ``ivar C^2`` (0 at every bad pixel)."""
+    good = (cont > 0) & (cont < np.inf)  # finite and positive (NaN fails both)
+    nf = np.full(np.broadcast_shapes(np.shape(flux), np.shape(cont)), np.nan)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        nf = np.where(good, flux / np.where(good, cont, 1.0), np.nan)
-        niv = ivar * cont * cont
-        # a bad input pixel (ivar <= 0, inf or NaN) stays bad: ivar 0, never inf
-        niv = np.where(good & (ivar > 0) & np.isfinite(ivar) & np.isfinite(nf) & np.isfinite(niv), niv, 0.0)
+        np.divide(flux, cont, out=nf, where=good)
+        niv = ivar * cont
+        niv *= cont  # (ivar C) C, as before
+        # a bad input pixel (ivar <= 0, inf or NaN) stays bad: ivar 0, never inf. A finite f / C
+        # implies a good C, and with a good C a finite ivar C^2 implies a finite ivar
+        ok = np.isfinite(nf)
+        ok &= ivar > 0
+        ok &= np.isfinite(niv)
+    niv[~ok] = 0.0
     return nf, niv
 
 
