@@ -16,7 +16,6 @@ its own ``MALLOC_TRIM_THRESHOLD_`` there). A worker's extra memory is bounded by
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import sys
 
 __all__ = ["MMAP_THRESHOLD", "TRIM_THRESHOLD", "TOP_PAD", "keep_freed_memory", "keeps_freed_memory"]
@@ -55,9 +54,9 @@ def keep_freed_memory(mmap_threshold=MMAP_THRESHOLD, trim_threshold=TRIM_THRESHO
     if not sys.platform.startswith("linux"):
         return False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc = ctypes.CDLL("libc.so.6")  # glibc's name (find_library would run ldconfig)
         mallopt = libc.mallopt
-    except (OSError, AttributeError):  # no C library found, or one without mallopt (musl)
+    except (OSError, AttributeError):  # not glibc (musl names it otherwise; its mallopt does nothing)
         return False
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     mallopt.restype = ctypes.c_int
