@@ -106,8 +106,8 @@ class ListedFiles(Sequence):
 
     def _entries(self, offset=0, piece=0, check=False):
         """(byte offset of its line, its piece of that line, path) of every entry from the line at
-        ``offset`` (its pieces from ``piece`` on) onwards. A line's pieces are split at '\r' as
-        well, as text files are read elsewhere (universal newlines); nearly always one piece."""
+        ``offset`` (its pieces from ``piece`` on) onwards. A line is also split at bare carriage
+        returns, as text files are read elsewhere (universal newlines); nearly always one piece."""
         if check:
             st = self.path.stat() if self.path.exists() else None
             if st is None or (st.st_size, st.st_mtime_ns) != self._stamp:
