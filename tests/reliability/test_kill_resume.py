@@ -12,6 +12,7 @@ rerun never redoes a chunk whose part was finished. The final rerun gives the ca
 Parquet, per star and per observation) and the models of the uninterrupted run, exactly.
 """
 
+import json
 import os
 import re
 import subprocess
@@ -45,8 +46,20 @@ def stage_outputs(run_dir, events):
     return {s: sorted({p for p in paths if (run_dir / p).is_file()}) for s, paths in stage_writes(events).items()}
 
 
-def kill_plan(stages, points, seed=2016):
+def next_stage_seconds(ref_dir, stages):
+    """stage -> the seconds the stage after it took in the uninterrupted run (its marker's record)."""
+    out = {}
+    for s, nxt in zip(stages, stages[1:]):
+        out[s] = float(json.loads((ref_dir / "stages" / f"{nxt}.json").read_text())["seconds"])
+    return out
+
+
+def kill_plan(stages, points, seed=2016, next_seconds=None):
     """The interruptions, in pipeline order: dicts for the driver, or ``{"cli": STAGE, "delay": s}``.
+
+    ``next_seconds`` (stage -> how long the next stage took in the uninterrupted run) bounds a CLI
+    kill's delay to half of it, so that the kill lands inside the next stage on a fast machine too
+    (a kill after it would let the run finish chunks of ``infer`` that the plan stops and kills later).
 
     ``points``: stage -> its (op, path) of the uninterrupted run, writes and part removals. A
     chunked stage is stopped by the hook, killed at the write of a part, killed after a finished
@@ -83,7 +96,10 @@ def kill_plan(stages, points, seed=2016):
                 how = "before"  # the marker renamed: the stage would be finished before its next kill
             kill(stage, *pts[k], how)
         if stage in CLI_KILLS:
-            plan.append({"cli": stage, "delay": float(rng.uniform(0, CLI_KILLS[stage]))})
+            longest = CLI_KILLS[stage]
+            if next_seconds and stage in next_seconds:
+                longest = min(longest, 0.5 * next_seconds[stage])
+            plan.append({"cli": stage, "delay": float(rng.uniform(0, longest))})
     return plan
 
 
@@ -134,7 +150,7 @@ def test_kill_anywhere_and_resume_gives_the_uninterrupted_catalogue(faults, pipe
     ref_dir, ref_events = reference_run
     stages = [e["stage"] for e in ref_events if e["ev"] == "stage"]
     outputs = stage_outputs(ref_dir, ref_events)
-    plan = kill_plan(stages, stage_writes(ref_events, ops=("write", "unlink")))
+    plan = kill_plan(stages, stage_writes(ref_events, ops=("write", "unlink")), next_seconds=next_stage_seconds(ref_dir, stages))
     cfg = faults.write_config(tmp_path, pipeline_mock)
     run_dir = tmp_path / "run"
 
