@@ -103,6 +103,9 @@ class ListedFiles(Sequence):
         self._repeats = self._find_repeats(np.frombuffer(hashes, dtype=np.int64))
         del hashes
         self._len = self._n_entries - self._repeats.size
+        # each checkpoint's entry index and the paths (repeats dropped) before it
+        self._checkpoint_entry = np.arange(self._offsets.size, dtype=np.int64) * self.stride
+        self._checkpoint_before = self._checkpoint_entry - np.searchsorted(self._repeats, self._checkpoint_entry)
 
     def _entries(self, offset=0, piece=0, check=False):
         """(byte offset of its line, its piece of that line, path) of every entry from the line at
@@ -159,11 +162,9 @@ class ListedFiles(Sequence):
         """Paths ``start:stop`` (indices without repeats), read from the list file."""
         if start >= stop:
             return []
-        # the last checkpoint at or before `start`: entry index c * stride, paths before it u_c
-        entry_of_checkpoint = np.arange(self._offsets.size, dtype=np.int64) * self.stride
-        unique_before = entry_of_checkpoint - np.searchsorted(self._repeats, entry_of_checkpoint)
-        c = int(np.searchsorted(unique_before, start, side="right")) - 1
-        k, u = int(entry_of_checkpoint[c]), int(unique_before[c])
+        # the last checkpoint at or before `start`: its entry index k, the paths before it u
+        c = int(np.searchsorted(self._checkpoint_before, start, side="right")) - 1
+        k, u = int(self._checkpoint_entry[c]), int(self._checkpoint_before[c])
         r = int(np.searchsorted(self._repeats, k))  # the next repeat at or after entry k
         out = []
         for _, _, entry in self._entries(int(self._offsets[c]), int(self._pieces[c]), check=True):

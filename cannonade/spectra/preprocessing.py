@@ -162,7 +162,8 @@ def searchsorted_rows(a, v, side="left"):
     # without a log (<= 0 or NaN) start from 0, by the same clip that bounds the others
     lv[np.isnan(lv)] = -np.inf
     unusable = ~(np.isfinite(la0) & np.isfinite(step) & (step > 0))
-    if unusable.any():
+    any_unusable = bool(unusable.any())
+    if any_unusable:
         la0, step = np.where(unusable, 0.0, la0), np.where(unusable, 1.0, step)
     est = lv[None, :] - la0  # v between a[i-1] and a[i]: i
     est /= step
@@ -170,7 +171,7 @@ def searchsorted_rows(a, v, side="left"):
     est += 1.0
     np.clip(est, 0, m, out=est)  # no NaN left: +-inf clip to m or 0
     est = est.astype(np.intp)
-    if unusable.any():
+    if any_unusable:
         est[unusable[:, 0]] = 0
     # the index is right when a[i-1] precedes v and a[i] does not ('left': a < v; 'right': a <= v)
     before = np.less if side == "left" else np.less_equal
