@@ -235,6 +235,129 @@ def _overlap_sums(lo, hi, nlo, nhi, f0, var0, bad):
     return new_f, new_var, touched_bad, coverage
 
 
+def _pad_edges(lo, hi):
+    """Each row's input edges between two pairs of empty pixels: ``-inf`` and a zero-width pixel at
+    its first edge before, a zero-width pixel at its last edge and ``+inf`` after. An empty pixel
+    overlaps nothing (its ``frac`` is never above ``_OVERLAP_TOL``), so adding it to an output
+    pixel's inputs adds only zeros; with them, the output pixels at either end of a spectrum follow
+    the same overlap pattern as the others."""
+    n = len(lo)
+    first, last = lo[:, :1], hi[:, -1:]
+    inf = np.full((n, 1), np.inf)
+    return (np.concatenate([-inf, first, lo, last, inf], axis=1),
+            np.concatenate([-inf, first, hi, last, inf], axis=1))
+
+
+def shifted_rows(lo, hi, nlo, nhi):
+    """Rows whose output pixel ``j`` overlaps exactly the padded inputs ``s + j .. s + j + n - 1``.
+
+    Two grids with the same log step (a LAMOST spectrum, Doppler-shifted or not, on the LAMOST
+    grid) overlap with the same pattern at every pixel, shifted by ``s``. The rows are those of
+    :func:`_pad_edges` (two empty pixels at each end, so the end pixels follow the pattern too).
+    ``s`` and ``n`` come from the first output pixel; the pattern is then verified at every output
+    pixel against the definition of :func:`_overlap_sums`' search (``start_j``: the first input
+    with ``hi > nlo_j``; ``stop_j``: the first with ``lo >= nhi_j``), so a row is accepted only
+    when the pattern is exact.
+
+    Parameters
+    ----------
+    lo, hi : (n_rows, n_in + 4) float, each row's padded input pixel edges
+    nlo, nhi : (n_out,) float, the output pixel edges
+
+    Returns
+    -------
+    ok : (n_rows,) bool
+    s : (n_rows,) intp
+    n : int
+        Inputs per output pixel in the accepted rows (the commonest count; 0 when none).
+    """
+    n_rows, n_pad = lo.shape
+    n_out = nlo.size
+    s = np.count_nonzero(hi <= nlo[0], axis=1)  # searchsorted(hi[k], nlo[0], 'right'): rows are sorted
+    counts = np.count_nonzero(lo < nhi[0], axis=1) - s
+    ok = (counts >= 1) & (counts <= _MAX_OVERLAPS) & (s + counts + n_out <= n_pad)  # s >= 1: hi[0] = -inf
+    if not ok.any():
+        return ok, s, 0
+    n = int(np.bincount(counts[ok]).argmax())
+    ok &= counts == n
+    rows = np.flatnonzero(ok)
+    # the last output pixel first (a different log step fails there, without reading the rows)
+    j, r = n_out - 1, rows
+    ok[r] = (hi[r, s[r] + j - 1] <= nlo[j]) & (nlo[j] < hi[r, s[r] + j]) & (lo[r, s[r] + n + j - 1] < nhi[j]) & (nhi[j] <= lo[r, s[r] + n + j])
+    rows = np.flatnonzero(ok)
+    if rows.size == 0:
+        return ok, s, 0
+    # start_j = s + j iff hi[s+j-1] <= nlo_j < hi[s+j]; stop_j = s + n + j iff lo[s+n+j-1] < nhi_j <= lo[s+n+j]
+    h = _windows(hi, rows, s[rows] - 1, n_out + 1)
+    exact = (h[:, :n_out] <= nlo).all(axis=1)
+    exact &= (h[:, 1:] > nlo).all(axis=1)
+    low = _windows(lo, rows, s[rows] + n - 1, n_out + 1)
+    exact &= (low[:, :n_out] < nhi).all(axis=1)
+    exact &= (low[:, 1:] >= nhi).all(axis=1)
+    ok[rows[~exact]] = False
+    return ok, s, n
+
+
+def _windows(x, rows, first, length):
+    """``x[rows[i], first[i] : first[i] + length]`` for every i, as one (len(rows), length) array."""
+    view = np.lib.stride_tricks.sliding_window_view(x, length, axis=1)
+    return view[rows, first]
+
+
+def _shifted_overlap_sums(lo, hi, nlo, nhi, f0, var0, bad, rows, first, n):
+    """:func:`_overlap_sums` of ``rows`` whose output pixel ``j`` overlaps inputs ``first + j ..
+    first + j + n - 1`` (every argument but ``nlo``, ``nhi``, ``rows``, ``first`` (len(rows),)
+    and ``n`` is (n_rows, n_in)): each term read from one window of each array instead of a gather
+    per term; the same terms, in the same order, so the same bits (an empty pixel's terms are 0)."""
+    n_out = nlo.size
+    w_lo, w_hi, w_f, w_var, w_bad = (_windows(x, rows, first, n_out + n - 1) for x in (lo, hi, f0, var0, bad))
+    width = nhi - nlo
+    shape = (rows.size, n_out)
+    new_f = np.zeros(shape)
+    new_var = np.zeros(shape)
+    touched_bad = np.zeros(shape, dtype=bool)
+    coverage = np.zeros(shape)
+    for m in range(n):
+        sl = slice(m, m + n_out)
+        frac = (np.minimum(w_hi[:, sl], nhi) - np.maximum(w_lo[:, sl], nlo)) / width
+        keep = frac > _OVERLAP_TOL
+        frac = np.where(keep, frac, 0.0)
+        new_f += frac * w_f[:, sl]
+        term = frac * frac  # (frac frac) var, as _overlap_sums
+        term *= w_var[:, sl]
+        new_var += term
+        touched_bad |= keep & w_bad[:, sl]
+        coverage += frac
+    return new_f, new_var, touched_bad, coverage
+
+
+def _all_overlap_sums(lo, hi, nlo, nhi, f0, var0, bad):
+    """:func:`_overlap_sums` of every row: rows that overlap the output grid with one shifted
+    pattern (:func:`shifted_rows`) from windows of padded rows, the others by search and gathers.
+    None when one of those has an output pixel over ``_MAX_OVERLAPS`` inputs."""
+    lo_p, hi_p = _pad_edges(lo, hi)
+    ok, s, n = shifted_rows(lo_p, hi_p, nlo, nhi)
+    rows, rest = np.flatnonzero(ok), np.flatnonzero(~ok)
+    if rows.size == 0:
+        return _overlap_sums(lo, hi, nlo, nhi, f0, var0, bad)
+    zero = np.zeros((len(lo), 2))
+    f0_p, var0_p = (np.concatenate([zero, x, zero], axis=1) for x in (f0, var0))
+    bad_p = np.concatenate([zero.astype(bool), bad, zero.astype(bool)], axis=1)
+    shifted = _shifted_overlap_sums(lo_p, hi_p, nlo, nhi, f0_p, var0_p, bad_p, rows, s[rows], n)
+    if rest.size == 0:
+        return shifted
+    others = _overlap_sums(lo[rest], hi[rest], nlo, nhi, f0[rest], var0[rest], bad[rest])
+    if others is None:
+        return None
+    out = []
+    for a, b in zip(shifted, others):
+        o = np.empty((len(lo), nlo.size), dtype=a.dtype)
+        o[rows] = a
+        o[rest] = b
+        out.append(o)
+    return tuple(out)
+
+
 def _resampling_entries(wavelength, new_wavelength, edges=None):
     """Non-zero entries (rows, cols, R_ji) of the rebinning map and the output coverage
     (``edges``: the input and output pixel edges ``(lo, hi, nlo, nhi)`` when already known)."""
@@ -344,7 +467,7 @@ def _resample_rows(wavelength, flux, ivar, new_wavelength):
         var0 = np.where(good_in, 1.0 / np.where(good_in, ivar, 1.0), 0.0)
     lo, hi = pixel_edges(wavelength)
     nlo, nhi = _edges_cached(new_wavelength)
-    summed = _overlap_sums(lo, hi, nlo, nhi, f0, var0, ~good_in)
+    summed = _all_overlap_sums(lo, hi, nlo, nhi, f0, var0, ~good_in)
     if summed is None:  # an output pixel spans many input pixels: the explicit sparse entries
         n_out = nlo.size
         new_f, new_var, n_bad, coverage = (np.empty((len(flux), n_out)) for _ in range(4))

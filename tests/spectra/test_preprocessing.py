@@ -399,6 +399,39 @@ def test_resample_batch_rest_frames_equal_resample_of_each():
             np.testing.assert_array_equal(iv[k], ik)
 
 
+def test_shifted_rows_resample_as_the_searched_entries(monkeypatch):
+    """Rows on the output grid's log step overlap it with one shifted pattern and are resampled from
+    windows; they, and rows that break the pattern (another step, a moved pixel, a gap), give the
+    sparse entries' numbers bit for bit, including output pixels off either end of a spectrum."""
+    from cannonade.spectra import preprocessing
+    from cannonade.spectra.preprocessing import shifted_rows
+
+    rng = np.random.default_rng(11)
+    grid = common_grid("lamost")
+    n, npix = 24, 3909
+    z = rng.uniform(1e-4, 1.5e-3, n)  # the grid inside each spectrum, pixels not aligned
+    z[0] = -1e-3  # the first ~4 output pixels before the spectrum: not one pattern
+    wave = 10 ** (3.5682 + 1e-4 * np.arange(npix))[None, :] / (1 + z[:, None])
+    wave[1] = 10 ** (3.5682 + 1.02e-4 * np.arange(npix))  # another log step
+    wave[2, 2000] = 0.5 * (wave[2, 2000] + wave[2, 2001])  # one pixel moved: the pattern breaks there
+    wave[3, 1500:] += 30.0  # a gap
+    wave[4] = 10 ** (3.575 + 1e-4 * np.arange(npix))  # starts ~40 pixels after the grid
+    flux = 1 + 0.1 * rng.normal(size=(n, npix))
+    ivar = rng.uniform(10, 100, (n, npix))
+    ivar[rng.random((n, npix)) < 0.02] = 0.0
+    flux[5, 0:20] = np.nan
+    lo, hi = pixel_edges(wave)
+    nlo, nhi = pixel_edges(grid)
+    ok, s, width = shifted_rows(*preprocessing._pad_edges(lo, hi), nlo, nhi)
+    assert width == 2 and not ok[:5].any() and ok[5:].all()
+    f, iv = resample_batch(wave, flux, ivar, grid)
+    monkeypatch.setattr(preprocessing, "_MAX_OVERLAPS", 0)  # every row through the sparse entries
+    for k in range(n):
+        fk, ik = resample(wave[k], flux[k], ivar[k], grid)
+        assert np.array_equal(f[k], fk, equal_nan=True) and np.array_equal(iv[k], ik), k
+    assert np.all(iv[4, grid < wave[4, 0]] == 0) and np.all(iv[5, grid < wave[5, 19]] == 0) and iv[0, 0] == 0
+
+
 def test_searchsorted_rows_is_numpy_searchsorted_on_any_sorted_rows():
     from cannonade.spectra.preprocessing import searchsorted_rows
 
