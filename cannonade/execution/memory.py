@@ -22,10 +22,11 @@ __all__ = ["MMAP_THRESHOLD", "TRIM_THRESHOLD", "TOP_PAD", "keep_freed_memory", "
 
 #: blocks larger than this come straight from the kernel (one large array at most: a chunk's rows)
 MMAP_THRESHOLD = 32 << 20
-#: free memory at the top of the heap kept for reuse up to this much
-TRIM_THRESHOLD = 64 << 20
+#: free memory at the top of the heap kept for reuse up to this much (more than a LAMOST chunk's
+#: peak of temporaries: at 64 MB the heap still shrank and regrew, ~10 page faults per spectrum)
+TRIM_THRESHOLD = 256 << 20
 #: extra memory asked of the kernel each time the heap grows
-TOP_PAD = 16 << 20
+TOP_PAD = 32 << 20
 
 # mallopt's parameter numbers (glibc malloc.h)
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3

@@ -308,23 +308,22 @@ def _shifted_overlap_sums(lo, hi, nlo, nhi, f0, var0, bad, rows, first, n):
     """:func:`_overlap_sums` of ``rows`` whose output pixel ``j`` overlaps inputs ``first + j ..
     first + j + n - 1`` (every argument but ``nlo``, ``nhi``, ``rows``, ``first`` (len(rows),)
     and ``n`` is (n_rows, n_in)): each term read from one window of each array instead of a gather
-    per term; the same terms, in the same order, so the same bits (an empty pixel's terms are 0)."""
+    per term; the same terms, in the same order, so the same bits (an empty pixel's terms are 0;
+    a flux sum of exactly zero may be -0.0 where the search's is +0.0)."""
     n_out = nlo.size
     w_lo, w_hi, w_f, w_var, w_bad = (_windows(x, rows, first, n_out + n - 1) for x in (lo, hi, f0, var0, bad))
     width = nhi - nlo
-    shape = (rows.size, n_out)
-    new_f = np.zeros(shape)
-    new_var = np.zeros(shape)
-    touched_bad = np.zeros(shape, dtype=bool)
-    coverage = np.zeros(shape)
     for m in range(n):
         sl = slice(m, m + n_out)
         frac = (np.minimum(w_hi[:, sl], nhi) - np.maximum(w_lo[:, sl], nlo)) / width
         keep = frac > _OVERLAP_TOL
         frac = np.where(keep, frac, 0.0)
-        new_f += frac * w_f[:, sl]
         term = frac * frac  # (frac frac) var, as _overlap_sums
         term *= w_var[:, sl]
+        if m == 0:  # the first terms start the sums (0 + x is x: no zeroed arrays to fill)
+            new_f, new_var, touched_bad, coverage = frac * w_f[:, sl], term, keep & w_bad[:, sl], frac
+            continue
+        new_f += frac * w_f[:, sl]
         new_var += term
         touched_bad |= keep & w_bad[:, sl]
         coverage += frac

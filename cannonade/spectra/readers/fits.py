@@ -246,9 +246,13 @@ def clean_ivar(flux, ivar, bad=None):
     """Zero the ivar of NaN/inf/sentinel/negative pixels (and of ``bad``)."""
     flux = np.asarray(flux, dtype=np.float64)
     ivar = np.asarray(ivar, dtype=np.float64)
-    good = np.isfinite(flux) & np.isfinite(ivar) & (ivar > 0) & (flux > surveys.MISSING_SENTINEL)
+    # finite and > 0 (NaN fails every comparison), flux finite and above the sentinel: in place
+    good = ivar > 0
+    good &= ivar < np.inf
+    good &= flux > surveys.MISSING_SENTINEL
+    good &= flux < np.inf
     if bad is not None:
-        good &= ~bad
+        np.greater(good, bad, out=good)  # good and not bad
     return np.where(good, ivar, 0.0)
 
 
@@ -539,22 +543,25 @@ def header_of(hdul, i, path):
 BITPIX = {8: ">u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: ">f4", -64: ">f8"}
 
 
-def primary_image(raw, h, start, path):
+def primary_image(raw, h, start, path, as_stored=False):
     """The primary image straight from the bytes (no astropy): (NAXIS2, NAXIS1) float64.
 
-    SpectrumFormatError naming the file and keys for a BITPIX that is not a FITS value, NAXIS1 or
-    NAXIS2 not a positive integer, or an image larger than the file holds (checked before reading)."""
+    ``as_stored=True``: a read-only view of the bytes in the file's own type (big-endian) when no
+    BSCALE/BZERO applies, so that a reader converts only the rows it uses. SpectrumFormatError
+    naming the file and keys for a BITPIX that is not a FITS value, NAXIS1 or NAXIS2 not a
+    positive integer, or an image larger than the file holds (checked before reading)."""
     for key in ("NAXIS1", "NAXIS2"):
         _integer_key(h, key, path, 0, low=1)
-    return hdu_image(raw, h, start, path, 0).reshape(h["NAXIS2"], h["NAXIS1"])
+    return hdu_image(raw, h, start, path, 0, as_stored).reshape(h["NAXIS2"], h["NAXIS1"])
 
 
-def hdu_image(raw, h, start, path, k=0):
+def hdu_image(raw, h, start, path, k=0, as_stored=False):
     """HDU ``k``'s image straight from the bytes (no astropy): float64 of shape (NAXISn, ..., NAXIS1).
 
     ``h`` and ``start`` are the HDU's parsed header and data offset (:func:`check_hdus`); BSCALE
-    and BZERO applied. SpectrumFormatError naming the file, HDU and keys for a BITPIX that is not
-    a FITS value, NAXISn not a positive integer, or an image larger than the file holds."""
+    and BZERO applied (``as_stored=True``: the bytes' own type, as :func:`primary_image`).
+    SpectrumFormatError naming the file, HDU and keys for a BITPIX that is not a FITS value,
+    NAXISn not a positive integer, or an image larger than the file holds."""
     dtype = np.dtype(BITPIX[_bitpix(h, "BITPIX", path, k)])
     naxis = _integer_key(h, "NAXIS", path, k, low=1, high=_MAX_NAXIS)
     shape = tuple(_integer_key(h, f"NAXIS{i}", path, k, low=1) for i in range(naxis, 0, -1))
@@ -564,11 +571,11 @@ def hdu_image(raw, h, start, path, k=0):
         raise SpectrumFormatError(f"{path}: truncated or crafted FITS file: the image of HDU {k} (BITPIX = {h['BITPIX']}, "
                                   f"{axes}) needs {count * dtype.itemsize} bytes, the file holds "
                                   f"{max(len(raw) - start, 0)} after its header")
-    data = np.frombuffer(raw, dtype=dtype, count=count, offset=start).reshape(shape).astype(np.float64)
+    data = np.frombuffer(raw, dtype=dtype, count=count, offset=start).reshape(shape)
     bscale, bzero = h.get("BSCALE", 1), h.get("BZERO", 0)
     if bscale not in (1, None) or bzero not in (0, None):
-        data = data * float(bscale) + float(bzero)
-    return data
+        return data * float(bscale) + float(bzero)
+    return data if as_stored else data.astype(np.float64)
 
 
 def is_image(hdu):
