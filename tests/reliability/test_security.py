@@ -4,6 +4,7 @@ files are refused with a named error before anything they declare is allocated."
 
 import ast
 import json
+import os
 import re
 import struct
 import tracemalloc
@@ -567,6 +568,11 @@ def test_oversized_and_special_files_are_refused_unread(tmp_path):
     _refused(big, r"268435457 bytes, more than a spectrum file may hold \(MAX_SPECTRUM_BYTES = 268435456\); refused unread")
     if Path("/dev/zero").exists():
         _refused(Path("/dev/zero"), r"not a regular file")
+    if hasattr(os, "mkfifo"):  # a FIFO without a writer: refused at once, not waited on
+        fifo = tmp_path / "spectrum.fits"
+        os.mkfifo(fifo)
+        _refused(fifo, r"not a regular file")
+    _refused(tmp_path, r"is a directory")
 
 
 def test_hostile_spectra_go_to_the_ingest_error_report_and_the_others_are_stored(tmp_path):
