@@ -385,11 +385,13 @@ def _failure_reason(path, exc):
 
 
 def put_rows(flux, ivar, metas, rows, batch_flux, batch_ivar):
-    """Place a normalised batch into the chunk's arrays at ``rows`` and count each row's good pixels."""
-    for k, row in enumerate(rows):
-        flux[row] = batch_flux[k]
-        ivar[row] = batch_ivar[k]
-        metas[row]["n_good"] = int(np.count_nonzero(batch_ivar[k] > 0))
+    """Place a normalised batch into the chunk's arrays at ``rows`` and count each row's good pixels
+    (the whole batch at once: one cast to the store's float32, one count)."""
+    rows = np.asarray(rows, dtype=np.intp)
+    flux[rows] = batch_flux
+    ivar[rows] = batch_ivar
+    for row, n_good in zip(rows.tolist(), np.count_nonzero(batch_ivar > 0, axis=1).tolist()):
+        metas[row]["n_good"] = n_good
 
 
 def prepare_files(files, grid, normalise="gaussian", redshifts=None, norm_kwargs=None):

@@ -102,6 +102,15 @@ def pixel_edges(wavelength, gap_factor=2.0):
     d = np.diff(w, axis=-1)
     if not np.all(d > 0):
         raise ShapeError("wavelength must be strictly increasing")
+    if not (np.any(d[..., 1:] > gap_factor * d[..., :-1]) or np.any(d[..., :-1] > gap_factor * d[..., 1:])):
+        # no gap (a survey's grid): each edge half way to both neighbours, the same numbers as below
+        half = 0.5 * d
+        lo, hi = np.empty_like(w), np.empty_like(w)
+        np.subtract(w[..., 1:], half, out=lo[..., 1:])
+        np.subtract(w[..., :1], half[..., :1], out=lo[..., :1])
+        np.add(w[..., :-1], half, out=hi[..., :-1])
+        np.add(w[..., -1:], half[..., -1:], out=hi[..., -1:])
+        return lo, hi
     left = np.concatenate([d[..., :1], d], axis=-1)  # spacing to the previous centre (mirrored at the start)
     right = np.concatenate([d, d[..., -1:]], axis=-1)
     left = np.where(left > gap_factor * right, right, left)

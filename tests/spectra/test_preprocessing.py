@@ -65,6 +65,25 @@ def test_pixel_edges_respect_gaps():
     assert np.all(lo[1:] >= hi[:-1] - 1e-12)
 
 
+def test_pixel_edges_without_gaps_are_the_midpoints():
+    """A grid without gaps (a survey's, one row or many): every edge half way between neighbouring
+    centres, the end pixels mirrored, bit for bit; one gap in one row of a batch is still kept."""
+    rng = np.random.default_rng(4)
+    rows = 4000 * 10 ** (1e-4 * np.arange(300))[None, :] * rng.uniform(0.999, 1.001, (3, 1))  # no gap
+    for w in (rows, rows[0]):
+        lo, hi = pixel_edges(w)
+        d = np.diff(w, axis=-1)
+        np.testing.assert_array_equal(lo[..., 1:], w[..., 1:] - 0.5 * d)
+        np.testing.assert_array_equal(hi[..., :-1], w[..., :-1] + 0.5 * d)
+        np.testing.assert_array_equal(lo[..., 0], w[..., 0] - 0.5 * d[..., 0])
+        np.testing.assert_array_equal(hi[..., -1], w[..., -1] + 0.5 * d[..., -1])
+    gap = rows.copy()
+    gap[1, 150:] += 50.0
+    lo, hi = pixel_edges(gap)
+    np.testing.assert_array_equal(lo[[0, 2]], pixel_edges(rows)[0][[0, 2]])
+    assert hi[1, 149] - lo[1, 149] < 1.0 and lo[1, 150] > hi[1, 149] + 40  # the gap is not spanned
+
+
 def test_resample_identity_and_flux_conservation():
     rng = np.random.default_rng(0)
     w = log_lambda_grid(5000, 5500, 800)
