@@ -43,6 +43,7 @@ import logging
 import math
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -1049,7 +1050,11 @@ def _assemble(out, parts, grid, attrs, error_report, chunk_rows=64):
             counts.append(int(h5.attrs["n_ok"]))
     n = int(sum(counts))
     failures = []
-    with atomic_path(out) as tmp:
+    # a copied part is deleted by a second thread while the next is copied: removing a part's
+    # pages from the page cache is kernel time (~9 ms for 1 000 LAMOST spectra, a third of the
+    # assembly), and the workers have finished, so a core is free for it
+    with ThreadPoolExecutor(max_workers=1) as deleter, atomic_path(out) as tmp:
+        deleted = []
         with h5py.File(tmp, "w") as dst:
             dst.create_dataset("wavelength", data=grid)
             store.create_arrays(dst, n, grid.size, chunk_rows=chunk_rows)
@@ -1071,13 +1076,15 @@ def _assemble(out, parts, grid, attrs, error_report, chunk_rows=64):
                     reasons = src["failures/reason"].asstr()[:]
                     failures.extend(zip(files.tolist(), reasons.tolist()))
                 row += c
-                os.unlink(p)  # copied: free its disk space now
+                deleted.append(deleter.submit(os.unlink, p))  # copied: free its disk space now
             if not g.keys():
                 store.create_meta(g, store.meta_columns([], 0), 0)
             store.set_store_attrs(
                 dst,
                 dict(attrs, n_failed=len(failures), cannonade_version=__version__, created=time.strftime("%Y-%m-%dT%H:%M:%S")),
             )
+        for d in deleted:
+            d.result()  # every copied part is gone (an error deleting one is raised here)
         # before the store appears: a finished store is never read back without its report (a kill
         # in between leaves no finished store, and the rerun writes both)
         _write_error_report(error_report, failures)
