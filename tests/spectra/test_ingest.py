@@ -311,7 +311,8 @@ def test_compressed_chunks_copied_as_they_are_give_the_same_store(tmp_path, lamo
         shutil.copy(p, d / p.name.replace("zz_", "aa_"))
         if p.name.startswith("spec-"):
             (d / (p.name + ".gz")).write_bytes(gzip.compress(p.read_bytes()))
-    assert ingest_module._chunk_rows(24) == 8 and ingest_module._chunk_rows(2000) == 16 and ingest_module._chunk_rows(5) == 64
+    assert ingest_module._chunk_rows(24) == 8 and ingest_module._chunk_rows(2000) == 50 and ingest_module._chunk_rows(5) == 64
+    assert ingest_module._chunk_rows(1000) == 50 and ingest_module._chunk_rows(1024) == 64  # the default: 50
     copied = []
     real_copy = ingest_module._copy_rows
 
