@@ -291,8 +291,9 @@ def shifted_rows(lo, hi, nlo, nhi):
     ok &= counts == n
     rows = np.flatnonzero(ok)
     # the last output pixel first (a different log step fails there, without reading the rows)
-    j, r = n_out - 1, rows
-    ok[r] = (hi[r, s[r] + j - 1] <= nlo[j]) & (nlo[j] < hi[r, s[r] + j]) & (lo[r, s[r] + n + j - 1] < nhi[j]) & (nhi[j] <= lo[r, s[r] + n + j])
+    j, r, last = n_out - 1, rows, s[rows] + n_out - 1  # `last`: the padded input starting pixel j
+    ok[r] = (hi[r, last - 1] <= nlo[j]) & (nlo[j] < hi[r, last])
+    ok[r] &= (lo[r, last + n - 1] < nhi[j]) & (nhi[j] <= lo[r, last + n])
     rows = np.flatnonzero(ok)
     if rows.size == 0:
         return ok, s, 0
@@ -639,7 +640,7 @@ def block_pieces(Kb):
     so the columns inside the truncation for every row of the block (the core) have a low rank.
 
     The core ``Kb[:, a:b] = U S V^T`` is applied as ``(X V) (U S)^T`` with the singular values
-    above ``_RANK_TOL`` of the largest (10-16 of them on the LAMOST grid, against 64 rows and
+    above ``_RANK_TOL`` of the largest (11-15 of them on the LAMOST grid, against 64 rows and
     ~200 columns: ~0.6x the multiplications); the ragged columns on either side, where the
     truncation (Wheeler+2020 §3: 150 A) cuts some rows and not others, stay dense. A core that
     the factors would not rebuild to ``_RANK_CHECK`` of each row's weight sum, or would not make

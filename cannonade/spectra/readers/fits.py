@@ -243,7 +243,7 @@ def ivar_from_error(flux, error, bad=None, bad_error=np.inf):
 
 
 def clean_ivar(flux, ivar, bad=None):
-    """Zero the ivar of NaN/inf/sentinel/negative pixels (and of ``bad``)."""
+    """Zero the ivar of NaN/inf/sentinel/negative pixels (and of ``bad``: non-zero is bad)."""
     flux = np.asarray(flux, dtype=np.float64)
     ivar = np.asarray(ivar, dtype=np.float64)
     # finite and > 0 (NaN fails every comparison), flux finite and above the sentinel: in place
@@ -252,7 +252,7 @@ def clean_ivar(flux, ivar, bad=None):
     good &= flux > surveys.MISSING_SENTINEL
     good &= flux < np.inf
     if bad is not None:
-        np.greater(good, bad, out=good)  # good and not bad
+        np.greater(good, np.asarray(bad, dtype=bool), out=good)  # good and not bad
     return np.where(good, ivar, 0.0)
 
 
