@@ -458,7 +458,7 @@ def prepare_files(files, grid, normalise="gaussian", redshifts=None, norm_kwargs
 def _resample_rows_of(items, grid):
     """(flux, ivar) on ``grid`` of each (path, wave, flux, ivar, meta) item, or the exception that
     spectrum raised; spectra with as many pixels are resampled together, ``_RESAMPLE_BATCH`` at once."""
-    from cannonade.spectra.preprocessing import resample, resample_batch
+    from cannonade.spectra.resampling import resample, resample_batch
 
     out = [None] * len(items)
     by_size = {}
@@ -484,7 +484,7 @@ def _resample_and_normalise(items, grid, normalise, norm_kwargs, flux, ivar, met
     """Resample the read ``items`` onto ``grid``, normalise those with a good pixel in one batch and
     place them in ``flux``, ``ivar`` (rows after ``metas``' last, in the items' order); the others
     join ``failures``."""
-    from cannonade.spectra.preprocessing import normalise_batch
+    from cannonade.spectra.continuum import normalise_batch
 
     rows, bf, bi = [], [], []
     for (path, wave, *_, m), res in zip(items, _resample_rows_of(items, grid)):
@@ -659,7 +659,7 @@ def prepare_stars(files, grid, normalise="gaussian", redshifts=None, norm_kwargs
         listed under its first file), a CCD given twice, an unreadable CCD or one without a good
         pixel in its region (listed under that CCD's file), and a file not named as a GALAH CCD.
     """
-    from cannonade.spectra.preprocessing import normalise_batch
+    from cannonade.spectra.continuum import normalise_batch
 
     norm_kwargs = dict(norm_kwargs or {})
     slices = _ccd_slices(grid)

@@ -72,7 +72,9 @@ def prepare_visits(paths, grid, normalise="chebyshev", norm_kwargs=None, max_vis
     failures : list of (path, reason)
         Files that could not be read (none is fatal).
     """
-    from cannonade.spectra.preprocessing import doppler_shift, normalise_batch, resample
+    from cannonade.spectra.continuum import normalise_batch
+    from cannonade.spectra.preprocessing import doppler_shift
+    from cannonade.spectra.resampling import resample
 
     grid = np.asarray(grid, float)
     fl, iv, src, failures = [], [], [], []

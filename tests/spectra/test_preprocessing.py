@@ -376,7 +376,7 @@ def test_gaussian_continuum_dense_blocks_equal_the_sparse_kernel():
 def test_resampling_without_entry_lists_gives_the_same_bits(seed, monkeypatch):
     """resample() sums each output pixel's overlaps in place when few inputs overlap it; the result
     is bit for bit that of the explicit sparse entries (the fallback for much coarser outputs)."""
-    from cannonade.spectra import preprocessing
+    from cannonade.spectra import resampling
 
     rng = np.random.default_rng(seed)
     for _ in range(50):
@@ -385,9 +385,9 @@ def test_resampling_without_entry_lists_gives_the_same_bits(seed, monkeypatch):
         f = rng.normal(size=w.size)
         iv = rng.uniform(0, 1, w.size)
         iv[rng.random(w.size) < 0.1] = 0.0
-        monkeypatch.setattr(preprocessing, "_MAX_OVERLAPS", 10**6)
+        monkeypatch.setattr(resampling, "_MAX_OVERLAPS", 10**6)
         fast = resample(w, f, iv, nw)
-        monkeypatch.setattr(preprocessing, "_MAX_OVERLAPS", 0)
+        monkeypatch.setattr(resampling, "_MAX_OVERLAPS", 0)
         entries = resample(w, f, iv, nw)
         assert np.array_equal(fast[0], entries[0], equal_nan=True) and np.array_equal(fast[1], entries[1])
 
@@ -422,8 +422,8 @@ def test_shifted_rows_resample_as_the_searched_entries(monkeypatch):
     """Rows on the output grid's log step overlap it with one shifted pattern and are resampled from
     windows; they, and rows that break the pattern (another step, a moved pixel, a gap), give the
     sparse entries' numbers bit for bit, including output pixels off either end of a spectrum."""
-    from cannonade.spectra import preprocessing
-    from cannonade.spectra.preprocessing import shifted_rows
+    from cannonade.spectra import resampling
+    from cannonade.spectra.resampling import shifted_rows
 
     rng = np.random.default_rng(11)
     grid = common_grid("lamost")
@@ -441,10 +441,10 @@ def test_shifted_rows_resample_as_the_searched_entries(monkeypatch):
     flux[5, 0:20] = np.nan
     lo, hi = pixel_edges(wave)
     nlo, nhi = pixel_edges(grid)
-    ok, s, width = shifted_rows(*preprocessing._pad_edges(lo, hi), nlo, nhi)
+    ok, s, width = shifted_rows(*resampling._pad_edges(lo, hi), nlo, nhi)
     assert width == 2 and not ok[:5].any() and ok[5:].all()
     f, iv = resample_batch(wave, flux, ivar, grid)
-    monkeypatch.setattr(preprocessing, "_MAX_OVERLAPS", 0)  # every row through the sparse entries
+    monkeypatch.setattr(resampling, "_MAX_OVERLAPS", 0)  # every row through the sparse entries
     for k in range(n):
         fk, ik = resample(wave[k], flux[k], ivar[k], grid)
         assert np.array_equal(f[k], fk, equal_nan=True) and np.array_equal(iv[k], ik), k

@@ -15,7 +15,7 @@ from cannonade.execution import get_backend
 from cannonade.pipeline.inputs import base_labels, column
 from cannonade.pipeline.windows import label_element, reduced_window_chi2
 from cannonade.spectra.linelists import load_line_windows, window_mask
-from cannonade.spectra.preprocessing import resample
+from cannonade.spectra.resampling import resample
 from cannonade.spectra.readers import read_galah_star
 from cannonade.spectra.surveys import common_grid
 from cannonade.util import progress
