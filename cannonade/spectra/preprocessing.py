@@ -17,6 +17,8 @@ The public functions of both modules are importable from here too. Methods are d
 ``docs/spectra.md``.
 """
 
+# ruff: noqa: F401  (the names imported from resampling and continuum are re-exported: __all__ lists theirs)
+
 from __future__ import annotations
 
 import math
@@ -24,6 +26,7 @@ import math
 import numpy as np
 
 from cannonade.exceptions import ConfigError
+from cannonade.spectra import continuum, resampling
 from cannonade.spectra.continuum import (
     block_pieces,
     continuum_chebyshev,
@@ -45,26 +48,7 @@ from cannonade.spectra.resampling import (
 )
 from cannonade.spectra.surveys import log_lambda_grid  # re-exported: one definition, in surveys
 
-__all__ = [
-    "doppler_shift",
-    "log_lambda_grid",
-    "pixel_edges",
-    "searchsorted_rows",
-    "shifted_rows",
-    "resampling_matrix",
-    "resample",
-    "resample_batch",
-    "gaussian_kernel_matrix",
-    "gaussian_kernel_blocks",
-    "block_pieces",
-    "continuum_gaussian",
-    "continuum_gaussian_batch",
-    "continuum_chebyshev",
-    "continuum_chebyshev_batch",
-    "normalise",
-    "normalise_batch",
-    "prepare_spectrum",
-]
+__all__ = ["doppler_shift", "log_lambda_grid", *resampling.__all__, *continuum.__all__, "prepare_spectrum"]
 
 
 def doppler_shift(wavelength, z):
