@@ -124,20 +124,23 @@ def gaussian_kernel_blocks(wavelength, sigma=50.0, truncate=150.0):
     """
     key, w = _grid_key(wavelength)
     ckey = (key, float(sigma), float(truncate))
-    if ckey in _BLOCKS:
-        return _BLOCKS[ckey]
+    if ckey not in _BLOCKS:
+        if len(_BLOCKS) >= 8:
+            _BLOCKS.pop(next(iter(_BLOCKS)))
+        _BLOCKS[ckey] = _dense_blocks(w, sigma, truncate)
+    return _BLOCKS[ckey]
+
+
+def _dense_blocks(w, sigma, truncate):
+    """:func:`gaussian_kernel_blocks`, built anew (not cached)."""
     K = gaussian_kernel_matrix(w, sigma, truncate)
     blocks = []
     for r0 in range(0, w.size, _BAND_BLOCK):
         r1 = min(r0 + _BAND_BLOCK, w.size)
         c0, c1 = int(K.indices[K.indptr[r0]]), int(K.indices[K.indptr[r1] - 1]) + 1
         if c1 - c0 > _BAND_MAX_SPAN:
-            blocks = None
-            break
+            return None
         blocks.append((r0, r1, c0, c1, K[r0:r1, c0:c1].toarray()))
-    if len(_BLOCKS) >= 8:
-        _BLOCKS.pop(next(iter(_BLOCKS)))
-    _BLOCKS[ckey] = blocks
     return blocks
 
 
@@ -190,11 +193,13 @@ def block_pieces(Kb):
 
 
 def _kernel_pieces(wavelength, sigma, truncate):
-    """:func:`gaussian_kernel_blocks` with each block as :func:`block_pieces` (cached), or None."""
+    """:func:`gaussian_kernel_blocks` with each block as :func:`block_pieces` (cached), or None.
+    Only the pieces are kept: the dense blocks they come from are not cached beside them (the
+    APOGEE grid's are ~100 MB)."""
     key, w = _grid_key(wavelength)
     ckey = (key, float(sigma), float(truncate))
     if ckey not in _PIECES:
-        blocks = gaussian_kernel_blocks(w, sigma, truncate)
+        blocks = _dense_blocks(w, sigma, truncate)
         if len(_PIECES) >= 8:
             _PIECES.pop(next(iter(_PIECES)))
         _PIECES[ckey] = None if blocks is None else [(r0, r1, c0, block_pieces(Kb)) for r0, r1, c0, _, Kb in blocks]

@@ -304,9 +304,9 @@ def _all_overlap_sums(lo, hi, nlo, nhi, f0, var0, bad):
     rows, rest = np.flatnonzero(ok), np.flatnonzero(~ok)
     if rows.size == 0:
         return _overlap_sums(lo, hi, nlo, nhi, f0, var0, bad)
-    zero = np.zeros((len(lo), 2))
+    zero, no = np.zeros((len(lo), 2)), np.zeros((len(lo), 2), dtype=bool)
     f0_p, var0_p = (np.concatenate([zero, x, zero], axis=1) for x in (f0, var0))
-    bad_p = np.concatenate([zero.astype(bool), bad, zero.astype(bool)], axis=1)
+    bad_p = np.concatenate([no, bad, no], axis=1)
     shifted = _shifted_overlap_sums(lo_p, hi_p, nlo, nhi, f0_p, var0_p, bad_p, rows, s[rows], n)
     if rest.size == 0:
         return shifted
