@@ -348,7 +348,7 @@ class ReportBuilder:
         rng = np.random.default_rng(self.seed)
         pick = np.sort(rng.choice(rows, size=min(N_SPECTRA, rows.size), replace=False))
         with SpectraStore(store) as st:
-            ids = np.asarray(st.meta(columns=["obj_id"])["obj_id"]).astype(str)
+            ids = st.column("obj_id")
             where = {v: i for i, v in enumerate(ids)}
             wanted = [str(v) for v in np.asarray(obs[id_col])[pick]]
             found = [(k, where[v]) for k, v in zip(pick, wanted) if v in where]

@@ -574,12 +574,37 @@ class SpectraStore:
                 raise ColumnError(f"{self.path}: no metadata column {missing[0]!r} (it has {', '.join(order)})")
             order = list(columns)
         for name in order:
-            ds = g[name]
-            if ds.dtype.kind == "O" or h5_is_string(ds):
-                cols[name] = np.array(ds.asstr()[start:stop], dtype=str) if stop > start else np.array([], dtype=str)
-            else:
-                cols[name] = ds[start:stop]
+            cols[name] = self._read_column(g[name], start, stop)
         return Table(cols)
+
+    def column(self, name, start=0, stop=None):
+        """One metadata column (rows ``start:stop``) as an array: ``str`` for the text columns.
+
+        Parameters
+        ----------
+        name : str
+            E.g. ``'obj_id'``.
+
+        Returns
+        -------
+        (n,) ndarray
+
+        Raises
+        ------
+        ColumnError
+            The store has no column ``name`` (names it and the store).
+        """
+        g = self._h5["meta"]
+        if name not in g:
+            raise ColumnError(f"{self.path}: no metadata column {name!r} (it has {', '.join(sorted(g))})")
+        stop = self.n_spectra if stop is None else min(int(stop), self.n_spectra)
+        return self._read_column(g[name], start, stop)
+
+    @staticmethod
+    def _read_column(ds, start, stop):
+        if ds.dtype.kind == "O" or h5_is_string(ds):
+            return np.array(ds.asstr()[start:stop], dtype=str) if stop > start else np.array([], dtype=str)
+        return ds[start:stop]
 
     def unique(self, column, block=100_000):
         """The distinct values of one metadata column, sorted, read ``block`` rows at a time (a

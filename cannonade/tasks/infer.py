@@ -254,7 +254,7 @@ def infer_store(models, store, out, model_by="chi2", catalogue=None, allow_misma
         n = st.n_spectra
         ids = n  # the identifiers only where a catalogue names each spectrum's model (the rest, chunk by chunk)
         if catalogue is not None and model_by == "wheeler2020":
-            ids = np.asarray(st.meta(columns=["obj_id"])["obj_id"]).astype(str)
+            ids = st.column("obj_id")
     for m in models.values():
         m.check_spectra(setup, allow_mismatch=allow_mismatch, what=f"the spectra of {store}")
     classes = model_classes(models, model_by, ids, catalogue=catalogue, **catalogue_options)

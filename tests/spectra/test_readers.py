@@ -548,3 +548,32 @@ def test_header_cards_parse_as_astropy_reads_them():
         fits_module._MAX_CARDS = saved
     with pytest.raises(SpectrumFormatError, match="truncated FITS header"):
         parse_header_bytes(raw[: 2 * 2880 - 80][:2880], 0, "x.fits")
+
+
+def test_both_header_paths_turn_the_same_sentinels_into_nan():
+    """astropy's path (``header_dict``) and ingest's bytes path (``parse_header_bytes`` then
+    ``clean_header``) share one rule: floats <= -9998, NaN and ±inf, and the integer -9999, are
+    missing (NaN); every other value, -9997.5, the integer -9998 and logicals included, is kept."""
+    from cannonade.spectra.readers.fits import clean_header, header_dict, parse_header_bytes, sentinel_to_nan
+
+    cards = [
+        "SIMPLE  =                    T",
+        "NEGINT  =                -9999",
+        "NEGFLT  =              -9999.0",
+        "EDGE    =              -9998.0",
+        "NEAR    =              -9997.5",
+        "INT9998 =                -9998",
+        "POSINF  =                1E999",
+        "Z       =               0.0123",
+        "NAME    = '-9999   '",
+    ]
+    raw = _card_bytes(cards)
+    fast = clean_header(parse_header_bytes(raw, 0, "x.fits")[0])
+    slow = header_dict(fits.Header.fromstring(raw.decode("ascii")))
+    for h in (fast, slow):
+        assert all(math.isnan(h[k]) for k in ("NEGINT", "NEGFLT", "EDGE")), h
+        assert h["NEAR"] == -9997.5 and h["INT9998"] == -9998 and h["Z"] == 0.0123
+        assert h["SIMPLE"] is True and h["NAME"] == "-9999"
+        assert math.isnan(h["POSINF"])  # 1E999 overflows to inf
+    assert math.isnan(sentinel_to_nan(-math.inf)) and math.isnan(sentinel_to_nan(math.nan))
+    assert sentinel_to_nan(True) is True and sentinel_to_nan(-9999.0 + 1.5) == -9997.5

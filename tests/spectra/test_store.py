@@ -47,6 +47,12 @@ def test_write_store_roundtrip(tmp_path):
         assert some.colnames == ["teff", "obj_id"] and list(some["obj_id"]) == ["s2", "s3", "s4"]
         with pytest.raises(ColumnError, match="'nope'"):
             st.meta(columns=["obj_id", "nope"])
+        ids = st.column("obj_id", 5)  # one column as an array, text as str
+        assert ids.dtype.kind == "U" and ids.tolist() == ["s5", "s6"]
+        np.testing.assert_array_equal(st.column("teff", 1, 3), [100.0, 200.0])
+        assert st.column("obj_id", 9).size == 0
+        with pytest.raises(ColumnError, match="s.h5: no metadata column 'nope'"):
+            st.column("nope")
         chunks = list(st.iter_chunks(3))
         assert [(a, b) for a, b, _, _ in chunks] == [(0, 3), (3, 6), (6, 7)]
         np.testing.assert_allclose(np.vstack([c[2] for c in chunks]), flux, rtol=1e-6)

@@ -61,7 +61,7 @@ def store_rows(run, side):
     table = run.table(side)
     path = run.path(f"{side}.h5")
     with SpectraStore(path) as st:
-        obj = np.asarray(st.meta(columns=["obj_id"])["obj_id"]).astype(str)
+        obj = st.column("obj_id")
     index = {}
     for i, o in enumerate(obj.tolist()):
         index.setdefault(o, i)

@@ -137,7 +137,7 @@ def reference_repeats(run):
     star = column(visits, cfg.scaling.reference_star_column, kind="text")
     star_of = dict(zip(exposure.tolist(), star.tolist()))
     with SpectraStore(run.path("reference.h5")) as st:
-        obj = np.asarray(st.meta(columns=["obj_id"])["obj_id"]).astype(str)
+        obj = st.column("obj_id")
         ids = np.array([star_of.get(o, "") for o in obj.tolist()])
         uniq, inv, counts = np.unique(ids, return_inverse=True, return_counts=True)
         multi = np.flatnonzero((counts > 1) & (uniq != ""))

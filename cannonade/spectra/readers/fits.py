@@ -44,6 +44,7 @@ __all__ = [
     "header_of",
     "header_dict",
     "clean_header",
+    "sentinel_to_nan",
     "to_float",
     "BITPIX",
     "primary_image",
@@ -100,14 +101,12 @@ def header_dict(header):
         if not key or key in ("COMMENT", "HISTORY", "CONTINUE") or key in out:
             continue
         value = raw.get(key)
-        if isinstance(value, float) and (not math.isfinite(value) or value <= surveys.MISSING_SENTINEL):
-            value = math.nan
-        elif isinstance(value, int) and not isinstance(value, bool) and value == -9999:
-            value = math.nan
-        elif isinstance(value, str):
+        if isinstance(value, str):
             value = value.strip()
         elif value is None or type(value).__name__ == "Undefined":
             value = None
+        else:
+            value = sentinel_to_nan(value)
         out[key] = value
     return out
 
@@ -209,17 +208,22 @@ def _parse_card(card):
     return "", None
 
 
+def sentinel_to_nan(value):
+    """NaN for a header value that means "missing" (a float <= -9998, NaN or ±inf; the int
+    -9999), else ``value`` unchanged."""
+    if isinstance(value, float):
+        return value if surveys.MISSING_SENTINEL < value < math.inf else math.nan  # NaN fails this too
+    if isinstance(value, int) and not isinstance(value, bool) and value == -9999:
+        return math.nan
+    return value
+
+
 def clean_header(h):
-    """A parsed header dict with float sentinels (<= -9998, NaN, inf) and int -9999 -> NaN."""
+    """A parsed header dict with its missing-value sentinels as NaN (:func:`sentinel_to_nan`)."""
     out = dict(h)
     for key, value in h.items():
-        if type(value) is str:  # most cards: nothing to check
-            continue
-        if isinstance(value, float):
-            if not (surveys.MISSING_SENTINEL < value < math.inf):  # NaN fails this too
-                out[key] = math.nan
-        elif isinstance(value, int) and not isinstance(value, bool) and value == -9999:
-            out[key] = math.nan
+        if type(value) is not str:  # most cards are text: nothing to check
+            out[key] = sentinel_to_nan(value)
     return out
 
 
