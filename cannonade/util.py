@@ -134,18 +134,9 @@ def atomic_path(path, suffix=None):
     ...     np.savez(tmp, theta=theta)
     """
     path = Path(path)
-    suffix = "".join(path.suffixes) if suffix is None else suffix
     if path.is_dir():
         raise OutputError(f"{path} is a directory; give a file name")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp" + suffix, dir=path.parent)
-    except OSError as exc:
-        if is_disk_full(exc):
-            raise disk_full_error(path, exc) from exc
-        raise _output_error(path, exc) from exc
-    os.close(fd)
-    os.unlink(tmp)  # writers create it themselves (some refuse to overwrite)
+    tmp = temporary_beside(path, suffix)
     try:
         yield Path(tmp)
         try:
@@ -158,6 +149,34 @@ def atomic_path(path, suffix=None):
         if is_disk_full(exc) and not isinstance(exc, DiskFullError):
             raise disk_full_error(path, exc) from exc
         raise
+
+
+def temporary_beside(path, suffix=None):
+    """A new, unique, hidden temporary file name beside ``path`` (not created).
+
+    The name is ``.{stem}.XXXXXXXX.tmp{suffixes}`` (``suffix`` in place of ``path``'s suffixes
+    when given): a file written there and left behind by a killed process is one of
+    :func:`stale_temporaries`. Used by :func:`atomic_path`, and by writers of scratch files
+    that are read and deleted, never renamed. Creates ``path``'s folder; a full disk raises
+    :class:`~cannonade.exceptions.DiskFullError`, a place where nothing can be written
+    :class:`~cannonade.exceptions.OutputError`, both naming ``path``.
+
+    Returns
+    -------
+    Path
+    """
+    path = Path(path)
+    suffix = "".join(path.suffixes) if suffix is None else suffix
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp" + suffix, dir=path.parent)
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise disk_full_error(path, exc) from exc
+        raise _output_error(path, exc) from exc
+    os.close(fd)
+    os.unlink(tmp)  # writers create it themselves (some refuse to overwrite)
+    return Path(tmp)
 
 
 def _is_temporary(entry):

@@ -9,9 +9,9 @@ when ``workers > 1``, or on a dask cluster with ``scheduler`` (docs/scale.md). A
 (and first removes the hidden temporaries the kill left of the store, its error report and the parts); the parts
 depend on a fingerprint of the file list and every setting, and are discarded
 when either changes. When all parts exist they are copied one at a time into the
-final store (atomically), each part deleted as soon as it is copied, so the parts and
-the store never both hold all the spectra on disk (a kill during that copy costs only
-the re-reading of the copied parts' files on the rerun). Memory is bounded by one chunk
+final store (atomically; :mod:`cannonade.spectra.assembly`), each part deleted as soon as it
+is copied, so the parts and the store never both hold all the spectra on disk (a kill during
+that copy costs only the re-reading of the copied parts' files on the rerun). Memory is bounded by one chunk
 per worker, whatever the number of files. Unreadable files go to an error report CSV
 ``(file, reason)`` beside the store; they never stop the run.
 
@@ -36,14 +36,12 @@ Part file (HDF5): ``/flux``, ``/ivar`` (n_ok, P) f4, chunked and compressed as t
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import logging
 import math
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,6 +51,7 @@ from cannonade.exceptions import CannonadeError, ColumnError, ConfigError, Store
 from cannonade.execution import ChunkedMap, choose_backend
 from cannonade.execution.backends import validate_workers
 from cannonade.spectra import store
+from cannonade.spectra.assembly import assemble, read_error_report
 from cannonade.spectra.filelist import ListedFiles, read_list_file
 from cannonade.spectra.store import META_COLUMNS, STORE_FORMAT, STORE_VERSION, SpectraStore
 from cannonade.tables import FITS_SUFFIXES, float_column, text_column
@@ -816,14 +815,6 @@ def _default_error_report(out):
     return out.with_name(name + ".errors.csv")
 
 
-def _read_failures_csv(path):
-    if path is None or not Path(path).is_file():
-        return []
-    with open(path, newline="", encoding="utf-8") as fh:
-        rows = list(csv.reader(fh))
-    return [(r[0], r[1]) for r in rows[1:] if len(r) >= 2]
-
-
 def _finished_store(out, key):
     """Spectra in ``out`` if it is a finished store of this very ingest, else None."""
     if not out.is_file():
@@ -956,7 +947,7 @@ def ingest(
 
     n_stored = _finished_store(out, key)
     if n_stored is not None:  # already complete with the same inputs and settings: nothing to do
-        return report(n_stored, _read_failures_csv(error_report), n_chunks)
+        return report(n_stored, read_error_report(error_report), n_chunks)
 
     cm = ChunkedMap(parts_dir, fingerprint, n_chunks, suffix=".h5", is_complete=_part_complete)
     n_done_before = cm.n_done
@@ -975,7 +966,7 @@ def ingest(
                 chunk_func or process_chunk, stop_after, scheduler)
     attrs = {"grid": grid_name, "normalise": normalise, "norm_kwargs": json.dumps(norm_kwargs, sort_keys=True, default=str),
              "ingest_key": key, "join": join}
-    n_ok, failures = _assemble(out, cm.parts(), grid_arr, attrs, error_report, chunk_rows)
+    n_ok, failures = assemble(out, cm.parts(), grid_arr, attrs, error_report, chunk_rows, workers=workers, scratch_dir=parts_dir)
     cm.cleanup()
     return report(n_ok, failures, n_done_before)
 
@@ -1002,100 +993,3 @@ def _map_chunks(cm, chunk_files, chunk_units, total, unit, workers, settings, ch
         )
     finally:
         _WORKER.clear()  # the serial backend set it in this process
-
-
-def _same_layout(a, b):
-    """True if HDF5 datasets ``a`` and ``b`` have the same chunk shape, dtype and filters."""
-    return (a.chunks is not None and a.chunks == b.chunks and a.dtype == b.dtype and a.compression == b.compression
-            and a.compression_opts == b.compression_opts and a.shuffle == b.shuffle)
-
-
-def _copy_rows(src, dst, row, c):
-    """Copy the ``c`` rows of dataset ``src`` into ``dst[row:row + c]``.
-
-    When ``row`` starts a chunk of ``dst`` and both have the same layout, the compressed chunks
-    are copied as they are (no decompression and recompression; a last, partial chunk is copied
-    whole, and rows written after it land in it through HDF5 as usual); otherwise row by row
-    through HDF5.
-    """
-    if c == 0:
-        return
-    if row % dst.chunks[0] == 0 and _same_layout(src, dst):
-        for i in range(0, c, src.chunks[0]):
-            mask, data = src.id.read_direct_chunk((i, 0))
-            dst.id.write_direct_chunk((row + i, 0), data, mask)
-    else:
-        dst[row : row + c] = src[:]
-
-
-def _assemble(out, parts, grid, attrs, error_report, chunk_rows=64):
-    """Copy the part files, in order, into the final store (atomically); write the error report.
-
-    The store is chunked by ``chunk_rows`` rows, as the parts: the compressed chunks of a part that
-    starts on a chunk boundary are copied without decoding. Each part is deleted once copied (the
-    disk holds the spectra about once, not twice); if the copy fails, the store is not written and
-    the deleted parts' chunks are simply redone by the next run.
-
-    Returns
-    -------
-    n_ok : int
-    failures : list of (file, reason)
-    """
-    store.register_filters()  # a part with a plugin filter (Blosc) may have to be decoded
-    import h5py
-
-    from cannonade._version import __version__
-
-    counts = []
-    for p in parts:
-        with h5py.File(p, "r") as h5:
-            counts.append(int(h5.attrs["n_ok"]))
-    n = int(sum(counts))
-    failures = []
-    # a copied part is deleted by a second thread while the next is copied: removing a part's
-    # pages from the page cache is kernel time (~9 ms for 1 000 LAMOST spectra, a third of the
-    # assembly), and the workers have finished, so a core is free for it
-    with ThreadPoolExecutor(max_workers=1) as deleter, atomic_path(out) as tmp:
-        deleted = []
-        with h5py.File(tmp, "w") as dst:
-            dst.create_dataset("wavelength", data=grid)
-            store.create_arrays(dst, n, grid.size, chunk_rows=chunk_rows)
-            g = dst.create_group("meta")
-            row = 0
-            for p, c in zip(parts, counts):
-                with h5py.File(p, "r") as src:
-                    if not g.keys():
-                        for name, ds in src["meta"].items():
-                            g.create_dataset(name, shape=(n,), dtype=store.string_dtype() if store.h5_is_string(ds) else ds.dtype)
-                    if c:
-                        _copy_rows(src["flux"], dst["flux"], row, c)
-                        _copy_rows(src["ivar"], dst["ivar"], row, c)
-                        for name in g:
-                            if name in src["meta"]:
-                                ds = src["meta"][name]
-                                g[name][row : row + c] = ds.asstr()[:] if store.h5_is_string(ds) else ds[:]
-                    files = src["failures/file"].asstr()[:]
-                    reasons = src["failures/reason"].asstr()[:]
-                    failures.extend(zip(files.tolist(), reasons.tolist()))
-                row += c
-                deleted.append(deleter.submit(os.unlink, p))  # copied: free its disk space now
-            if not g.keys():
-                store.create_meta(g, store.meta_columns([], 0), 0)
-            store.set_store_attrs(
-                dst,
-                dict(attrs, n_failed=len(failures), cannonade_version=__version__, created=time.strftime("%Y-%m-%dT%H:%M:%S")),
-            )
-        for d in deleted:
-            d.result()  # every copied part is gone (an error deleting one is raised here)
-        # before the store appears: a finished store is never read back without its report (a kill
-        # in between leaves no finished store, and the rerun writes both)
-        _write_error_report(error_report, failures)
-    return n, failures
-
-
-def _write_error_report(path, failures):
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", newline="", encoding="utf-8") as fh:
-            w = csv.writer(fh)
-            w.writerow(["file", "reason"])
-            w.writerows(failures)

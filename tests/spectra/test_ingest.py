@@ -296,13 +296,15 @@ def test_gzipped_files_are_found_and_ingested_like_plain_ones(tmp_path, lamost_d
     assert list(ma["obj_id"]) == list(mb["obj_id"]) and all(s.endswith(".fits.gz") for s in ma["source_file"])
 
 
-def test_compressed_chunks_copied_as_they_are_give_the_same_store(tmp_path, lamost_dir):
+def test_compressed_chunks_copied_as_they_are_give_the_same_store(tmp_path, lamost_dir, monkeypatch):
     """Parts filling whole chunks are copied without decoding; a part ending in a partial chunk, the
-    misaligned parts after it and parts with failures go through HDF5: the store is the same."""
+    misaligned parts after it and parts with failures are encoded again, by this process or by
+    the workers: the store is the same."""
     import gzip
 
     import h5py
 
+    from cannonade.spectra import assembly
     from cannonade.spectra import ingest as ingest_module
 
     d = tmp_path / "many"
@@ -313,23 +315,22 @@ def test_compressed_chunks_copied_as_they_are_give_the_same_store(tmp_path, lamo
             (d / (p.name + ".gz")).write_bytes(gzip.compress(p.read_bytes()))
     assert ingest_module._chunk_rows(24) == 8 and ingest_module._chunk_rows(2000) == 50 and ingest_module._chunk_rows(5) == 64
     assert ingest_module._chunk_rows(1000) == 50 and ingest_module._chunk_rows(1024) == 64  # the default: 50
-    copied = []
-    real_copy = ingest_module._copy_rows
-
-    def spy(src, dst, row, c):
-        copied.append((row, c, row % dst.chunks[0] == 0 and ingest_module._same_layout(src, dst)))
-        return real_copy(src, dst, row, c)
-
-    try:
-        ingest_module._copy_rows = spy
-        rep = ingest([str(d)], tmp_path / "raw.h5", workers=1, chunk_size=24)  # 31 files: parts of 21 and 7 spectra
-    finally:
-        ingest_module._copy_rows = real_copy
-    assert rep.n_ok == 28 and copied[0] == (0, 21, True) and not copied[-1][2]  # 21 = 2 chunks of 8 + a partial one
-    ingest([str(d)], tmp_path / "plain.h5", workers=1, chunk_size=5)  # 5 rows: never aligned, all through HDF5
-    a, b = _store_arrays(tmp_path / "raw.h5"), _store_arrays(tmp_path / "plain.h5")
-    np.testing.assert_array_equal(a[0], b[0])
-    np.testing.assert_array_equal(a[1], b[1])
-    assert list(a[2]["source_file"]) == list(b[2]["source_file"])
+    plans = []
+    real_plan = assembly.copy_plan
+    monkeypatch.setattr(assembly, "copy_plan", lambda *a: plans.append(real_plan(*a)) or plans[-1])
+    rep = ingest([str(d)], tmp_path / "raw.h5", workers=1, chunk_size=24)  # 31 files: parts of 21 and 7 spectra
+    # rows 0-15: the first part's two whole chunks of 8, raw; 16-27: its partial chunk and the
+    # second part (off the grid), encoded again
+    assert rep.n_ok == 28 and plans == [[assembly.RawRun(0, 0, 16, 0), assembly.Segment(16, 28, ((0, 16, 21), (1, 0, 7)))]]
+    ingest([str(d)], tmp_path / "plain.h5", workers=1, chunk_size=5)  # 5 rows: never aligned, all encoded again
+    assert not any(isinstance(run, assembly.RawRun) for run in plans[-1])
+    monkeypatch.setattr(assembly, "SEGMENT_ROWS", 8)  # two segments of the first layout: each encoded by a worker
+    ingest([str(d)], tmp_path / "pool.h5", workers=2, chunk_size=24)
+    assert [run.start for run in plans[-1] if isinstance(run, assembly.Segment)] == [16, 24]
+    a, b, c = _store_arrays(tmp_path / "raw.h5"), _store_arrays(tmp_path / "plain.h5"), _store_arrays(tmp_path / "pool.h5")
+    for other in (b, c):
+        np.testing.assert_array_equal(a[0], other[0])
+        np.testing.assert_array_equal(a[1], other[1])
+        assert list(a[2]["source_file"]) == list(other[2]["source_file"])
     with h5py.File(tmp_path / "raw.h5", "r") as h5:
         assert h5["flux"].chunks[0] == 8

@@ -1,0 +1,152 @@
+"""Parts -> store (cannonade.spectra.assembly): the copy plan, and stores assembled from parts on
+and off the chunk grid, by this process and by a pool, that hold exactly the parts' rows."""
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from cannonade.spectra import assembly, store
+from cannonade.spectra.assembly import RawRun, Segment, assemble, copy_plan, read_error_report
+from cannonade.spectra.store import SpectraStore
+from cannonade.util import stale_temporaries
+
+
+def _check_plan(plan, counts, raw_ok, c, seg_rows):
+    """Every store row once, in order; raw runs only where the chunks are the parts'; no chunk
+    that could be copied raw is re-encoded; segments on the grid and no longer than allowed."""
+    counts = np.asarray(counts)
+    ends = np.cumsum(counts)
+    starts = ends - counts
+    n = int(ends[-1]) if counts.size else 0
+    row = 0
+    encoded = []
+    for run in plan:
+        if isinstance(run, RawRun):
+            k = run.part
+            assert raw_ok[k] and starts[k] % c == 0 and run.lo % c == 0 and run.row == starts[k] + run.lo == row
+            assert run.hi <= counts[k] and ((run.hi - run.lo) % c == 0 or run.row + run.hi - run.lo == n)
+            row += run.hi - run.lo
+        else:
+            assert isinstance(run, Segment) and run.start == row and run.start % c == 0
+            assert run.stop % c == 0 or run.stop == n
+            assert run.stop - run.start <= max(c, seg_rows // c * c)
+            for k, lo, hi in run.sources:  # the rows of the parts that hold these store rows
+                assert starts[k] + lo == row and 0 <= lo < hi <= counts[k]
+                row += hi - lo
+            assert row == run.stop
+            encoded.extend(range(run.start, run.stop, c))
+    assert row == n
+    for g in encoded:  # not copyable raw: spans two parts, or its part is off the grid or another layout
+        k = int(np.searchsorted(ends, g, side="right"))
+        assert not (raw_ok[k] and starts[k] % c == 0 and (g + c <= ends[k] or ends[k] == n))
+
+
+def test_plan_of_aligned_parts_copies_everything_raw():
+    plan = copy_plan([100, 100, 37], [True] * 3, 50, 1024)
+    assert plan == [RawRun(0, 0, 100, 0), RawRun(1, 0, 100, 100), RawRun(2, 0, 37, 200)]
+
+
+def test_plan_after_a_failure_reencodes_what_is_off_the_grid():
+    # the first part lost one spectrum: its last chunk and every later part are off the grid
+    plan = copy_plan([99, 100, 100], [True] * 3, 50, 100)
+    assert plan == [
+        RawRun(0, 0, 50, 0),
+        Segment(50, 150, ((0, 50, 99), (1, 0, 51))),
+        Segment(150, 250, ((1, 51, 100), (2, 0, 51))),
+        Segment(250, 299, ((2, 51, 100),)),
+    ]
+    # a part in another layout is re-encoded even when it starts on the grid; empty parts vanish
+    plan = copy_plan([50, 0, 50, 50], [True, True, False, True], 50, 1024)
+    assert plan == [RawRun(0, 0, 50, 0), Segment(50, 100, ((2, 0, 50),)), RawRun(3, 0, 50, 100)]
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_plan_covers_every_row_once(seed):
+    rng = np.random.default_rng(seed)
+    c = int(rng.choice([1, 3, 8, 50]))
+    counts = rng.choice([0, 1, c - 1 if c > 1 else 2, c, 2 * c, 5 * c + 1, 7], size=int(rng.integers(1, 12)))
+    raw_ok = rng.random(counts.size) < 0.8
+    seg_rows = int(rng.choice([1, c, 2 * c + 3, 1024]))
+    _check_plan(copy_plan(counts, raw_ok, c, seg_rows), counts, raw_ok, c, seg_rows)
+
+
+def _write_parts(directory, counts, n_pixels=37, chunk_rows=8, seed=0):
+    """Part files as an ingest writes them (random flux and ivar, ids, one failure each)."""
+    rng = np.random.default_rng(seed)
+    paths, rows = [], []
+    for k, c in enumerate(counts):
+        p = directory / f"part_{k:06d}.h5"
+        flux = rng.normal(1, 0.1, (c, n_pixels)).astype(np.float32)
+        ivar = rng.uniform(0, 100, (c, n_pixels)).astype(np.float32)
+        ids = [f"p{k}s{i}" for i in range(c)]
+        with h5py.File(p, "w") as h5:
+            store.create_arrays(h5, c, n_pixels, chunk_rows=chunk_rows)
+            if c:
+                h5["flux"][:] = flux
+                h5["ivar"][:] = ivar
+            m = h5.create_group("meta")
+            m.create_dataset("obj_id", data=np.array(ids, dtype=object), dtype=store.string_dtype())
+            m.create_dataset("snr", data=rng.uniform(5, 50, c))
+            f = h5.create_group("failures")
+            f.create_dataset("file", data=np.array([f"bad{k}.fits"], dtype=object), dtype=store.string_dtype())
+            f.create_dataset("reason", data=np.array(["truncated"], dtype=object), dtype=store.string_dtype())
+            h5.attrs["n_ok"] = c
+        paths.append(p)
+        rows.append((flux, ivar, ids))
+    return paths, rows
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("counts", [[16, 16, 5], [15, 16, 16, 0, 9], [3], [8, 7, 1, 30, 8]])
+def test_assembled_store_holds_the_parts_rows_bit_for_bit(tmp_path, counts, workers):
+    parts_dir = tmp_path / "s.h5.parts"
+    parts_dir.mkdir()
+    paths, rows = _write_parts(parts_dir, counts)
+    grid = np.linspace(4000.0, 5000.0, 37)
+    n, failures = assemble(tmp_path / "s.h5", paths, grid, {"grid": "test"}, tmp_path / "s.errors.csv", chunk_rows=8,
+                           workers=workers)
+    assert n == sum(counts) and failures == [(f"bad{k}.fits", "truncated") for k in range(len(counts))]
+    assert read_error_report(tmp_path / "s.errors.csv") == failures
+    with SpectraStore(tmp_path / "s.h5") as st:
+        f, i = st.read()
+        assert st.column("obj_id").tolist() == [s for _, _, ids in rows for s in ids]
+        np.testing.assert_array_equal(st.wavelength, grid)
+    np.testing.assert_array_equal(f, np.concatenate([r[0] for r in rows]).astype(np.float64))
+    np.testing.assert_array_equal(i, np.concatenate([r[1] for r in rows]).astype(np.float64))
+    with h5py.File(tmp_path / "s.h5", "r") as h5:
+        assert h5["flux"].chunks == (min(8, n), 37)
+    assert list(parts_dir.iterdir()) == [] and not stale_temporaries(tmp_path)  # parts and scratch files gone
+
+
+def test_off_grid_parts_are_encoded_by_the_pool_and_their_chunks_copied(tmp_path, monkeypatch):
+    """With workers, each segment is encoded by a worker into a scratch file whose chunks are then
+    copied as they are; without, the segments' rows are written here. The stores are the same."""
+    copied = []
+    real = assembly._copy_chunks
+
+    def spy(src, dst, lo, hi, row):  # which file's chunks went where
+        name = Path(src.file.filename).name
+        copied.append(("scratch" if name.startswith(".segment.") else name, dst.name, row))
+        return real(src, dst, lo, hi, row)
+
+    monkeypatch.setattr(assembly, "_copy_chunks", spy)
+    monkeypatch.setattr(assembly, "SEGMENT_ROWS", 16)
+    for workers in (1, 2):
+        d = tmp_path / f"w{workers}"
+        d.mkdir()
+        paths, _ = _write_parts(d, [15, 16, 16, 9])  # 56 rows: chunk 0 raw, then 3 segments of 16 rows
+        copied.clear()
+        assemble(d / "s.h5", paths, np.arange(37.0), {}, d / "e.csv", chunk_rows=8, workers=workers)
+        raw = [("part_000000.h5", "/flux", 0), ("part_000000.h5", "/ivar", 0)]
+        if workers == 1:
+            assert copied == raw
+        else:
+            assert copied == raw + [("scratch", name, row) for row in (8, 24, 40) for name in ("/flux", "/ivar")]
+        assert sorted(p.name for p in d.iterdir()) == ["e.csv", "s.h5"]  # parts and scratch files deleted
+    with SpectraStore(tmp_path / "w1" / "s.h5") as a, SpectraStore(tmp_path / "w2" / "s.h5") as b:
+        fa, ia = a.read()
+        fb, ib = b.read()
+    np.testing.assert_array_equal(fa, fb)
+    np.testing.assert_array_equal(ia, ib)
