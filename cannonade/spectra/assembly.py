@@ -132,24 +132,42 @@ def _sources(starts, ends, a, b):
     return tuple(out)
 
 
-def _read_rows(paths, sources, name):
-    """Rows of dataset ``name`` gathered from part files: ``(rows, P)`` float32."""
+def _read_rows(sources, name):
+    """Rows of dataset ``name`` gathered from part files, ``sources`` = ``(path, lo, hi)``:
+    ``(rows, P)`` float32."""
     import h5py
 
     blocks = []
-    for k, lo, hi in sources:
-        with h5py.File(paths[k], "r") as h5:
+    for path, lo, hi in sources:
+        with h5py.File(path, "r") as h5:
             blocks.append(h5[name][lo:hi])
     return blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
+
+
+def _with_paths(paths, sources):
+    """``(part, lo, hi)`` sources as ``(path, lo, hi)``."""
+    return [(paths[k], lo, hi) for k, lo, hi in sources]
 
 
 def _layout(ds):
     return ds.chunks, ds.dtype, ds.compression, ds.compression_opts, ds.shuffle
 
 
-def encode_segment(index, paths, sources, n_pixels, chunk_rows, scratch):
+def encode_segment(index, sources, n_pixels, chunk_rows, scratch):
     """Encode one segment's rows into a scratch store file whose chunks are the store's (a worker
     task). The file has whole chunks (its last is padded: only the segment's rows are copied).
+
+    Parameters
+    ----------
+    index : int
+        The segment's number (the task's key).
+    sources : list of (str, int, int)
+        Part file, first and end row, in store order.
+    n_pixels : int
+    chunk_rows : int
+        The store's rows per chunk.
+    scratch : path
+        The scratch file's name is a hidden temporary beside this one.
 
     Returns
     -------
@@ -165,7 +183,7 @@ def encode_segment(index, paths, sources, n_pixels, chunk_rows, scratch):
     with h5py.File(path, "w") as h5:
         store.create_arrays(h5, padded, n_pixels, chunk_rows=chunk_rows)
         for name in ARRAYS:
-            h5[name][:n] = _read_rows(paths, sources, name)
+            h5[name][:n] = _read_rows(sources, name)
     return str(path)
 
 
@@ -184,7 +202,8 @@ class _SegmentSource:
 
     def __init__(self, segments, paths, n_pixels, chunk_rows, workers, scratch):
         self.workers = min(int(workers), len(segments))  # one segment (or none): no pool
-        self._tasks = ((i, (paths, s.sources, n_pixels, chunk_rows, scratch)) for i, s in enumerate(segments))
+        # each task carries only its own parts' paths (not the list of every part: a million spectra make a thousand)
+        self._tasks = ((i, (_with_paths(paths, s.sources), n_pixels, chunk_rows, scratch)) for i, s in enumerate(segments))
         self._backend = ProcessBackend(self.workers) if self.workers > 1 else None
         self._results = None
         self._ready = {}
@@ -331,7 +350,7 @@ def _write_segment(dst, seg, scratch, parts, deleter, deleted):
 
     if scratch is None:
         for name in ARRAYS:
-            dst[name][seg.start : seg.stop] = _read_rows(parts, seg.sources, name)
+            dst[name][seg.start : seg.stop] = _read_rows(_with_paths(parts, seg.sources), name)
         return
     with h5py.File(scratch, "r") as src:
         for name in ARRAYS:
