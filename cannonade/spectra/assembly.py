@@ -132,16 +132,20 @@ def _sources(starts, ends, a, b):
     return tuple(out)
 
 
-def _read_rows(sources, name):
-    """Rows of dataset ``name`` gathered from part files, ``sources`` = ``(path, lo, hi)``:
-    ``(rows, P)`` float32."""
+def _read_rows(sources, n_pixels):
+    """The rows of every array in :data:`ARRAYS`, gathered from part files (each opened once):
+    ``{name: (rows, P) float32}``; ``sources`` = ``(path, lo, hi)``."""
     import h5py
 
-    blocks = []
+    n = sum(hi - lo for _, lo, hi in sources)
+    out = {name: np.empty((n, n_pixels), dtype=np.float32) for name in ARRAYS}
+    row = 0
     for path, lo, hi in sources:
         with h5py.File(path, "r") as h5:
-            blocks.append(h5[name][lo:hi])
-    return blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
+            for name in ARRAYS:  # straight into place: no copy of a block
+                h5[name].read_direct(out[name], np.s_[lo:hi], np.s_[row : row + hi - lo])
+        row += hi - lo
+    return out
 
 
 def _with_paths(paths, sources):
@@ -177,13 +181,14 @@ def encode_segment(index, sources, n_pixels, chunk_rows, scratch):
     import h5py
 
     store.register_filters()
-    n = sum(hi - lo for _, lo, hi in sources)
+    rows = _read_rows(sources, n_pixels)
+    n = len(rows[ARRAYS[0]])
     padded = -(-n // chunk_rows) * chunk_rows
     path = temporary_beside(scratch)
     with h5py.File(path, "w") as h5:
         store.create_arrays(h5, padded, n_pixels, chunk_rows=chunk_rows)
         for name in ARRAYS:
-            h5[name][:n] = _read_rows(sources, name)
+            h5[name][:n] = rows[name]
     return str(path)
 
 
@@ -349,8 +354,9 @@ def _write_segment(dst, seg, scratch, parts, deleter, deleted):
     import h5py
 
     if scratch is None:
+        rows = _read_rows(_with_paths(parts, seg.sources), dst[ARRAYS[0]].shape[1])
         for name in ARRAYS:
-            dst[name][seg.start : seg.stop] = _read_rows(_with_paths(parts, seg.sources), name)
+            dst[name][seg.start : seg.stop] = rows[name]
         return
     with h5py.File(scratch, "r") as src:
         for name in ARRAYS:

@@ -150,3 +150,16 @@ def test_off_grid_parts_are_encoded_by_the_pool_and_their_chunks_copied(tmp_path
         fb, ib = b.read()
     np.testing.assert_array_equal(fa, fb)
     np.testing.assert_array_equal(ia, ib)
+
+
+def test_a_scratch_file_a_kill_leaves_is_a_stale_temporary(tmp_path):
+    """A worker killed while encoding leaves its scratch file: hidden, and among the temporaries
+    the rerun of an ingest removes from the parts' folder."""
+    from cannonade.util import temporary_beside
+
+    p = temporary_beside(tmp_path / "segment.h5")
+    assert not p.exists()  # a name only
+    p.write_bytes(b"half an HDF5 file")
+    assert p.parent == tmp_path and p.name.startswith(".segment.") and p.name.endswith(".tmp.h5")
+    assert stale_temporaries(tmp_path) == [p]
+    assert temporary_beside(tmp_path / "segment.h5") != p
