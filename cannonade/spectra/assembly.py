@@ -30,7 +30,7 @@ import numpy as np
 
 from cannonade.execution.backends import ProcessBackend
 from cannonade.spectra import store
-from cannonade.util import atomic_path, progress, temporary_beside
+from cannonade.util import atomic_path, progress, temporaries_of, temporary_beside
 
 __all__ = ["assemble", "copy_plan", "RawRun", "Segment", "write_error_report", "read_error_report"]
 
@@ -212,6 +212,7 @@ class _SegmentSource:
         self._backend = ProcessBackend(self.workers) if self.workers > 1 else None
         self._results = None
         self._ready = {}
+        self._scratch = scratch
 
     def __enter__(self):
         if self._backend is not None:
@@ -230,9 +231,9 @@ class _SegmentSource:
 
     def __exit__(self, *exc):
         if self._backend is not None:
-            self._backend.__exit__(*exc)
-            for path in self._ready.values():  # encoded, never copied (the copy failed)
-                Path(path).unlink(missing_ok=True)
+            self._backend.__exit__(*exc)  # running tasks finish: their files exist now
+            for path in temporaries_of(self._scratch):  # encoded, never copied (the copy failed)
+                path.unlink(missing_ok=True)
         return False
 
 

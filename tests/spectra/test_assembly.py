@@ -12,6 +12,16 @@ from cannonade.spectra.assembly import RawRun, Segment, assemble, copy_plan, rea
 from cannonade.spectra.store import SpectraStore
 from cannonade.util import stale_temporaries
 
+_ENCODE = assembly.encode_segment
+
+
+def _encode_or_fail(index, *args):
+    """A worker's task that writes its scratch file, then fails for segment 1 (picklable by name)."""
+    path = _ENCODE(index, *args)
+    if index == 1:
+        raise RuntimeError("simulated failure while encoding segment 1")
+    return path
+
 
 def _check_plan(plan, counts, raw_ok, c, seg_rows):
     """Every store row once, in order; raw runs only where the chunks are the parts'; no chunk
@@ -163,3 +173,18 @@ def test_a_scratch_file_a_kill_leaves_is_a_stale_temporary(tmp_path):
     assert p.parent == tmp_path and p.name.startswith(".segment.") and p.name.endswith(".tmp.h5")
     assert stale_temporaries(tmp_path) == [p]
     assert temporary_beside(tmp_path / "segment.h5") != p
+
+
+def test_a_failed_segment_leaves_no_store_and_no_scratch_file(tmp_path, monkeypatch):
+    """A worker's task that fails stops the assembly with its error: no store, no report, and
+    none of the workers' scratch files left (the parts copied before it are redone by a rerun)."""
+    monkeypatch.setattr(assembly, "SEGMENT_ROWS", 8)
+    monkeypatch.setattr(assembly, "encode_segment", _encode_or_fail)  # the forked workers inherit it
+    parts_dir = tmp_path / "s.h5.parts"
+    parts_dir.mkdir()
+    paths, _ = _write_parts(parts_dir, [15, 16, 16, 9])
+    with pytest.raises(RuntimeError, match="segment 1"):
+        assemble(tmp_path / "s.h5", paths, np.arange(37.0), {}, tmp_path / "e.csv", chunk_rows=8, workers=2)
+    assert not (tmp_path / "s.h5").exists() and not (tmp_path / "e.csv").exists()
+    assert stale_temporaries(tmp_path) == []
+    assert {p.name for p in parts_dir.iterdir()} <= {p.name for p in paths}
