@@ -19,6 +19,7 @@ import pytest
 from astropy.table import Table
 
 from cannonade.execution import StopRequested
+from cannonade.spectra import assembly
 from cannonade.spectra import ingest as ingest_module
 from cannonade.spectra.ingest import ingest, process_chunk
 from cannonade.tasks import infer as infer_module
@@ -168,7 +169,7 @@ def test_ingest_killed_while_writing_the_store(ingest_case, tmp_path, monkeypatc
     files, ref = ingest_case
     out = tmp_path / "store.h5"
     killed = []
-    monkeypatch.setattr(ingest_module, "atomic_path", killing_atomic_path(ingest_module.atomic_path, "store.h5", killed))
+    monkeypatch.setattr(assembly, "atomic_path", killing_atomic_path(assembly.atomic_path, "store.h5", killed))
     with pytest.raises(SimulatedKill):
         ingest(files, out, grid="lamost", workers=1, chunk_size=INGEST_CHUNK)
     monkeypatch.undo()
