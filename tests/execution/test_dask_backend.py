@@ -333,3 +333,28 @@ def test_a_chunk_that_always_kills_its_worker_stops_the_run(tmp_path, cluster):
         finally:
             c.run_on_scheduler(_set_allowed_failures, old)
     assert 1 in cm.pending() and not cm.is_done(1)
+
+
+def test_ingest_on_dask_with_a_failed_file_gives_the_serial_store(tmp_path, shared_data, cluster, monkeypatch):
+    """A missing file moves every part off the store's chunk grid: after the chunks ran on dask,
+    the assembly re-encodes the rows in its own pool of processes (forked beside the dask client's
+    threads); the store is the serial one, bit for bit."""
+    from cannonade.spectra import assembly
+    from cannonade.spectra.ingest import ingest
+    from cannonade.spectra.store import SpectraStore
+
+    files = [str(tmp_path / "missing.fits")] + [str(f) for f in sorted((shared_data / "lamost_dr1" / "spectra").glob("*.fits"))[:30]]
+    monkeypatch.setattr(assembly, "SEGMENT_ROWS", 8)  # several segments: the pool is used
+    segments = []
+    real = assembly.copy_plan
+    monkeypatch.setattr(assembly, "copy_plan", lambda *a: segments.append(real(*a)) or segments[-1])
+    ingest(files, tmp_path / "serial.h5", workers=1, chunk_size=24)
+    rep = ingest(files, tmp_path / "dask.h5", workers=2, chunk_size=24, scheduler=cluster)
+    assert rep.n_ok == 30 and rep.n_failed == 1
+    assert sum(isinstance(run, assembly.Segment) for run in segments[-1]) >= 2  # rows 0-29 off the grid of 8
+    with SpectraStore(tmp_path / "serial.h5") as s1, SpectraStore(tmp_path / "dask.h5") as s2:
+        f1, i1 = s1.read()
+        f2, i2 = s2.read()
+        np.testing.assert_array_equal(f1, f2)
+        np.testing.assert_array_equal(i1, i2)
+        assert s1.column("obj_id").tolist() == s2.column("obj_id").tolist()
