@@ -207,7 +207,9 @@ class _SegmentSource:
     the caller when ``workers <= 1`` (returns None: the rows are then written through HDF5)."""
 
     def __init__(self, segments, paths, n_pixels, chunk_rows, workers, scratch):
-        self.workers = min(int(workers), len(segments))  # one segment (or none): no pool
+        # one segment (or none): no pool; never more processes than this machine's cores (the
+        # ingest's workers may be a remote cluster's)
+        self.workers = min(int(workers), len(segments), os.cpu_count() or 1)
         # each task carries only its own parts' paths (not the list of every part: a million spectra make a thousand)
         self._tasks = ((i, (_with_paths(paths, s.sources), n_pixels, chunk_rows, scratch)) for i, s in enumerate(segments))
         self._backend = ProcessBackend(self.workers) if self.workers > 1 else None
@@ -256,7 +258,8 @@ def assemble(out, parts, grid, attrs, error_report, chunk_rows=64, workers=1, sc
     chunk_rows : int
         Rows per chunk of the store (the parts' chunks).
     workers : int
-        Processes that re-encode the rows of parts off the chunk grid (1: this process).
+        Processes that re-encode the rows of parts off the chunk grid (1: this process; at most
+        this machine's cores).
     scratch_dir : path, optional
         Where those processes write their scratch files (default: the parts' folder).
 

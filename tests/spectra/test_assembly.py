@@ -143,6 +143,7 @@ def test_off_grid_parts_are_encoded_by_the_pool_and_their_chunks_copied(tmp_path
 
     monkeypatch.setattr(assembly, "_copy_chunks", spy)
     monkeypatch.setattr(assembly, "SEGMENT_ROWS", 16)
+    monkeypatch.setattr(assembly.os, "cpu_count", lambda: 2)  # a pool of 2 on any machine
     for workers in (1, 2):
         d = tmp_path / f"w{workers}"
         d.mkdir()
@@ -179,6 +180,7 @@ def test_a_failed_segment_leaves_no_store_and_no_scratch_file(tmp_path, monkeypa
     """A worker's task that fails stops the assembly with its error: no store, no report, and
     none of the workers' scratch files left (the parts copied before it are redone by a rerun)."""
     monkeypatch.setattr(assembly, "SEGMENT_ROWS", 8)
+    monkeypatch.setattr(assembly.os, "cpu_count", lambda: 2)  # a pool of 2 on any machine
     monkeypatch.setattr(assembly, "encode_segment", _encode_or_fail)  # the forked workers inherit it
     parts_dir = tmp_path / "s.h5.parts"
     parts_dir.mkdir()
@@ -188,3 +190,15 @@ def test_a_failed_segment_leaves_no_store_and_no_scratch_file(tmp_path, monkeypa
     assert not (tmp_path / "s.h5").exists() and not (tmp_path / "e.csv").exists()
     assert stale_temporaries(tmp_path) == []
     assert {p.name for p in parts_dir.iterdir()} <= {p.name for p in paths}
+
+
+def test_the_pool_never_exceeds_this_machines_cores(tmp_path, monkeypatch):
+    """The ingest's workers may be a remote cluster's: on a one-core machine the segments are
+    encoded here, whatever ``workers`` says."""
+    monkeypatch.setattr(assembly, "SEGMENT_ROWS", 8)
+    monkeypatch.setattr(assembly.os, "cpu_count", lambda: 1)
+    monkeypatch.setattr(assembly, "ProcessBackend", None)  # a pool would fail at once
+    paths, rows = _write_parts(tmp_path, [15, 16, 16, 9])
+    n, _ = assemble(tmp_path / "s.h5", paths, np.arange(37.0), {}, tmp_path / "e.csv", chunk_rows=8, workers=64)
+    with SpectraStore(tmp_path / "s.h5") as st:
+        np.testing.assert_array_equal(st.read()[0], np.concatenate([r[0] for r in rows]).astype(np.float64))
