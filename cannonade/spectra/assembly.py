@@ -363,12 +363,9 @@ def _write_segment(dst, seg, scratch, parts, deleter, deleted):
         for name in ARRAYS:
             dst[name][seg.start : seg.stop] = rows[name]
         return
-    with h5py.File(scratch, "r") as src:
+    with h5py.File(scratch, "r") as src:  # made by create_arrays with the store's chunk rows: its layout
         for name in ARRAYS:
-            if _layout(src[name]) == _layout(dst[name]):
-                _copy_chunks(src[name], dst[name], 0, seg.stop - seg.start, seg.start)
-            else:  # not the store's layout (both come from create_arrays): never copy foreign chunks raw
-                dst[name][seg.start : seg.stop] = src[name][: seg.stop - seg.start]
+            _copy_chunks(src[name], dst[name], 0, seg.stop - seg.start, seg.start)
     deleted.append(deleter.submit(os.unlink, scratch))
 
 

@@ -345,13 +345,13 @@ def test_ingest_on_dask_with_a_failed_file_gives_the_serial_store(tmp_path, shar
 
     files = [str(tmp_path / "missing.fits")] + [str(f) for f in sorted((shared_data / "lamost_dr1" / "spectra").glob("*.fits"))[:30]]
     monkeypatch.setattr(assembly, "SEGMENT_ROWS", 8)  # several segments: the pool is used
-    segments = []
+    plans = []
     real = assembly.copy_plan
-    monkeypatch.setattr(assembly, "copy_plan", lambda *a: segments.append(real(*a)) or segments[-1])
+    monkeypatch.setattr(assembly, "copy_plan", lambda *a: plans.append(real(*a)) or plans[-1])
     ingest(files, tmp_path / "serial.h5", workers=1, chunk_size=24)
     rep = ingest(files, tmp_path / "dask.h5", workers=2, chunk_size=24, scheduler=cluster)
     assert rep.n_ok == 30 and rep.n_failed == 1
-    assert sum(isinstance(run, assembly.Segment) for run in segments[-1]) >= 2  # rows 0-29 off the grid of 8
+    assert sum(isinstance(run, assembly.Segment) for run in plans[-1]) >= 2  # rows 0-29 off the grid of 8
     with SpectraStore(tmp_path / "serial.h5") as s1, SpectraStore(tmp_path / "dask.h5") as s2:
         f1, i1 = s1.read()
         f2, i2 = s2.read()
