@@ -9,6 +9,8 @@ that touch a bad input pixel or are not fully covered by the input get ``ivar = 
 * :func:`resampling_matrix` -- ``R`` as a sparse matrix, with each output pixel's coverage.
 * :func:`resample`, :func:`resample_batch` -- one spectrum; many (one grid, or one per spectrum).
 * :func:`searchsorted_rows`, :func:`shifted_rows` -- the overlap search of many rows at once.
+* :func:`log_step`, :func:`geometric_rows` -- rows on a log-linear grid's step, summed with
+  constant weights instead of searched.
 
 Methods and measurements: ``docs/spectra.md``.
 """
@@ -26,6 +28,8 @@ __all__ = [
     "pixel_edges",
     "searchsorted_rows",
     "shifted_rows",
+    "log_step",
+    "geometric_rows",
     "resampling_matrix",
     "resample",
     "resample_batch",
@@ -424,28 +428,245 @@ def resample(wavelength, flux, ivar, new_wavelength):
 
 def _resample_rows(wavelength, flux, ivar, new_wavelength):
     """:func:`resample` of (n_rows, n_in) rows, each with its own grid, in one pass of array
-    operations (per row only where an output pixel spans more than ``_MAX_OVERLAPS`` inputs)."""
+    operations (per row only where an output pixel spans more than ``_MAX_OVERLAPS`` inputs).
+    Rows on the output grid's log step take :func:`_geometric_sums`, the others the search."""
     good_in = (ivar > 0) & np.isfinite(ivar) & np.isfinite(flux)
     f0 = np.where(good_in, flux, 0.0)
     with np.errstate(divide="ignore"):
         var0 = np.where(good_in, 1.0 / np.where(good_in, ivar, 1.0), 0.0)
-    lo, hi = pixel_edges(wavelength)
+    bad = ~good_in
     nlo, nhi = _edges_cached(new_wavelength)
-    summed = _all_overlap_sums(lo, hi, nlo, nhi, f0, var0, ~good_in)
-    if summed is None:  # an output pixel spans many input pixels: the explicit sparse entries
-        n_out = nlo.size
-        new_f, new_var, n_bad, coverage = (np.empty((len(flux), n_out)) for _ in range(4))
-        for k in range(len(flux)):
-            rows, cols, frac, coverage[k] = _resampling_entries(wavelength[k], new_wavelength, (lo[k], hi[k], nlo, nhi))
-            new_f[k] = np.bincount(rows, weights=frac * f0[k, cols], minlength=n_out)  # R f
-            new_var[k] = np.bincount(rows, weights=frac * frac * var0[k, cols], minlength=n_out)  # (R o R) var
-            n_bad[k] = np.bincount(rows, weights=(~good_in[k, cols]).astype(np.float64), minlength=n_out)
-    else:
-        new_f, new_var, n_bad, coverage = summed
-    good = (coverage > 1.0 - 1e-6) & (n_bad == 0) & (new_var > 0)
+    geo, summed = _geometric_part(wavelength, new_wavelength, nlo, nhi, f0, var0, bad)
+    if geo.size < len(flux):
+        rest = np.setdiff1d(np.arange(len(flux)), geo) if geo.size else slice(None)
+        searched = _searched_sums(wavelength[rest], new_wavelength, nlo, nhi, f0[rest], var0[rest], bad[rest])
+        if geo.size == 0:
+            summed = searched
+        else:
+            out = []
+            for a, b in zip(summed, searched):
+                o = np.empty((len(flux), nlo.size), dtype=a.dtype)
+                o[geo] = a
+                o[rest] = b
+                out.append(o)
+            summed = out
+    new_f, new_var, touched_bad, coverage = summed
+    good = (coverage > 1.0 - 1e-6) & ~touched_bad & (new_var > 0)
     with np.errstate(divide="ignore"):
         new_ivar = np.where(good, 1.0 / np.where(good, new_var, 1.0), 0.0)
     return np.where(good, new_f, np.nan), new_ivar
+
+
+def _searched_sums(wavelength, new_wavelength, nlo, nhi, f0, var0, bad):
+    """R f, (R o R) var, whether a bad input is touched, and coverage of rows with any grid: each
+    output pixel's inputs found by searching the rows' edges (:func:`_all_overlap_sums`), or the
+    explicit sparse entries of each row when an output pixel spans many inputs."""
+    lo, hi = pixel_edges(wavelength)
+    summed = _all_overlap_sums(lo, hi, nlo, nhi, f0, var0, bad)
+    if summed is not None:
+        return summed
+    n_out = nlo.size
+    new_f, new_var, n_bad, coverage = (np.empty((len(f0), n_out)) for _ in range(4))
+    for k in range(len(f0)):
+        rows, cols, frac, coverage[k] = _resampling_entries(wavelength[k], new_wavelength, (lo[k], hi[k], nlo, nhi))
+        new_f[k] = np.bincount(rows, weights=frac * f0[k, cols], minlength=n_out)  # R f
+        new_var[k] = np.bincount(rows, weights=frac * frac * var0[k, cols], minlength=n_out)  # (R o R) var
+        n_bad[k] = np.bincount(rows, weights=bad[k, cols].astype(np.float64), minlength=n_out)
+    return new_f, new_var, n_bad > 0, coverage
+
+
+# ---------------------------------------------------------------------------
+# rows on the output grid's log step
+
+
+#: A row is resampled as a geometric progression (:func:`geometric_rows`) when its wavelengths lie
+#: within this fraction of one exact progression with the output grid's ratio (LAMOST DR1 rows on
+#: the ``lamost`` grid: ~2e-15). Its constant weights then differ from each pixel's own overlap by
+#: at most about this times lambda / d_lambda (4e-9 on the LAMOST grid, ~1e-12 in practice): far
+#: below the store's float32 (6e-8).
+_GEOMETRIC_RTOL = 1e-12
+_CANDIDATES = np.arange(-1, 3)  # inputs j + o - 1 .. j + o + 2 may overlap output pixel j (o: the row's offset)
+_STEPS: dict = {}
+
+
+def _grid_key(w):
+    return (w.size, float(w[0]), float(w[-1]), hashlib.sha1(w.tobytes()).hexdigest())
+
+
+def _powers(step, n):
+    """``exp(step * i)``, i < n (cached: a survey has one or two)."""
+    key = (step, n)
+    p = _STEPS.get(key)
+    if p is None:
+        if len(_STEPS) >= 16:
+            _STEPS.pop(next(iter(_STEPS)))
+        p = _STEPS[key] = np.exp(step * np.arange(n))
+    return p
+
+
+def log_step(grid):
+    """The natural log of the pixel ratio of a geometric (log-linear) grid, or None.
+
+    Parameters
+    ----------
+    grid : (n,) float, increasing
+
+    Returns
+    -------
+    float or None
+        ``ln(grid[i + 1] / grid[i])`` when every pixel lies within ``_GEOMETRIC_RTOL`` (relative)
+        of one geometric progression from ``grid[0]``; None for any other grid.
+    """
+    w = np.ascontiguousarray(grid, dtype=np.float64)
+    key = _grid_key(w)
+    if key not in _STEPS:
+        step = None
+        if w.ndim == 1 and w.size >= 2 and w[0] > 0 and w[-1] > w[0]:
+            s = float(np.log(w[-1] / w[0]) / (w.size - 1))
+            q = w / _powers(s, w.size)
+            if np.ptp(q) <= _GEOMETRIC_RTOL * q.min():
+                step = s
+        _STEPS[key] = step
+    return _STEPS[key]
+
+
+def geometric_rows(wavelength, step):
+    """Which rows are geometric progressions of ratio ``exp(step)`` (to ``_GEOMETRIC_RTOL``).
+
+    Parameters
+    ----------
+    wavelength : (n_rows, n_in) float
+    step : float, the output grid's :func:`log_step`
+
+    Returns
+    -------
+    ok : (n_rows,) bool
+    q0 : (n_rows,) float
+        Each row's smallest ``wavelength[i] / exp(step i)``: its first pixel, to the tolerance.
+    """
+    q = wavelength / _powers(step, wavelength.shape[1])
+    q0, q1 = q.min(axis=1), q.max(axis=1)  # a NaN row fails the test below
+    return (q1 - q0 <= _GEOMETRIC_RTOL * q0) & (q0 > 0), q0
+
+
+def _edges_at(w_flat, base, i, n_in):
+    """:func:`pixel_edges` (no gap) of input pixels ``i`` of the rows starting at ``base`` of the
+    flattened rows ``w_flat``: the same arithmetic, for a few pixels."""
+    wi = np.take(w_flat, base + i)
+    a = np.where(i >= 1, i - 1, 0)  # lo_i = w_i - (w_i - w_{i-1}) / 2; the first pixel: w_0 - (w_1 - w_0) / 2
+    lo = wi - 0.5 * (np.take(w_flat, base + a + 1) - np.take(w_flat, base + a))
+    b = np.where(i <= n_in - 2, i, n_in - 2)  # hi_i = w_i + (w_{i+1} - w_i) / 2; the last: w_last + its left half
+    hi = wi + 0.5 * (np.take(w_flat, base + b + 1) - np.take(w_flat, base + b))
+    return lo, hi
+
+
+def _candidate_fracs(w_flat, base, o, j, nlo, nhi, n_in):
+    """The overlap fractions of output pixels ``j`` with inputs ``j + o + c``, c in ``_CANDIDATES``
+    (``base``, ``o``, ``j``: (K,)): (K, 4) fractions (0 where not kept), kept, input indices
+    (clipped to the row; an input off the row is never kept)."""
+    i = (j + o)[:, None] + _CANDIDATES
+    valid = (i >= 0) & (i < n_in)
+    ic = np.clip(i, 0, n_in - 1)
+    lo, hi = _edges_at(w_flat, base[:, None], ic, n_in)
+    frac = (np.minimum(hi, nhi[j][:, None]) - np.maximum(lo, nlo[j][:, None])) / (nhi[j] - nlo[j])[:, None]
+    keep = valid & (frac > _OVERLAP_TOL)
+    return np.where(keep, frac, 0.0), keep, ic
+
+
+def _geometric_pattern(wavelength, q0, nlo, nhi, grid0, step):
+    """Each geometric row's overlap pattern: output pixel ``j`` takes ``a0 f[start + j]`` (+ ``a1
+    f[start + j + 1]`` where ``k1``) at its inner pixels ``j_lo .. j_hi``.
+
+    The weights are the exact overlaps at three inner pixels (first, middle, last), which must
+    agree (to 1e-9); ``ok`` is False for a row where they do not or with too few inner pixels."""
+    n_rows, n_in = wavelength.shape
+    n_out = nlo.size
+    rows = np.arange(n_rows)
+    o = np.floor(-np.log(q0 / grid0) / step).astype(np.intp)  # input 0 sits at output pixel -o - t, 0 <= t < 1
+    # inner pixels: not the grid's first or last, every candidate input in 1 .. n_in - 2 (both
+    # edges half way to a neighbour, as the pattern needs)
+    j_lo = np.maximum(1, 2 - o)
+    j_hi = np.minimum(n_out - 2, n_in - 4 - o)
+    ok = j_lo + 2 <= j_hi
+    j_lo, j_hi = np.where(ok, j_lo, 0), np.where(ok, j_hi, 2)
+    refs = np.stack([j_lo, (j_lo + j_hi) // 2, j_hi], axis=1).ravel()
+    frac, keep, _ = _candidate_fracs(np.ravel(wavelength), np.repeat(rows * n_in, 3), np.repeat(o, 3), refs, nlo, nhi, n_in)
+    frac, keep = frac.reshape(n_rows, 3, 4), keep.reshape(n_rows, 3, 4)
+    first = np.argmax(keep[:, 1], axis=1)
+    nxt = np.minimum(first + 1, 3)
+    k1 = keep[rows, 1, nxt] & (first < 3)
+    ok &= keep[:, 1].sum(axis=1) == 1 + k1  # one or two neighbouring inputs
+    ok &= (keep == keep[:, 1:2]).all(axis=(1, 2)) & (np.abs(frac - frac[:, 1:2]) <= 1e-9).all(axis=(1, 2))
+    a0, a1 = frac[rows, 1, first], np.where(k1, frac[rows, 1, nxt], 0.0)
+    return ok, (o, o + first - 1, a0, a1, k1, j_lo, j_hi)
+
+
+def _geometric_sums(wavelength, nlo, nhi, f0, var0, bad, pattern):
+    """:func:`_overlap_sums` of rows on the output grid's log step, from their
+    :func:`_geometric_pattern`.
+
+    On a common log step the pixel edges scale with wavelength, so every output pixel overlaps
+    its inputs with the same fractions: the inner pixels are ``a0 f[start + j] + a1 f[start + j
+    + 1]`` from two windows of each array; the pixels near either end of a row's inputs (where
+    the first and last input's edges are not half way between two centres, and where coverage
+    ends) are summed from their own overlaps, as the search would."""
+    o, start, a0, a1, k1, j_lo, j_hi = pattern
+    n_rows, n_in = f0.shape
+    n_out = nlo.size
+    rows = np.arange(n_rows)
+    pad_lo = max(0, -int(start.min()))
+    pad_hi = max(0, int(start.max()) + n_out + 1 - n_in)
+    padded = [np.pad(x, ((0, 0), (pad_lo, pad_hi))) if pad_lo or pad_hi else x for x in (f0, var0, bad)]
+    w_f, w_var, w_bad = (_windows(x, rows, start + pad_lo, n_out + 1) for x in padded)
+    c0, c1 = a0[:, None], a1[:, None]
+    new_f = c0 * w_f[:, :-1]
+    new_f += c1 * w_f[:, 1:]
+    new_var = (c0 * c0) * w_var[:, :-1]  # (a a) var, as the sparse map
+    new_var += (c1 * c1) * w_var[:, 1:]
+    touched_bad = w_bad[:, :-1].copy()
+    touched_bad |= w_bad[:, 1:] & k1[:, None]
+    coverage = np.repeat((a0 + a1)[:, None], n_out, axis=1)
+    # every pixel outside j_lo .. j_hi from its own overlaps (a few per row)
+    n_left, n_right = j_lo, n_out - 1 - j_hi
+    r = np.concatenate([np.repeat(rows, n_left), np.repeat(rows, n_right)])
+    if r.size:
+        j = np.concatenate([_ranges(np.zeros(n_rows, dtype=np.intp), n_left), _ranges(j_hi + 1, n_right)])
+        frac, keep, ic = _candidate_fracs(np.ravel(wavelength), r * n_in, o[r], j, nlo, nhi, n_in)
+        flat = (r * n_in)[:, None] + ic
+        new_f[r, j] = (frac * np.take(np.ravel(f0), flat)).sum(axis=1)
+        new_var[r, j] = (frac * frac * np.take(np.ravel(var0), flat)).sum(axis=1)
+        touched_bad[r, j] = (keep & np.take(np.ravel(bad), flat)).any(axis=1)
+        coverage[r, j] = frac.sum(axis=1)
+    return new_f, new_var, touched_bad, coverage
+
+
+def _ranges(start, count):
+    """``start[k] .. start[k] + count[k] - 1`` of every k, concatenated."""
+    return np.arange(int(count.sum())) - np.repeat(np.cumsum(count) - count, count) + np.repeat(start, count)
+
+
+def _geometric_part(wavelength, new_wavelength, nlo, nhi, f0, var0, bad):
+    """The rows resampled on the output grid's log step, and their sums (:func:`_geometric_sums`);
+    an empty index when the output grid is not log-linear or no row is on its step."""
+    none = np.zeros(0, dtype=np.intp)
+    step = log_step(new_wavelength)
+    if step is None or wavelength.shape[1] < 8 or nlo.size < 8:
+        return none, None
+    wavelength = np.ascontiguousarray(wavelength)
+    geo, q0 = geometric_rows(wavelength, step)
+    idx = np.flatnonzero(geo)
+    if idx.size == 0:
+        return none, None
+    if idx.size < len(geo):  # the others are searched
+        wavelength, q0, f0, var0, bad = (x[idx] for x in (wavelength, q0, f0, var0, bad))
+    ok, pattern = _geometric_pattern(wavelength, q0, nlo, nhi, float(new_wavelength[0]), step)
+    if not ok.all():  # too little overlap, or weights that are not the same at three pixels
+        idx = idx[ok]
+        if idx.size == 0:
+            return none, None
+        wavelength, f0, var0, bad = (x[ok] for x in (wavelength, f0, var0, bad))
+        pattern = tuple(p[ok] for p in pattern)
+    return idx, _geometric_sums(wavelength, nlo, nhi, f0, var0, bad, pattern)
 
 
 def resample_batch(wavelength, flux, ivar, new_wavelength):

@@ -443,12 +443,63 @@ def test_shifted_rows_resample_as_the_searched_entries(monkeypatch):
     nlo, nhi = pixel_edges(grid)
     ok, s, width = shifted_rows(*resampling._pad_edges(lo, hi), nlo, nhi)
     assert width == 2 and not ok[:5].any() and ok[5:].all()
+    monkeypatch.setattr(resampling, "log_step", lambda grid: None)  # no geometric rows: the windows
     f, iv = resample_batch(wave, flux, ivar, grid)
     monkeypatch.setattr(resampling, "_MAX_OVERLAPS", 0)  # every row through the sparse entries
     for k in range(n):
         fk, ik = resample(wave[k], flux[k], ivar[k], grid)
         assert np.array_equal(f[k], fk, equal_nan=True) and np.array_equal(iv[k], ik), k
     assert np.all(iv[4, grid < wave[4, 0]] == 0) and np.all(iv[5, grid < wave[5, 19]] == 0) and iv[0, 0] == 0
+
+
+def test_geometric_rows_resample_as_the_searched_entries(monkeypatch):
+    """Rows on the output grid's log step (whatever their shift, even off either end of the grid)
+    are summed with constant weights and give the search's numbers to round-off: the same good
+    pixels, flux within 1e-10 of the row's scale, ivar within 1e-10; the end pixels are summed from
+    their own overlaps (the first input's edge is not half way to a neighbour)."""
+    from cannonade.spectra import resampling
+
+    rng = np.random.default_rng(5)
+    grid = common_grid("lamost")
+    step = resampling.log_step(grid)
+    assert step == pytest.approx(1e-4 * np.log(10), rel=1e-9)
+    assert resampling.log_step(np.linspace(4000, 5000, 100)) is None  # a linear grid
+    n, npix = 30, 3909
+    d = rng.uniform(-9, 9, n)  # input pixel 0 at output pixel d: shifts of up to 9 pixels either way
+    d[:4] = [0.0, 3.0, -15.0, 3 + 1e-5]  # aligned, whole pixels, the first input just past output pixel 3
+    d[4] = 40.3  # starts 40 pixels into the grid
+    d[11], d[12] = 3895.5, -6000.0  # overlaps the grid's last 4 pixels (searched); off the grid
+    wave = grid[0] * np.exp(step * (np.arange(npix) + d[:, None]))
+    wave[5] = 10 ** (3.5682 + 1e-4 * np.arange(npix)) / (1 + 1.2e-3)  # a LAMOST file's own grid, redshifted
+    wave[6] = 10 ** (3.5682 + 1.02e-4 * np.arange(npix))  # another log step: searched
+    wave[7, 2000] = 0.5 * (wave[7, 2000] + wave[7, 2001])  # a moved pixel: searched
+    wave[8, 1500:] += 30.0  # a gap: searched
+    flux = 1 + 0.1 * rng.normal(size=(n, npix))
+    ivar = rng.uniform(10, 100, (n, npix))
+    ivar[rng.random((n, npix)) < 0.02] = 0.0
+    ivar[9, [0, -1]] = 0.0  # bad first and last inputs
+    ivar[3, :3] = 50.0
+    flux[10, :15] = np.nan
+    geo, _ = resampling.geometric_rows(wave, step)
+    assert geo[[0, 1, 2, 3, 4, 5]].all() and not geo[[6, 7, 8]].any() and geo[9:].all()
+    part, _ = resampling._geometric_part(wave, grid, *pixel_edges(grid), flux, ivar, ivar == 0)
+    assert set(part) == set(range(n)) - {6, 7, 8, 11, 12}  # too little overlap: searched
+    f, iv = resample_batch(wave, flux, ivar, grid)
+    monkeypatch.setattr(resampling, "log_step", lambda grid: None)
+    fs, ivs = resample_batch(wave, flux, ivar, grid)
+    np.testing.assert_array_equal(np.isnan(f), np.isnan(fs))
+    np.testing.assert_array_equal(iv > 0, ivs > 0)
+    scale = np.nanmax(np.abs(flux), axis=1, keepdims=True)
+    assert np.nanmax(np.abs(f - fs) / scale) < 1e-10
+    assert np.max(np.abs(iv - ivs) / np.where(ivs > 0, ivs, 1.0)) < 1e-10
+    # what the end pixels look like: aligned rows reproduce their inputs; off-grid pixels are bad
+    for k, shift in ((0, 0), (1, 3)):  # whole-pixel shifts: each good output pixel is its input
+        good = iv[k] > 0
+        assert good.sum() > 3800
+        np.testing.assert_allclose(f[k, good], flux[k, np.flatnonzero(good) - shift], rtol=1e-10)
+    assert np.all(iv[1, :3] == 0) and np.all(iv[4, :40] == 0) and np.all(iv[2, -6:] == 0)  # input ends at output pixel 3893
+    assert iv[3, 3] > 0  # covered by the first input's wider left half
+    assert np.all(iv[10, :15] == 0) and iv[9, 0] == 0 and np.all(iv[12] == 0) and 0 < np.count_nonzero(iv[11]) <= 4
 
 
 def test_searchsorted_rows_is_numpy_searchsorted_on_any_sorted_rows():
