@@ -70,3 +70,39 @@ def test_list_file_errors_name_the_file(tmp_path):
     empty = tmp_path / "empty.txt"
     empty.write_text("# nothing\n\n")
     assert len(ListedFiles(empty)) == 0 and list(ListedFiles(empty)) == [] and ListedFiles(empty)[0:3] == []
+
+
+def test_plain_blocks_are_exactly_the_lines_list_entry_leaves_alone():
+    plain = [b"/data/a.fits\n/data/b/../x.fits.gz\n", b"/a\n/b", b"/data/#1.fits\n"]
+    not_plain = [b"data/a.fits\n", b"/a\n\n/b\n", b"/a\n# comment\n", b"/a\n /b\n", b"/a\n/b \n", b"/a\t\n",
+                 b"/a\r\n/b\n", b"//a\n", b"/a//b\n", b"/a/./b\n", b"/a/\n", b"/a/.\n", b"/a\n/b/", b"/a\n/b/.",
+                 "/d\u00e9j\u00e0.fits\n".encode(), b"/a\x0c\n", b"/a\n\x1c/b\n",
+                 b"/data/b c.fits\n"]  # a space: read line by line (safe, if slower)
+    for data in plain:
+        assert filelist.plain_block(data), data
+        lines = data.decode().split("\n")
+        assert [filelist.list_entry(x, None) for x in lines if x] == [x for x in lines if x]
+    for data in not_plain:
+        assert not filelist.plain_block(data), data
+
+
+@pytest.mark.parametrize("block", [7, 64, 1 << 16])
+def test_listed_files_read_in_blocks_are_the_expanded_inputs(tmp_path, block, monkeypatch):
+    """Plain blocks and blocks with other lines (a comment, a relative path, a repeat, CRLF), a
+    line longer than a block and a last line without a newline: the same paths as line by line."""
+    monkeypatch.setattr(filelist, "_BLOCK_BYTES", block)
+    monkeypatch.chdir(tmp_path)
+    lines = [f"/data/s{k:04d}.fits" for k in range(300)]
+    lines[40] = "# a comment"
+    lines[120] = "rel.fits"
+    lines[121] = "/data/" + "x" * 200 + ".fits"
+    lines[200] = lines[10]
+    text = "\n".join(lines[:250]) + "\r\n" + "\n".join(lines[250:])
+    path = tmp_path / "list.txt"
+    path.write_bytes(text.encode())
+    expected = expand_inputs(f"@{path}")
+    assert len(expected) == 298 and "rel.fits" in expected
+    lf = ListedFiles(path, stride=16)
+    assert list(lf) == expected and len(lf) == len(expected)
+    for a, b in ((0, 5), (30, 130), (115, 125), (190, 298), (297, 298)):
+        assert lf[a:b] == expected[a:b], (a, b)
