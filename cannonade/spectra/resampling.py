@@ -437,7 +437,7 @@ def _resample_rows(wavelength, flux, ivar, new_wavelength):
     bad = ~good_in
     nlo, nhi = _edges_cached(new_wavelength)
     geo, summed = _geometric_part(wavelength, new_wavelength, nlo, nhi, f0, var0, bad)
-    if geo.size < len(flux):
+    if geo.size < len(flux) or summed is None:  # (no rows at all: the search's empty sums)
         rest = np.setdiff1d(np.arange(len(flux)), geo) if geo.size else slice(None)
         searched = _searched_sums(wavelength[rest], new_wavelength, nlo, nhi, f0[rest], var0[rest], bad[rest])
         if geo.size == 0:

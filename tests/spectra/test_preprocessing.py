@@ -485,6 +485,8 @@ def test_geometric_rows_resample_as_the_searched_entries(monkeypatch):
     part, _ = resampling._geometric_part(wave, grid, *pixel_edges(grid), flux, ivar, ivar == 0)
     assert set(part) == set(range(n)) - {6, 7, 8, 11, 12}  # too little overlap: searched
     f, iv = resample_batch(wave, flux, ivar, grid)
+    empty = resample_batch(wave[:0], flux[:0], ivar[:0], grid)
+    assert empty[0].shape == empty[1].shape == (0, grid.size)
     monkeypatch.setattr(resampling, "log_step", lambda grid: None)
     fs, ivs = resample_batch(wave, flux, ivar, grid)
     np.testing.assert_array_equal(np.isnan(f), np.isnan(fs))
