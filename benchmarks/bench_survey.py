@@ -20,6 +20,10 @@ RSS also counts the parent's pages it shares), and the projection to LAMOST DR10
 
     python benchmarks/bench_survey.py --n 100000 --workers 1 2 [--dir /tmp/bench_survey]
 
+On a GPU machine (the issue's "same benchmark"; CuPy installed: ``pip install -e '.[gpu]'``)::
+
+    python benchmarks/bench_survey.py --n 1000000 --workers 16 --stages ingest infer --device gpu --scheduler local
+
 Disk: the store of each (N, workers) run is removed after its inference unless ``--keep``.
 """
 
@@ -150,28 +154,28 @@ def replicate(base, files, n):
     return listfile
 
 
-def stage_ingest(base, n, workers, action_method=None):
+def stage_ingest(base, n, workers, action_method=None, device="cpu", scheduler=""):
     from cannonade.spectra.ingest import ingest
 
     out = Path(base) / f"store_{n}_{workers}.h5"
     t0 = time.perf_counter()
     rep = ingest([f"@{Path(base) / f'list_{n}.txt'}"], out, grid="lamost", normalise="gaussian", workers=workers,
-                 chunk_size=1000)
+                 chunk_size=1000, scheduler=scheduler)
     return dict(seconds=time.perf_counter() - t0, n=rep.n_ok, failed=rep.n_failed)
 
 
-def stage_infer(base, n, workers, action_method=None):
+def stage_infer(base, n, workers, action_method=None, device="cpu", scheduler=""):
     from cannonade.tasks.infer import infer_store
 
     store = Path(base) / f"store_{n}_{workers}.h5"
     out = Path(base) / f"labels_{n}_{workers}.parquet"
     t0 = time.perf_counter()
-    infer_store([Path(base) / "model.npz"], store, out, chunk_size=2000, workers=workers)
+    infer_store([Path(base) / "model.npz"], store, out, chunk_size=2000, workers=workers, scheduler=scheduler, device=device)
     dt = time.perf_counter() - t0
     return dict(seconds=dt, n=n)
 
 
-def stage_dynamics(base, n, workers, action_method="staeckel"):
+def stage_dynamics(base, n, workers, action_method="staeckel", device="cpu", scheduler=""):
     sys.path.insert(0, str(Path(__file__).parent))
     from bench_dynamics import mock_catalogue
 
@@ -179,17 +183,21 @@ def stage_dynamics(base, n, workers, action_method="staeckel"):
 
     t = mock_catalogue(n)
     t0 = time.perf_counter()
-    orbits(t, n_samples=20, seed=0, chunk_size=50_000, show_progress=False, action_method=action_method)
+    orbits(t, n_samples=20, seed=0, chunk_size=50_000, show_progress=False, action_method=action_method,
+           **(dict(workers=workers, scheduler=scheduler) if scheduler else {}))
     return dict(seconds=time.perf_counter() - t0, n=n)
 
 
 STAGES = {"ingest": stage_ingest, "infer": stage_infer, "dynamics": stage_dynamics}
 
 
-def run_stage(base, stage, n, workers, action_method="staeckel"):
+def run_stage(base, stage, n, workers, action_method="staeckel", device="cpu", scheduler=""):
     env = dict(os.environ, CANNONADE_QUIET="1", OMP_NUM_THREADS=str(workers))
-    cmd = [sys.executable, __file__, "--dir", str(base), "--action-method", action_method, "--_stage", stage, str(n), str(workers)]
-    res = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
+    cmd = [sys.executable, __file__, "--dir", str(base), "--action-method", action_method, "--device", device,
+           "--scheduler", scheduler, "--_stage", stage, str(n), str(workers)]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if res.returncode != 0:  # the stage's own error, not the subprocess's
+        raise SystemExit(f"stage {stage} (N={n}, workers={workers}) failed:\n{res.stderr.strip()[-3000:]}")
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
@@ -203,20 +211,26 @@ def main(argv=None):
     ap.add_argument("--keep", action="store_true", help="keep the stores and tables of each run")
     ap.add_argument("--action-method", default="staeckel", choices=["staeckel", "staeckel_grid"],
                     help="dynamics stage: orbits(action_method=...)")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "gpu"], help="infer stage: the Cannon's device (gpu: CuPy)")
+    ap.add_argument("--scheduler", default="",
+                    help="'' (processes, default), 'local' (an embedded dask LocalCluster of --workers) or a scheduler "
+                         "address: every stage's chunks run there")
     ap.add_argument("--_stage", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     base = Path(args.dir)
     if args._stage:
         stage, n, workers = args._stage[0], int(args._stage[1]), int(args._stage[2])
         with WorkerMemory() as mem:
-            out = STAGES[stage](base, n, workers, action_method=args.action_method)
+            out = STAGES[stage](base, n, workers, action_method=args.action_method, device=args.device,
+                                scheduler=args.scheduler)
         out["parent_mb"], out["worker_mb"] = _peaks()
         out["worker_private_mb"], out["worker_pss_mb"] = mem.private_mb, mem.pss_mb
         print(json.dumps(out))
         return 0
     base.mkdir(parents=True, exist_ok=True)
     files, _ = prepare(base, args.mock_stars)
-    print(f"{len(files)} mock LAMOST files (gzipped, DR1 layout) replicated to N; cpu count {os.cpu_count()}")
+    print(f"{len(files)} mock LAMOST files (gzipped, DR1 layout) replicated to N; cpu count {os.cpu_count()}; "
+          f"device {args.device}; scheduler {args.scheduler or 'processes'}")
     print("| N | workers | stage | seconds | per s | parent MB | largest worker MB (RSS / PSS / private) | DR10 (11.1 M) h |")
     print("|---|---|---|---|---|---|---|---|")
     results = []
@@ -225,10 +239,10 @@ def main(argv=None):
         for w in args.workers:
             total_h = 0.0
             for stage in args.stages:
-                r = run_stage(base, stage, n, w, args.action_method)
+                r = run_stage(base, stage, n, w, args.action_method, args.device, args.scheduler)
                 rate = r["n"] / r["seconds"]
                 total_h += DR10_SPECTRA / rate / 3600.0
-                results.append(dict(r, stage=stage, N=n, workers=w, rate=rate))
+                results.append(dict(r, stage=stage, N=n, workers=w, rate=rate, device=args.device, scheduler=args.scheduler))
                 print(f"| {n:,} | {w} | {stage} | {r['seconds']:.0f} | {rate:,.0f} | {r['parent_mb']:.0f} | "
                       f"{r['worker_mb']:.0f} / {r['worker_pss_mb']:.0f} / {r['worker_private_mb']:.0f} | "
                       f"{DR10_SPECTRA / rate / 3600.0:.2f} |", flush=True)
