@@ -341,10 +341,15 @@ def _resampling_entries(wavelength, new_wavelength, edges=None):
 _EDGES: dict = {}
 
 
+def _grid_key(w):
+    """A cache key of a (contiguous, float64) output grid: its size, ends and bytes' digest."""
+    return (w.size, float(w[0]), float(w[-1]), hashlib.sha1(w.tobytes()).hexdigest())
+
+
 def _edges_cached(wavelength):
     """pixel_edges of a (common) grid, cached: the output grid is the same for every spectrum."""
-    w = np.asarray(wavelength, dtype=np.float64)
-    key = (w.size, float(w[0]), float(w[-1]), hashlib.sha1(w.tobytes()).hexdigest())
+    w = np.ascontiguousarray(wavelength, dtype=np.float64)
+    key = _grid_key(w)
     if key not in _EDGES:
         if len(_EDGES) >= 8:
             _EDGES.pop(next(iter(_EDGES)))
@@ -487,10 +492,6 @@ def _searched_sums(wavelength, new_wavelength, nlo, nhi, f0, var0, bad):
 _GEOMETRIC_RTOL = 1e-12
 _CANDIDATES = np.arange(-1, 3)  # inputs j + o - 1 .. j + o + 2 may overlap output pixel j (o: the row's offset)
 _STEPS: dict = {}
-
-
-def _grid_key(w):
-    return (w.size, float(w[0]), float(w[-1]), hashlib.sha1(w.tobytes()).hexdigest())
 
 
 def _powers(step, n):
