@@ -317,11 +317,17 @@ def _all_overlap_sums(lo, hi, nlo, nhi, f0, var0, bad):
     others = _overlap_sums(lo[rest], hi[rest], nlo, nhi, f0[rest], var0[rest], bad[rest])
     if others is None:
         return None
+    return _merge_rows(rows, shifted, rest, others)
+
+
+def _merge_rows(rows, a, rest, b):
+    """The sums of all rows from those of ``rows`` (``a``) and of the ``rest`` (``b``): each a
+    tuple of (len, n_out) arrays."""
     out = []
-    for a, b in zip(shifted, others):
-        o = np.empty((len(lo), nlo.size), dtype=a.dtype)
-        o[rows] = a
-        o[rest] = b
+    for x, y in zip(a, b):
+        o = np.empty((len(rows) + len(rest), x.shape[1]), dtype=x.dtype)
+        o[rows] = x
+        o[rest] = y
         out.append(o)
     return tuple(out)
 
@@ -445,16 +451,7 @@ def _resample_rows(wavelength, flux, ivar, new_wavelength):
     if geo.size < len(flux) or summed is None:  # (no rows at all: the search's empty sums)
         rest = np.setdiff1d(np.arange(len(flux)), geo) if geo.size else slice(None)
         searched = _searched_sums(wavelength[rest], new_wavelength, nlo, nhi, f0[rest], var0[rest], bad[rest])
-        if geo.size == 0:
-            summed = searched
-        else:
-            out = []
-            for a, b in zip(summed, searched):
-                o = np.empty((len(flux), nlo.size), dtype=a.dtype)
-                o[geo] = a
-                o[rest] = b
-                out.append(o)
-            summed = out
+        summed = searched if geo.size == 0 else _merge_rows(geo, summed, rest, searched)
     new_f, new_var, touched_bad, coverage = summed
     good = (coverage > 1.0 - 1e-6) & ~touched_bad & (new_var > 0)
     with np.errstate(divide="ignore"):
