@@ -75,21 +75,22 @@ def plain_block(data):
 
 def _line_blocks(fh, size=_BLOCK_BYTES):
     """The rest of a binary file in blocks of whole lines (split after a newline; the last block
-    may end without one), about ``size`` bytes each."""
-    rest = b""
+    may end without one), about ``size`` bytes each (a longer line is one block, read in linear
+    time)."""
+    pending = []  # the pieces of a line not finished yet
     while True:
         data = fh.read(size)
         if not data:
-            if rest:
-                yield rest
+            if pending:
+                yield b"".join(pending)
             return
-        data = rest + data
         cut = data.rfind(b"\n") + 1
-        if cut == 0:  # no newline yet: a very long line
-            rest = data
+        if cut == 0:
+            pending.append(data)
             continue
-        rest = data[cut:]
-        yield data[:cut]
+        pending.append(data[:cut])
+        yield b"".join(pending) if len(pending) > 1 else pending[0]
+        pending = [data[cut:]] if cut < len(data) else []
 
 
 def _split_lines(data):
