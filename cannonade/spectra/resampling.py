@@ -483,10 +483,11 @@ def _searched_sums(wavelength, new_wavelength, nlo, nhi, f0, var0, bad):
 
 #: A row is resampled as a geometric progression (:func:`geometric_rows`) when its wavelengths lie
 #: within this fraction of one exact progression with the output grid's ratio (LAMOST DR1 rows on
-#: the ``lamost`` grid: ~2e-15). Its constant weights then differ from each pixel's own overlap by
-#: at most about this times lambda / d_lambda (4e-9 on the LAMOST grid, ~1e-12 in practice): far
+#: the ``lamost`` grid: ~2e-15; APOGEE apStar rows on the ``apogee`` grid: exact). Its constant
+#: weights then differ from each pixel's own overlap by at most a few times this times
+#: lambda / d_lambda (fuzzed: 1e-9 on the LAMOST grid, 2e-8 on APOGEE's; ~1e-12 on real rows),
 #: below the store's float32 (6e-8).
-_GEOMETRIC_RTOL = 1e-12
+_GEOMETRIC_RTOL = 1e-13
 _CANDIDATES = np.arange(-1, 3)  # inputs j + o - 1 .. j + o + 2 may overlap output pixel j (o: the row's offset)
 _STEPS: dict = {}
 

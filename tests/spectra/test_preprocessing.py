@@ -504,6 +504,41 @@ def test_geometric_rows_resample_as_the_searched_entries(monkeypatch):
     assert np.all(iv[10, :15] == 0) and iv[9, 0] == 0 and np.all(iv[12] == 0) and 0 < np.count_nonzero(iv[11]) <= 4
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_geometric_rows_on_random_log_grids_resample_as_the_search(seed, monkeypatch):
+    """Random log-linear grids (3e-6 to 3e-4 dex, 8-600 pixels), rows of 8-800 pixels on the same
+    step shifted anywhere (off either end, whole pixels give or take 1e-13 to 1e-5), wavelengths
+    jittered within the tolerance, bad and NaN pixels: the same good pixels as the search, the
+    numbers within a few 1e-13 x lambda / d_lambda."""
+    from cannonade.spectra import resampling
+
+    rng = np.random.default_rng(100 + seed)
+    log_step = resampling.log_step
+    for _ in range(40):
+        n_out, n_in, n = int(rng.integers(8, 600)), int(rng.integers(8, 800)), int(rng.integers(1, 8))
+        dex = 10 ** rng.uniform(-5.5, -3.5)
+        grid = rng.uniform(3000, 16000) * 10 ** (dex * np.arange(n_out))
+        step = log_step(grid)
+        assert step == pytest.approx(dex * np.log(10), rel=1e-9)
+        d = rng.uniform(-n_in - 20, n_out + 20, n)
+        whole = rng.random(n) < 0.3
+        d[whole] = np.round(d[whole]) + rng.choice([0.0, 1e-13, -1e-13, 1e-9, -1e-9, 1e-5, -1e-5], whole.sum())
+        wave = grid[0] * np.exp(step * (np.arange(n_in) + d[:, None])) * (1 + rng.uniform(-4e-14, 4e-14, (n, n_in)))
+        flux = 1 + 0.1 * rng.normal(size=(n, n_in))
+        ivar = rng.uniform(1, 10, (n, n_in))
+        ivar[rng.random((n, n_in)) < 0.05] = 0.0
+        flux[rng.random((n, n_in)) < 0.01] = np.nan
+        f, iv = resample_batch(wave, flux, ivar, grid)
+        monkeypatch.setattr(resampling, "log_step", lambda g: None)
+        fs, ivs = resample_batch(wave, flux, ivar, grid)
+        monkeypatch.setattr(resampling, "log_step", log_step)
+        np.testing.assert_array_equal(np.isnan(f), np.isnan(fs))
+        np.testing.assert_array_equal(iv > 0, ivs > 0)
+        bound = 1e-12 / np.expm1(step)  # a few 1e-13 x lambda / d_lambda
+        assert np.nanmax(np.abs(f - fs), initial=0.0) < bound * 1.5  # |flux| < ~1.5
+        assert np.max(np.abs(iv - ivs) / np.where(ivs > 0, ivs, 1.0)) < 2 * bound
+
+
 def test_searchsorted_rows_is_numpy_searchsorted_on_any_sorted_rows():
     from cannonade.spectra.preprocessing import searchsorted_rows
 
