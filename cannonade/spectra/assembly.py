@@ -39,6 +39,8 @@ __all__ = ["assemble", "copy_plan", "RawRun", "Segment", "write_error_report", "
 ARRAYS = ("flux", "ivar")
 #: rows of a re-encoded segment at most (~16 MB per array on the LAMOST grid): a worker's task
 SEGMENT_ROWS = 1024
+#: metadata rows gathered from the parts before each column is written
+META_BATCH_ROWS = 16384
 
 
 @dataclass(frozen=True)
@@ -305,11 +307,12 @@ def assemble(out, parts, grid, attrs, error_report, chunk_rows=64, workers=1, sc
                 progress(total=n, desc="assemble", unit="spec") as bar:  # after the pool's fork: tqdm starts a thread
             deleted = []
             g = dst.create_group("meta")
+            meta = _MetaCopy(g, n)
             item, n_seg = 0, 0
             row = 0
             for k, (p, c) in enumerate(zip(parts, counts)):
                 with h5py.File(p, "r") as src:
-                    _copy_meta(src["meta"], g, row, c, n)
+                    meta.add(src["meta"], row, c)
                     # every planned run that starts in this part (a segment may reach into the next ones)
                     while item < len(plan) and _start(plan[item]) < ends[k]:
                         run = plan[item]
@@ -323,6 +326,7 @@ def assemble(out, parts, grid, attrs, error_report, chunk_rows=64, workers=1, sc
                 row += c
                 deleted.append(deleter.submit(os.unlink, p))  # copied: free its disk space now
                 bar.update(c)
+            meta.flush()
             if not g.keys():
                 store.create_meta(g, store.meta_columns([], 0), 0)
             store.set_store_attrs(
@@ -337,16 +341,48 @@ def assemble(out, parts, grid, attrs, error_report, chunk_rows=64, workers=1, sc
     return n, failures
 
 
-def _copy_meta(src, g, row, c, n):
-    """The ``c`` metadata rows of a part into the store's ``meta`` group ``g`` at ``row`` (its
-    columns are the first part's, created here on the first call)."""
-    if not g.keys():
-        for name, ds in src.items():
-            g.create_dataset(name, shape=(n,), dtype=store.string_dtype() if store.h5_is_string(ds) else ds.dtype)
-    for name in g:
-        if c and name in src:
-            ds = src[name]
-            g[name][row : row + c] = ds.asstr()[:] if store.h5_is_string(ds) else ds[:]
+class _MetaCopy:
+    """The parts' metadata rows into the store's ``meta`` group, a batch of parts at a time.
+
+    The columns are the first part's, created on its first rows (a column a later part lacks
+    keeps HDF5's fill value there). Rows wait until ``batch_rows`` have come, then each column is
+    written once: an HDF5 write costs ~0.1 ms whatever its length, and a part has a dozen columns.
+    Strings are copied as their stored UTF-8 bytes (not decoded and encoded again)."""
+
+    def __init__(self, g, n, batch_rows=None):
+        self.g, self.n = g, n
+        self.batch_rows = META_BATCH_ROWS if batch_rows is None else batch_rows
+        self.columns = {}  # name -> the store's dataset
+        self.pending = []  # (row, count, {name: values}) of parts not written yet
+
+    def add(self, src, row, c):
+        """Part metadata group ``src``: its ``c`` rows go to store rows ``row:row + c``."""
+        if not self.columns:  # (the first part with columns)
+            self.columns = {name: self.g.create_dataset(name, shape=(self.n,), dtype=store.string_dtype()
+                                                        if store.h5_is_string(ds) else ds.dtype)
+                            for name, ds in src.items()}
+        if not c:
+            return
+        # strings as their stored bytes: HDF5 writes bytes into the store's UTF-8 strings as they are
+        self.pending.append((row, c, {name: src[name][:] for name in self.columns if name in src}))
+        if sum(p[1] for p in self.pending) >= self.batch_rows:
+            self.flush()
+
+    def flush(self):
+        """Write the waiting rows (each column once when every waiting part has it)."""
+        if not self.pending:
+            return
+        row0 = self.pending[0][0]
+        m = sum(c for _, c, _ in self.pending)
+        for name, dst in self.columns.items():
+            have = [v.get(name) for _, _, v in self.pending]
+            if all(x is not None for x in have):
+                dst[row0 : row0 + m] = np.concatenate(have) if len(have) > 1 else have[0]
+                continue
+            for (row, c, _), x in zip(self.pending, have):
+                if x is not None:
+                    dst[row : row + c] = x
+        self.pending = []
 
 
 def _start(run):

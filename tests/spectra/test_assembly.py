@@ -130,6 +130,38 @@ def test_assembled_store_holds_the_parts_rows_bit_for_bit(tmp_path, counts, work
     assert list(parts_dir.iterdir()) == [] and not stale_temporaries(tmp_path)  # parts and scratch files gone
 
 
+@pytest.mark.parametrize("batch_rows", [10, 16384])
+def test_metadata_are_copied_in_batches_as_the_parts_hold_them(tmp_path, monkeypatch, batch_rows):
+    """Every part's metadata rows in place, whether written in one batch or several: a non-ASCII
+    id (its UTF-8 bytes copied as they are), a part whose ids are fixed-length strings, a part
+    without a column (HDF5's fill value there), an empty part."""
+    monkeypatch.setattr(assembly, "META_BATCH_ROWS", batch_rows)
+    counts = [16, 16, 5, 0, 9]
+    paths, rows = _write_parts(tmp_path, counts)
+    with h5py.File(paths[0], "r+") as h5:
+        del h5["meta/obj_id"]
+        h5["meta"].create_dataset("obj_id", data=np.array(["\u00e9toile"] + rows[0][2][1:], dtype=object),
+                                  dtype=store.string_dtype())
+    with h5py.File(paths[2], "r+") as h5:
+        del h5["meta/obj_id"]
+        h5["meta"].create_dataset("obj_id", data=np.array(rows[2][2], dtype="S8"))  # fixed length
+    with h5py.File(paths[4], "r+") as h5:
+        snr4 = h5["meta/snr"][:]
+        del h5["meta/snr"]
+    snr = []
+    for p in paths[:4]:
+        with h5py.File(p, "r") as h5:
+            snr.append(h5["meta/snr"][:])
+    n, _ = assemble(tmp_path / "s.h5", paths, np.linspace(4000.0, 5000.0, 37), {}, tmp_path / "s.errors.csv",
+                    chunk_rows=8)
+    with SpectraStore(tmp_path / "s.h5") as st:
+        ids = st.column("obj_id").tolist()
+        got = st.column("snr")
+    assert ids == ["\u00e9toile"] + [s for _, _, part in rows for s in part][1:]
+    np.testing.assert_array_equal(got, np.concatenate(snr + [np.zeros(9)]))
+    assert snr4.size == 9 and n == 46
+
+
 def test_off_grid_parts_are_encoded_by_the_pool_and_their_chunks_copied(tmp_path, monkeypatch):
     """With workers, each segment is encoded by a worker into a scratch file whose chunks are then
     copied as they are; without, the segments' rows are written here. The stores are the same."""
