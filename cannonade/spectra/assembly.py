@@ -35,7 +35,7 @@ from cannonade.util import atomic_path, progress, temporaries_of, temporary_besi
 
 __all__ = ["assemble", "copy_plan", "RawRun", "Segment", "write_error_report", "read_error_report"]
 
-#: the arrays of a store that are chunked by rows (the metadata columns are copied part by part)
+#: the arrays of a store that are chunked by rows (the metadata columns are copied in batches of parts)
 ARRAYS = ("flux", "ivar")
 #: rows of a re-encoded segment at most (~16 MB per array on the LAMOST grid): a worker's task
 SEGMENT_ROWS = 1024
