@@ -489,17 +489,18 @@ def _searched_sums(wavelength, new_wavelength, nlo, nhi, f0, var0, bad):
 #: below the store's float32 (6e-8).
 _GEOMETRIC_RTOL = 1e-13
 _CANDIDATES = np.arange(-1, 3)  # inputs j + o - 1 .. j + o + 2 may overlap output pixel j (o: the row's offset)
-_STEPS: dict = {}
+_POWERS: dict = {}
+_LOG_STEPS: dict = {}
 
 
 def _powers(step, n):
     """``exp(step * i)``, i < n (cached: a survey has one or two)."""
     key = (step, n)
-    p = _STEPS.get(key)
+    p = _POWERS.get(key)
     if p is None:
-        if len(_STEPS) >= 16:
-            _STEPS.pop(next(iter(_STEPS)))
-        p = _STEPS[key] = np.exp(step * np.arange(n))
+        if len(_POWERS) >= 16:
+            _POWERS.pop(next(iter(_POWERS)))
+        p = _POWERS[key] = np.exp(step * np.arange(n))
     return p
 
 
@@ -517,16 +518,20 @@ def log_step(grid):
         of one geometric progression from ``grid[0]``; None for any other grid.
     """
     w = np.ascontiguousarray(grid, dtype=np.float64)
+    if w.ndim != 1 or w.size < 2:
+        return None
     key = _grid_key(w)
-    if key not in _STEPS:
+    if key not in _LOG_STEPS:
         step = None
-        if w.ndim == 1 and w.size >= 2 and w[0] > 0 and w[-1] > w[0]:
+        if w[0] > 0 and w[-1] > w[0]:
             s = float(np.log(w[-1] / w[0]) / (w.size - 1))
             q = w / _powers(s, w.size)
             if np.ptp(q) <= _GEOMETRIC_RTOL * q.min():
                 step = s
-        _STEPS[key] = step
-    return _STEPS[key]
+        if len(_LOG_STEPS) >= 8:
+            _LOG_STEPS.pop(next(iter(_LOG_STEPS)))
+        _LOG_STEPS[key] = step
+    return _LOG_STEPS[key]
 
 
 def geometric_rows(wavelength, step):

@@ -464,6 +464,7 @@ def test_geometric_rows_resample_as_the_searched_entries(monkeypatch):
     step = resampling.log_step(grid)
     assert step == pytest.approx(1e-4 * np.log(10), rel=1e-9)
     assert resampling.log_step(np.linspace(4000, 5000, 100)) is None  # a linear grid
+    assert all(resampling.log_step(g) is None for g in (np.zeros(0), np.ones(1), np.ones((2, 3)), -grid[::-1]))
     n, npix = 30, 3909
     d = rng.uniform(-9, 9, n)  # input pixel 0 at output pixel d: shifts of up to 9 pixels either way
     d[:4] = [0.0, 3.0, -15.0, 3 + 1e-5]  # aligned, whole pixels, the first input just past output pixel 3
