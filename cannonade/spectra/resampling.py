@@ -548,9 +548,12 @@ def geometric_rows(wavelength, step):
     q0 : (n_rows,) float
         Each row's smallest ``wavelength[i] / exp(step i)``: its first pixel, to the tolerance.
     """
+    wavelength = np.asarray(wavelength, dtype=np.float64)
+    if wavelength.ndim != 2:
+        raise ShapeError(f"wavelength must be one row per spectrum (n_rows, n_in), got shape {wavelength.shape}")
     q = wavelength / _powers(step, wavelength.shape[1])
-    q0, q1 = q.min(axis=1), q.max(axis=1)  # a NaN row fails the test below
-    return (q1 - q0 <= _GEOMETRIC_RTOL * q0) & (q0 > 0), q0
+    q0, q1 = q.min(axis=1, initial=np.inf), q.max(axis=1, initial=-np.inf)  # a NaN row fails the test below
+    return (q1 - q0 <= _GEOMETRIC_RTOL * q0) & (q0 > 0) & (q0 < np.inf), q0
 
 
 def _edges_at(w_flat, base, i, n_in):

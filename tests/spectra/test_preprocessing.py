@@ -483,6 +483,9 @@ def test_geometric_rows_resample_as_the_searched_entries(monkeypatch):
     flux[10, :15] = np.nan
     geo, _ = resampling.geometric_rows(wave, step)
     assert geo[[0, 1, 2, 3, 4, 5]].all() and not geo[[6, 7, 8]].any() and geo[9:].all()
+    assert not resampling.geometric_rows(wave[:2, :0], step)[0].any()
+    with pytest.raises(ShapeError, match="one row per spectrum"):
+        resampling.geometric_rows(wave[0], step)
     part, _ = resampling._geometric_part(wave, grid, *pixel_edges(grid), flux, ivar, ivar == 0)
     assert set(part) == set(range(n)) - {6, 7, 8, 11, 12}  # too little overlap: searched
     f, iv = resample_batch(wave, flux, ivar, grid)
