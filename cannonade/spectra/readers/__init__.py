@@ -46,6 +46,7 @@ from cannonade.tables import suggest
 __all__ = [
     "Spectrum",
     "read_spectrum",
+    "read_stored_spectrum",
     "detect_layout",
     "register_reader",
     "unregister_reader",
@@ -158,3 +159,27 @@ def read_spectrum(path, **kwargs):
     """
     known = ", ".join(loader.description or loader.name for loader in _REGISTRY)
     return load_file(path, _REGISTRY, f"unknown spectrum layout (not {known})", **kwargs)
+
+
+def read_stored_spectrum(path, stored, **kwargs):
+    """:func:`read_spectrum` of a file whose bytes were already read as stored.
+
+    For a caller that reads files ahead in a thread while it decodes others (an ingest worker:
+    the disk's latency hidden behind the decoding).
+
+    Parameters
+    ----------
+    path : str or Path
+        The file (named in errors).
+    stored : bytes
+        Its bytes as :func:`cannonade.spectra.readers.fits.read_stored` gives them (a
+        ``.fits.gz`` still compressed).
+    **kwargs
+        As :func:`read_spectrum`.
+
+    Returns
+    -------
+    Spectrum
+    """
+    known = ", ".join(loader.description or loader.name for loader in _REGISTRY)
+    return load_file(path, _REGISTRY, f"unknown spectrum layout (not {known})", stored=stored, **kwargs)

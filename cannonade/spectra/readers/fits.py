@@ -1,6 +1,7 @@
 """Low-level FITS helpers shared by the survey readers.
 
-Reading a spectrum file goes: :func:`read_bytes` (exists, gunzip, FITS signature)
+Reading a spectrum file goes: :func:`read_bytes` (:func:`read_stored`: exists, a regular file,
+not too large; :func:`decode_stored`: gunzip, FITS signature)
 -> :func:`parse_header_bytes` (a direct parser of the header cards, ~20x faster
 than astropy's; used for the primary header and every HDU of an opened file) ->
 either a survey's raw-bytes fast path (:func:`primary_image`) or :func:`open_fits`
@@ -38,6 +39,8 @@ __all__ = [
     "load_file",
     "MAX_SPECTRUM_BYTES",
     "read_bytes",
+    "read_stored",
+    "decode_stored",
     "check_hdus",
     "open_fits",
     "parse_header_bytes",
@@ -395,9 +398,11 @@ def _read_fd(fd, size):
     return raw
 
 
-def read_bytes(path):
-    """The whole file (spectra are small), after checking it exists, is at most
-    :data:`MAX_SPECTRUM_BYTES` (decompressed too) and is FITS; a ``.fits.gz`` is decompressed."""
+def read_stored(path):
+    """A spectrum file's bytes as stored (a ``.fits.gz`` still compressed), after checking that it
+    exists, is a regular file and holds at most :data:`MAX_SPECTRUM_BYTES`: the I/O part of
+    :func:`read_bytes`, which a caller may run ahead in a thread (:func:`decode_stored` does
+    the rest)."""
     path = str(path)
     limit = MAX_SPECTRUM_BYTES
     try:
@@ -424,11 +429,23 @@ def read_bytes(path):
         raise SpectrumFormatError(f"{path}: cannot read ({exc})") from None
     if len(raw) > st.st_size:
         raise SpectrumFormatError(f"{path}: the file grew while it was read (still being written?)")
+    return raw
+
+
+def decode_stored(raw, path):
+    """The FITS bytes of a file's stored bytes (:func:`read_stored`): gunzipped when gzip, then
+    checked for the FITS signature."""
     if raw[:2] == _GZIP_MAGIC:  # gzip-compressed FITS (.fits.gz)
         raw = _gunzip(raw, path)
     if raw[: len(_FITS_MAGIC)] != _FITS_MAGIC:
         raise SpectrumFormatError(f"{path}: not a FITS file (no 'SIMPLE  =' signature)")
     return raw
+
+
+def read_bytes(path):
+    """The whole file (spectra are small), after checking it exists, is at most
+    :data:`MAX_SPECTRUM_BYTES` (decompressed too) and is FITS; a ``.fits.gz`` is decompressed."""
+    return decode_stored(read_stored(path), str(path))
 
 
 def _integer_key(h, key, path, k, default=None, low=0, high=None):
@@ -691,7 +708,7 @@ class Loader:
     load_hdus: Optional[Callable] = None
 
 
-def load_file(path, loaders, unknown="unknown spectrum layout", **kwargs):
+def load_file(path, loaders, unknown="unknown spectrum layout", stored=None, **kwargs):
     """Read ``path`` with the first of ``loaders`` that recognises it.
 
     Parameters
@@ -703,6 +720,9 @@ def load_file(path, loaders, unknown="unknown spectrum layout", **kwargs):
         on the opened file.
     unknown : str
         Reason given when no loader recognises the file.
+    stored : bytes, optional
+        The file's bytes as stored, already read (:func:`read_stored`, e.g. ahead in a thread);
+        default: read now.
     **kwargs
         Passed to the loader's ``load`` / ``load_raw``.
 
@@ -716,7 +736,7 @@ def load_file(path, loaders, unknown="unknown spectrum layout", **kwargs):
         Missing, truncated, corrupt, non-FITS or unrecognised file (names it).
     """
     path = str(path)
-    raw = read_bytes(path)
+    raw = read_bytes(path) if stored is None else decode_stored(stored, path)
     hdus = check_hdus(raw, path)  # nothing declared is allocated before this
     h0, data_start, _ = hdus[0]
     for loader in loaders:
