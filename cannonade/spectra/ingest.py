@@ -420,6 +420,7 @@ def prepare_files(files, grid, normalise="gaussian", redshifts=None, norm_kwargs
     """
     from cannonade.spectra.preprocessing import doppler_shift
     from cannonade.spectra.readers import read_stored_spectrum
+    from cannonade.spectra.readers.fits import read_ahead
 
     norm_kwargs = dict(norm_kwargs or {})
     p = grid.size
@@ -454,44 +455,6 @@ def prepare_files(files, grid, normalise="gaussian", redshifts=None, norm_kwargs
     flush()
     n = len(metas)
     return flux[:n], ivar[:n], metas, failures
-
-
-#: files a thread reads ahead, as a batch, while the caller decodes the batch before (~1.4 MB of
-#: gzipped LAMOST files)
-READ_AHEAD = 32
-
-
-def read_ahead(files, batch=READ_AHEAD):
-    """``(path, stored bytes)`` of every file, in order, read by a thread one batch ahead of the
-    caller, so that the disk's latency overlaps the caller's decoding; a file that cannot be read
-    gives its exception (:class:`~cannonade.exceptions.SpectrumFormatError`) in place of bytes.
-
-    Read from a cold disk, a LAMOST file costs ~0.15 ms before its first byte is decoded (this
-    machine; ~0.45 ms to decode it): the thread hides it. In the page cache the thread costs
-    nothing measurable (one task per batch)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from cannonade.spectra.readers.fits import read_stored
-
-    def read(paths):
-        out = []
-        for path in paths:
-            try:
-                out.append(read_stored(path))
-            except Exception as exc:  # reported where the caller reaches this file
-                out.append(exc)
-        return out
-
-    batches = [files[i : i + batch] for i in range(0, len(files), batch)]
-    if not batches:
-        return
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        ahead = pool.submit(read, batches[0])
-        for k, paths in enumerate(batches):
-            got = ahead.result()
-            if k + 1 < len(batches):
-                ahead = pool.submit(read, batches[k + 1])
-            yield from zip(paths, got)
 
 
 def _resample_rows_of(items, grid):

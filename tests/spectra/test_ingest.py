@@ -335,41 +335,6 @@ def test_compressed_chunks_copied_as_they_are_give_the_same_store(tmp_path, lamo
     with h5py.File(tmp_path / "raw.h5", "r") as h5:
         assert h5["flux"].chunks[0] == 8
 
-def test_files_are_read_ahead_in_a_thread_in_order(tmp_path, monkeypatch):
-    """read_ahead gives every file's stored bytes in order, batch after batch, read by another
-    thread; a file that cannot be read gives its error in its place and the others still come."""
-    import threading
-
-    from cannonade.exceptions import SpectrumFormatError
-    from cannonade.spectra import ingest as ingest_module
-    from cannonade.spectra.readers import fits as fits_module
-
-    files = []
-    for k in range(7):
-        p = tmp_path / f"f{k}.fits"
-        p.write_bytes(bytes([k]) * (100 + k))
-        files.append(str(p))
-    files[3] = str(tmp_path / "missing.fits")
-    files[5] = str(tmp_path)  # a directory
-    readers = set()
-    real = fits_module.read_stored
-
-    def spy(path):
-        readers.add(threading.get_ident())
-        return real(path)
-
-    monkeypatch.setattr(fits_module, "read_stored", spy)
-    got = list(ingest_module.read_ahead(files, batch=3))
-    assert [p for p, _ in got] == files
-    for k, (path, stored) in enumerate(got):
-        if k in (3, 5):
-            assert isinstance(stored, SpectrumFormatError) and path in str(stored)
-        else:
-            assert stored == bytes([k]) * (100 + k)
-    assert readers and threading.get_ident() not in readers
-    assert list(ingest_module.read_ahead([], batch=3)) == []
-
-
 def test_a_spectrum_from_its_stored_bytes_is_the_file_read(lamost_dir, tmp_path):
     """read_stored_spectrum gives read_spectrum's spectrum, gzipped or not, and its errors."""
     import gzip

@@ -577,3 +577,36 @@ def test_both_header_paths_turn_the_same_sentinels_into_nan():
         assert math.isnan(h["POSINF"])  # 1E999 overflows to inf
     assert math.isnan(sentinel_to_nan(-math.inf)) and math.isnan(sentinel_to_nan(math.nan))
     assert sentinel_to_nan(True) is True and sentinel_to_nan(-9999.0 + 1.5) == -9997.5
+
+
+def test_files_are_read_ahead_in_a_thread_in_order(tmp_path, monkeypatch):
+    """read_ahead gives every file's stored bytes in order, batch after batch, read by another
+    thread; a file that cannot be read gives its error in its place and the others still come."""
+    import threading
+
+    from cannonade.spectra.readers import fits as fits_module
+
+    files = []
+    for k in range(7):
+        p = tmp_path / f"f{k}.fits"
+        p.write_bytes(bytes([k]) * (100 + k))
+        files.append(str(p))
+    files[3] = str(tmp_path / "missing.fits")
+    files[5] = str(tmp_path)  # a directory
+    readers = set()
+    real = fits_module.read_stored
+
+    def spy(path):
+        readers.add(threading.get_ident())
+        return real(path)
+
+    monkeypatch.setattr(fits_module, "read_stored", spy)
+    got = list(fits_module.read_ahead(files, batch=3))
+    assert [p for p, _ in got] == files
+    for k, (path, stored) in enumerate(got):
+        if k in (3, 5):
+            assert isinstance(stored, SpectrumFormatError) and path in str(stored)
+        else:
+            assert stored == bytes([k]) * (100 + k)
+    assert readers and threading.get_ident() not in readers
+    assert list(fits_module.read_ahead([], batch=3)) == []
