@@ -157,8 +157,7 @@ def read_spectrum(path, **kwargs):
         Missing, truncated, corrupt, non-FITS or unknown-layout file (the message
         names the file and the reason).
     """
-    known = ", ".join(loader.description or loader.name for loader in _REGISTRY)
-    return load_file(path, _REGISTRY, f"unknown spectrum layout (not {known})", **kwargs)
+    return _load(path, None, **kwargs)
 
 
 def read_stored_spectrum(path, stored, **kwargs):
@@ -181,5 +180,11 @@ def read_stored_spectrum(path, stored, **kwargs):
     -------
     Spectrum
     """
+    return _load(path, stored, **kwargs)
+
+
+def _load(path, stored, **kwargs):
+    """:func:`~cannonade.spectra.readers.fits.load_file` with every registered reader (``stored``:
+    the file's bytes already read, or None to read them now)."""
     known = ", ".join(loader.description or loader.name for loader in _REGISTRY)
     return load_file(path, _REGISTRY, f"unknown spectrum layout (not {known})", stored=stored, **kwargs)
