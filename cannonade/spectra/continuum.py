@@ -19,12 +19,11 @@ would learn that dependence. Methods: ``docs/spectra.md``.
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 import scipy.sparse as sp
 
 from cannonade.exceptions import ConfigError, ShapeError
+from cannonade.spectra.surveys import grid_key
 
 __all__ = [
     "gaussian_kernel_matrix",
@@ -37,11 +36,6 @@ __all__ = [
     "normalise",
     "normalise_batch",
 ]
-
-
-def _grid_key(wavelength):
-    w = np.ascontiguousarray(wavelength, dtype=np.float64)
-    return hashlib.sha1(w.tobytes()).hexdigest(), w
 
 
 _KERNELS: dict = {}  # (grid hash, sigma, truncate) -> sparse kernel; a few grids at most
@@ -64,13 +58,12 @@ def gaussian_kernel_matrix(wavelength, sigma=50.0, truncate=150.0):
     -------
     K : scipy.sparse.csr_matrix, (n_pixels, n_pixels), symmetric
     """
-    key, w = _grid_key(wavelength)
+    key, w = grid_key(wavelength)
     ckey = (key, float(sigma), float(truncate))
     K = _KERNELS.get(ckey)
     if K is not None:
         return K
-    if not (sigma > 0 and truncate > 0):
-        raise ConfigError(f"continuum kernel needs sigma > 0 and truncate > 0, got {sigma}, {truncate}")
+    _check_kernel(sigma, truncate)
     start = np.searchsorted(w, w - truncate, side="left")
     stop = np.searchsorted(w, w + truncate, side="right")
     counts = stop - start
@@ -105,7 +98,7 @@ def gaussian_kernel_matrix(wavelength, sigma=50.0, truncate=150.0):
 
 
 _BAND_BLOCK = 64  # kernel rows per dense block (64: 1.3x the kernel's non-zeros on the LAMOST grid, 256: 2.1x)
-_BAND_MAX_SPAN = 1536  # widest block (columns) kept dense; wider kernels (fine grids: GALAH) stay sparse
+_BAND_MAX_SPAN = 1536  # widest block (columns) kept dense; a wider one (fine grids: GALAH) only factored
 _BLOCKS: dict = {}
 
 
@@ -116,13 +109,14 @@ def gaussian_kernel_blocks(wavelength, sigma=50.0, truncate=150.0):
     matrix product per block runs in BLAS, several times faster than a sparse product on a
     LAMOST-like grid (a few hundred pixels per half-width); the zeros inside a block are the
     truncation's own, so the result is the sparse product's up to rounding. None when a block
-    would be wider than ``_BAND_MAX_SPAN`` columns (fine grids, where the sparse form is smaller).
+    would be wider than ``_BAND_MAX_SPAN`` columns (fine grids: the GALAH grid's dense blocks hold
+    as many numbers as its sparse kernel, 56 M; the continuum applies them factored instead).
 
     Returns
     -------
     list of (r0, r1, c0, c1, K_block) with K_block (r1 - r0, c1 - c0) float64, or None
     """
-    key, w = _grid_key(wavelength)
+    key, w = grid_key(wavelength)
     ckey = (key, float(sigma), float(truncate))
     if ckey not in _BLOCKS:
         if len(_BLOCKS) >= 8:
@@ -133,15 +127,48 @@ def gaussian_kernel_blocks(wavelength, sigma=50.0, truncate=150.0):
 
 def _dense_blocks(w, sigma, truncate):
     """:func:`gaussian_kernel_blocks`, built anew (not cached)."""
-    K = gaussian_kernel_matrix(w, sigma, truncate)
-    blocks = []
-    for r0 in range(0, w.size, _BAND_BLOCK):
+    _check_kernel(sigma, truncate)
+    bounds = list(_block_bounds(w, truncate))
+    if any(c1 - c0 > _BAND_MAX_SPAN for _, _, c0, c1, _, _ in bounds):
+        return None
+    return [(r0, r1, c0, c1, _kernel_block(w, sigma, r0, c0, c1, start, stop))
+            for r0, r1, c0, c1, start, stop in bounds]
+
+
+def _block_bounds(w, truncate):
+    """``(r0, r1, c0, c1, start, stop)`` of each ``_BAND_BLOCK`` rows of the kernel: the columns
+    ``c0:c1`` any of them touches, and each row's own ``start:stop`` (``|l_i - l_j| <= truncate``)."""
+    start = np.searchsorted(w, w - truncate, side="left")
+    stop = np.searchsorted(w, w + truncate, side="right")
+    # a block never straddles a gap wider than 2 truncate (GALAH's between CCDs): rows either side
+    # share no column, so such a block would have no core to factor
+    gaps = np.flatnonzero(start[1:] >= stop[:-1]) + 1
+    r0 = 0
+    while r0 < w.size:
         r1 = min(r0 + _BAND_BLOCK, w.size)
-        c0, c1 = int(K.indices[K.indptr[r0]]), int(K.indices[K.indptr[r1] - 1]) + 1
-        if c1 - c0 > _BAND_MAX_SPAN:
-            return None
-        blocks.append((r0, r1, c0, c1, K[r0:r1, c0:c1].toarray()))
-    return blocks
+        k = np.searchsorted(gaps, r0, side="right")
+        if k < gaps.size:
+            r1 = min(r1, int(gaps[k]))
+        yield r0, r1, int(start[r0]), int(stop[r1 - 1]), start[r0:r1], stop[r0:r1]
+        r0 = r1
+
+
+def _kernel_block(w, sigma, r0, c0, c1, start, stop):
+    """Rows ``r0:r0 + len(start)``, columns ``c0:c1`` of :func:`gaussian_kernel_matrix`, dense: the
+    same arithmetic entry by entry (so the same bits), zero outside each row's ``start:stop``."""
+    x = w[r0 : r0 + start.size, None] - w[None, c0:c1]  # l_i - l_j
+    x /= sigma
+    np.square(x, out=x)
+    x *= -0.5
+    np.exp(x, out=x)
+    cols = np.arange(c0, c1)
+    x[(cols < start[:, None]) | (cols >= stop[:, None])] = 0.0
+    return x
+
+
+def _check_kernel(sigma, truncate):
+    if not (sigma > 0 and truncate > 0):
+        raise ConfigError(f"continuum kernel needs sigma > 0 and truncate > 0, got {sigma}, {truncate}")
 
 
 _RANK_TOL = 1e-15  # singular values kept, relative to the largest (they fall geometrically to a ~1e-16 floor)
@@ -193,22 +220,34 @@ def block_pieces(Kb):
 
 
 def _kernel_pieces(wavelength, sigma, truncate):
-    """:func:`gaussian_kernel_blocks` with each block as :func:`block_pieces` (cached), or None.
-    Only the pieces are kept: the dense blocks they come from are not cached beside them (the
-    APOGEE grid's are ~100 MB)."""
-    key, w = _grid_key(wavelength)
+    """The kernel's row blocks (:func:`gaussian_kernel_blocks`) each as :func:`block_pieces`
+    (cached), or None to apply the sparse kernel.
+
+    Each block is built and factored in turn; only the pieces are kept (the APOGEE grid's dense
+    blocks are 93 MB, its pieces 21 MB). A block wider than ``_BAND_MAX_SPAN`` columns (fine
+    grids: up to a whole ~4 000-pixel CCD on GALAH's 0.05 A pixels) is kept only if its core
+    factors (GALAH: ranks 5-9; the grid's pieces hold 7.5 M numbers, 60 MB, where its sparse
+    kernel holds 56 M entries, 670 MB). If one does not, the grid uses the sparse kernel."""
+    key, w = grid_key(wavelength)
     ckey = (key, float(sigma), float(truncate))
     if ckey not in _PIECES:
-        blocks = _dense_blocks(w, sigma, truncate)
+        _check_kernel(sigma, truncate)
+        pieces = []
+        for r0, r1, c0, c1, start, stop in _block_bounds(w, truncate):
+            p = block_pieces(_kernel_block(w, sigma, r0, c0, c1, start, stop))
+            if c1 - c0 > _BAND_MAX_SPAN and sum(f.size for _, _, fs in p for f in fs) > _BAND_MAX_SPAN * (r1 - r0):
+                pieces = None  # a wide block left dense: more numbers than the sparse kernel
+                break
+            pieces.append((r0, r1, c0, p))
         if len(_PIECES) >= 8:
             _PIECES.pop(next(iter(_PIECES)))
-        _PIECES[ckey] = None if blocks is None else [(r0, r1, c0, block_pieces(Kb)) for r0, r1, c0, _, Kb in blocks]
+        _PIECES[ckey] = pieces
     return _PIECES[ckey]
 
 
 def _smooth(wavelength, X, sigma, truncate):
-    """X K (K symmetric) for rows X (n, P): dense blocks, their cores factored, where the band is
-    narrow; else sparse."""
+    """X K (K symmetric) for rows X (n, P): row blocks, their cores factored (dense where the band
+    is narrow); sparse where a wide block does not factor."""
     blocks = _kernel_pieces(wavelength, sigma, truncate)
     if blocks is None:
         return (gaussian_kernel_matrix(wavelength, sigma, truncate) @ X.T).T

@@ -17,12 +17,11 @@ Methods and measurements: ``docs/spectra.md``.
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 import scipy.sparse as sp
 
 from cannonade.exceptions import ShapeError
+from cannonade.spectra.surveys import grid_key
 
 __all__ = [
     "pixel_edges",
@@ -347,15 +346,9 @@ def _resampling_entries(wavelength, new_wavelength, edges=None):
 _EDGES: dict = {}
 
 
-def _grid_key(w):
-    """A cache key of a (contiguous, float64) output grid: its size, ends and bytes' digest."""
-    return (w.size, float(w[0]), float(w[-1]), hashlib.sha1(w.tobytes()).hexdigest())
-
-
 def _edges_cached(wavelength):
     """pixel_edges of a (common) grid, cached: the output grid is the same for every spectrum."""
-    w = np.ascontiguousarray(wavelength, dtype=np.float64)
-    key = _grid_key(w)
+    key, w = grid_key(wavelength)
     if key not in _EDGES:
         if len(_EDGES) >= 8:
             _EDGES.pop(next(iter(_EDGES)))
@@ -520,7 +513,7 @@ def log_step(grid):
     w = np.ascontiguousarray(grid, dtype=np.float64)
     if w.ndim != 1 or w.size < 2:
         return None
-    key = _grid_key(w)
+    key, w = grid_key(w)
     if key not in _LOG_STEPS:
         step = None
         if w[0] > 0 and w[-1] > w[0]:

@@ -8,6 +8,8 @@ Wavelengths are vacuum Angstrom throughout.
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 
 from cannonade.exceptions import ConfigError
@@ -182,6 +184,25 @@ def common_grid(name):
             except ConfigError as exc:
                 raise ConfigError(f"grid {name!r}: {exc}") from None
     raise ConfigError(f"unknown grid {name!r}: use one of {sorted(_NAMED_GRIDS)} or 'WMIN:WMAX:NPIX'")
+
+
+def grid_key(wavelength):
+    """A cache key of a wavelength grid, the same for equal grids whatever array holds them.
+
+    Parameters
+    ----------
+    wavelength : (n_pixels,) float
+
+    Returns
+    -------
+    key : tuple
+        ``(n_pixels, first, last, sha1 hex digest of the float64 bytes)``.
+    w : (n_pixels,) float64, C-contiguous
+        The grid as hashed (``wavelength`` itself when it already is one).
+    """
+    w = np.ascontiguousarray(wavelength, dtype=np.float64)
+    return (w.size, float(w[0]) if w.size else None, float(w[-1]) if w.size else None,
+            hashlib.sha1(w.tobytes()).hexdigest()), w
 
 
 def detector_regions(survey):

@@ -214,6 +214,46 @@ def test_stars_resampled_together_fail_one_by_one_in_star_order(mock_galah, tmp_
         assert metas[row] == m1[0]
 
 
+def test_star_files_are_read_ahead_once_in_star_order(mock_galah, tmp_path, monkeypatch):
+    """prepare_stars reads every star's files through read_ahead (batches that straddle stars
+    here), each file once, in star order; a CCD file gone before it is read loses only its star,
+    reported under that file; the other rows equal each star prepared alone."""
+    from cannonade.spectra.readers import fits as fits_module
+    from cannonade.spectra.surveys import common_grid
+
+    d = tmp_path / "in"
+    d.mkdir()
+    for p in mock_galah[:12]:  # three stars
+        os.symlink(p, d / os.path.basename(p))
+    files = [str(d / os.path.basename(p)) for p in mock_galah[:12]]
+    grid = common_grid("galah")
+    alone = [prepare_stars(files[4 * k : 4 * k + 4], grid, normalise="chebyshev") for k in range(3)]
+    os.unlink(files[4 + 3])  # star 2's CCD 4: listed, then gone
+
+    real, asked, given = fits_module.read_ahead, [], []
+
+    def spy(paths, batch=fits_module.READ_AHEAD):
+        asked.append(list(paths))
+        for item in real(paths, batch=3):
+            given.append(item[0])
+            yield item
+
+    monkeypatch.setattr(fits_module, "read_ahead", spy)
+    flux, ivar, metas, failures = prepare_stars(files[::-1], grid, normalise="chebyshev")
+    order = [p for star in group_galah_stars(files[::-1]) for p in star]
+    assert asked == [order] and given == order and sorted(order) == sorted(files)
+    ids = [galah_ccd_name(f)[0] for f in files[::4]]
+    stars = [galah_ccd_name(star[0])[0] for star in group_galah_stars(files[::-1])]
+    assert [m["obj_id"] for m in metas] == [i for i in stars if i != ids[1]]
+    (file, reason), = failures
+    assert file == files[4 + 3] and reason.startswith(f"GALAH star {ids[1]}, CCD 4: ")
+    for row, m in enumerate(metas):
+        k = ids.index(m["obj_id"])
+        np.testing.assert_array_equal(flux[row], alone[k][0][0])
+        np.testing.assert_array_equal(ivar[row], alone[k][1][0])
+        assert metas[row] == alone[k][2][0]
+
+
 def logged_chunk(k, part_path, files, log):
     """A chunk_func logging the files of each chunk (one line per chunk, any process)."""
     with open(log, "a") as fh:

@@ -20,7 +20,7 @@ from cannonade.spectra.preprocessing import (
     resample_batch,
     resampling_matrix,
 )
-from cannonade.spectra.surveys import common_grid, detector_regions, log_lambda_grid
+from cannonade.spectra.surveys import common_grid, detector_regions, grid_key, log_lambda_grid
 
 C = 299792.458
 
@@ -56,6 +56,25 @@ def test_grids():
     np.testing.assert_allclose(custom, log_lambda_grid(4000, 5000, 101))
     with pytest.raises(ConfigError):
         common_grid("nonsense")
+
+
+def test_grid_key_is_the_same_for_equal_grids_whatever_holds_them():
+    lam = common_grid("lamost")
+    key, w = grid_key(lam)
+    assert w is lam  # already contiguous float64: hashed as it is, not copied
+    strided = np.repeat(lam, 2)[::2]
+    assert not strided.flags.c_contiguous
+    key2, w2 = grid_key(strided)
+    assert key2 == key and w2.flags.c_contiguous and w2.dtype == np.float64
+    assert grid_key(lam.tolist())[0] == key
+    assert key[:3] == (3900, float(lam[0]), float(lam[-1]))
+    moved = lam.copy()
+    moved[1950] = np.nextafter(moved[1950], np.inf)  # one pixel, one ulp: the ends and size agree
+    assert grid_key(moved)[0] != key
+    assert grid_key(common_grid("apogee"))[0] != key
+    # float32 and float64 holders of the same values are one grid
+    g32 = lam.astype(np.float32)
+    assert grid_key(g32)[0] == grid_key(g32.astype(np.float64))[0]
 
 
 def test_pixel_edges_respect_gaps():
@@ -341,8 +360,9 @@ def test_prepare_real_lamost(shared_data):
 
 
 def test_gaussian_continuum_dense_blocks_equal_the_sparse_kernel():
-    """On the LAMOST grid the kernel is applied as dense row blocks (BLAS); on a fine grid it stays
-    sparse. Either way the continuum is Eq. (Ho+2017) with the exact kernel, to rounding."""
+    """On the LAMOST grid the kernel is applied as dense row blocks (BLAS); on a fine grid the
+    blocks are too wide to keep dense (only factored). Either way the continuum is Eq. (Ho+2017)
+    with the exact kernel, to rounding."""
     from cannonade.spectra.preprocessing import gaussian_kernel_blocks
 
     rng = np.random.default_rng(5)
@@ -370,6 +390,58 @@ def test_gaussian_continuum_dense_blocks_equal_the_sparse_kernel():
     Kf = gaussian_kernel_matrix(fine)
     np.testing.assert_allclose(continuum_gaussian(fine, g, np.ones_like(g)), (Kf @ g) / np.asarray(Kf.sum(1)).ravel(),
                                rtol=1e-12)
+
+
+def test_gaussian_continuum_on_fine_grids_is_factored_not_sparse(monkeypatch):
+    """GALAH's 0.05 A pixels put ~6 600 columns under the 150 A truncation: each block of rows is
+    factored (low-rank core, dense ragged edges) instead of applying the sparse kernel, also
+    across the ~700 A gaps between CCDs (no block straddles one); the continuum equals the
+    sparse kernel's to 1e-13. A kernel whose wide blocks do not factor (sigma far below the
+    truncation: most of each block underflows to 0) falls back to the sparse kernel."""
+    from cannonade.spectra import continuum as continuum_module
+
+    rng = np.random.default_rng(11)
+    galah = common_grid("galah")
+    lo, hi = detector_regions("galah")[1]
+    region = galah[(galah >= lo) & (galah <= hi)]
+    two = np.concatenate([log_lambda_grid(5000, 5200, 3000), log_lambda_grid(5600, 5700, 1500)])  # a 400 A gap
+    expected = {}
+    for name, w in (("galah", galah), ("region", region), ("two", two)):
+        f = rng.normal(1.0, 0.05, (3, w.size))
+        iv = rng.uniform(100, 400, f.shape)
+        iv[:, rng.random(w.size) < 0.03] = 0.0
+        iv[1, : w.size // 3] = 0.0  # a third of a row without good pixels
+        K = gaussian_kernel_matrix(w)
+        wt = np.where(iv > 0, iv, 0.0)
+        with np.errstate(invalid="ignore"):
+            expected[name] = (w, f, iv, (K @ (wt * f).T).T / (K @ wt.T).T)
+
+    def no_sparse(*args, **kwargs):
+        raise AssertionError("the sparse kernel was built")
+
+    monkeypatch.setattr(continuum_module, "gaussian_kernel_matrix", no_sparse)
+    for name, (w, f, iv, ref) in expected.items():
+        got = continuum_gaussian_batch(w, f, iv)
+        assert np.array_equal(np.isnan(got), np.isnan(ref)), name
+        ok = ~np.isnan(ref)
+        np.testing.assert_allclose(got[ok], ref[ok], rtol=1e-13, atol=0, err_msg=name)
+    monkeypatch.undo()
+
+    calls = []
+    real = continuum_module.gaussian_kernel_matrix
+
+    def spy(*args, **kwargs):
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(continuum_module, "gaussian_kernel_matrix", spy)
+    w, f, iv, _ = expected["region"]
+    got = continuum_gaussian_batch(w, f, iv, sigma=0.3, truncate=150.0)
+    assert calls  # not factored: the sparse kernel
+    K = real(w, 0.3, 150.0)
+    wt = np.where(iv > 0, iv, 0.0)
+    with np.errstate(invalid="ignore"):
+        np.testing.assert_allclose(got, (K @ (wt * f).T).T / (K @ wt.T).T, rtol=1e-13, equal_nan=True)
 
 
 @pytest.mark.parametrize("seed", range(4))
