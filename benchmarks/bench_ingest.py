@@ -22,6 +22,15 @@ whole ``prepare_files`` (what an ingest worker runs). Beside it, the same files 
 (``fits.open`` + the image) and by ``fitsio`` (cfitsio, when installed)::
 
     python benchmarks/bench_ingest.py --breakdown /tmp/bench_survey/list_30000.txt [--n 2000]
+
+``--galah-stars N`` measures one core's CPU time per GALAH star (``ingest(join='star')``'s worker
+step, ``prepare_stars``: four CCD files read, resampled onto the ``galah`` grid and normalised CCD
+by CCD) on the real GALAH sample (``../shared/data/galah/com``: 6 stars x 4 CCDs, ~400 kB per
+file) replicated to N stars by symbolic links with new sobject_ids; and, side by side, the
+Gaussian continuum of those rows applied as factored kernel blocks (what ingest runs) and as
+the sparse kernel (what it ran before), with each one's one-time build::
+
+    python benchmarks/bench_ingest.py --galah-stars 500 [--galah-dir ../shared/data/galah/com]
 """
 
 from __future__ import annotations
@@ -248,6 +257,75 @@ def breakdown(listfile, n):
     return 0
 
 
+def galah_stars(n_stars, source):
+    """Print CPU ms per GALAH star of prepare_stars (each normalisation) and of the Gaussian
+    continuum factored vs sparse, on the real sample replicated to ``n_stars`` stars."""
+    os.environ.setdefault("CANNONADE_QUIET", "1")
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1)  # one core, as an ingest worker
+    except ImportError:
+        pass
+    from cannonade.execution.memory import keep_freed_memory
+
+    keep_freed_memory()
+    from cannonade.spectra import continuum
+    from cannonade.spectra.ingest import prepare_stars
+    from cannonade.spectra.readers import read_spectrum
+    from cannonade.spectra.readers.fits import check_hdus, read_bytes
+    from cannonade.spectra.surveys import common_grid, detector_regions
+
+    source = Path(source)
+    stars = sorted({p.name[:15] for p in source.glob("*.fits")})
+    if not stars:
+        raise SystemExit(f"no GALAH CCD files (<sobject_id><ccd>.fits) in {source}")
+    tmp = Path(tempfile.mkdtemp(prefix="cannonade_galah_"))
+    try:
+        files = []
+        for k in range(n_stars):
+            sid = stars[k % len(stars)]
+            for ccd in (1, 2, 3, 4):
+                link = tmp / f"2101150{k:08d}{ccd}.fits"  # a new 15-digit sobject_id per star
+                link.symlink_to((source / f"{sid}{ccd}.fits").resolve())
+                files.append(str(link))
+        grid = common_grid("galah")
+        rows = []
+        for norm in ("gaussian", "chebyshev", "none"):
+            prepare_stars(files[:8], grid, normalise=norm)  # caches, as a worker has them after its first chunk
+            ms, out = _cpu_ms(lambda: prepare_stars(files, grid, normalise=norm), n_stars)
+            assert len(out[2]) == n_stars, out[3][:3]
+            rows.append((f"prepare_stars, {norm} continuum (one worker's chunk)", ms))
+        rows.append(("read + decode the 4 CCD files (read_spectrum)", _cpu_ms(lambda: [read_spectrum(f) for f in files], n_stars)[0]))
+        rows.append(("  of which the header cards (check_hdus)", _cpu_ms(lambda: [check_hdus(read_bytes(f), f) for f in files], n_stars)[0]))
+        # the Gaussian continuum alone, each CCD region's rows as prepare_stars normalises them
+        rng = np.random.default_rng(0)
+        regions = [grid[(grid >= lo) & (grid <= hi)] for lo, hi in detector_regions("galah")]
+        batch = [(w, rng.normal(1.0, 0.05, (256, w.size)), rng.uniform(100, 400, (256, w.size))) for w in regions]
+        for name, use_sparse in (("factored blocks", False), ("sparse kernel", True)):
+            continuum._PIECES.clear()
+            continuum._KERNELS.clear()
+            pieces = continuum._kernel_pieces
+            if use_sparse:
+                continuum._kernel_pieces = lambda *a: None
+            try:
+                build, _ = _cpu_ms(lambda: [continuum.continuum_gaussian_batch(w, f[:1], i[:1]) for w, f, i in batch], 1)
+                ms, _ = _cpu_ms(lambda: [continuum.continuum_gaussian_batch(w, f, i) for w, f, i in batch], 256)
+            finally:
+                continuum._kernel_pieces = pieces
+            rows.append((f"Gaussian continuum of a star's 4 CCDs, {name} (one-time build: {build / 1e3:.1f} s)", ms))
+        factored, sparse = rows[-2][1], rows[-1][1]
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"\nGALAH stars: {n_stars} stars ({len(stars)} real stars' files, {source}), grid 'galah' ({grid.size} px), "
+          "CPU ms per star (BLAS on one thread)")
+    print("| step | ms per star |\n|---|---|")
+    for name, ms in rows:
+        print(f"| {name} | {ms:.2f} |")
+    print(f"\nGaussian continuum: factored blocks {sparse / factored:.1f}x faster than the sparse kernel")
+    return 0
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, nargs="+", default=[2000, 20000])
@@ -256,8 +334,13 @@ def main(argv=None):
     ap.add_argument("--chunk-size", type=int, default=1000)
     ap.add_argument("--dir", default=None, help="where to write the synthetic files (default: a temporary dir, removed)")
     ap.add_argument("--keep", action="store_true", help="keep the synthetic files")
+    ap.add_argument("--galah-stars", type=int, metavar="N", help="CPU time per GALAH star (see above)")
+    ap.add_argument("--galah-dir", default=str(Path(__file__).resolve().parents[1].parent / "shared" / "data" / "galah" / "com"),
+                    help="the real GALAH CCD files replicated by --galah-stars")
     ap.add_argument("--_one", nargs=2, metavar=("LIST", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.galah_stars:
+        return galah_stars(args.galah_stars, args.galah_dir)
     if args.breakdown:
         return breakdown(args.breakdown, args.n[0] if args.n != ap.get_default("n") else 2000)
     if args._one:

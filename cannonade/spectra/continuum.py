@@ -227,42 +227,61 @@ def _kernel_pieces(wavelength, sigma, truncate):
     blocks are 93 MB, its pieces 21 MB). A block wider than ``_BAND_MAX_SPAN`` columns (fine
     grids: up to a whole ~4 000-pixel CCD on GALAH's 0.05 A pixels) is kept only if its core
     factors (GALAH: ranks 5-9; the grid's pieces hold 7.5 M numbers, 60 MB, where its sparse
-    kernel holds 56 M entries, 670 MB). If one does not, the grid uses the sparse kernel."""
+    kernel holds 56 M entries, 670 MB). If one does not, the grid uses the sparse kernel.
+
+    Returns
+    -------
+    (blocks, rows) or None
+        ``blocks``: ``(r0, r1, c0, pieces)`` per block; ``rows``: how many rows of ``X`` to
+        smooth at once (None: all; ``_FINE_ROWS`` on a grid with wide blocks).
+    """
     key, w = grid_key(wavelength)
     ckey = (key, float(sigma), float(truncate))
     if ckey not in _PIECES:
         _check_kernel(sigma, truncate)
-        pieces = []
+        blocks, rows = [], None
         for r0, r1, c0, c1, start, stop in _block_bounds(w, truncate):
             p = block_pieces(_kernel_block(w, sigma, r0, c0, c1, start, stop))
-            if c1 - c0 > _BAND_MAX_SPAN and sum(f.size for _, _, fs in p for f in fs) > _BAND_MAX_SPAN * (r1 - r0):
-                pieces = None  # a wide block left dense: more numbers than the sparse kernel
-                break
-            pieces.append((r0, r1, c0, p))
+            if c1 - c0 > _BAND_MAX_SPAN:
+                if sum(f.size for _, _, fs in p for f in fs) > _BAND_MAX_SPAN * (r1 - r0):
+                    blocks = None  # a wide block left dense: more numbers than the sparse kernel
+                    break
+                rows = _FINE_ROWS
+            blocks.append((r0, r1, c0, p))
         if len(_PIECES) >= 8:
             _PIECES.pop(next(iter(_PIECES)))
-        _PIECES[ckey] = pieces
+        _PIECES[ckey] = None if blocks is None else (blocks, rows)
     return _PIECES[ckey]
+
+
+# rows of X smoothed at once where blocks are wide: every block reads X across a whole GALAH CCD
+# (~4 000 columns), and 32 rows of it (1 MB) stay in the cache from one block to the next;
+# a 512-row batch (16 MB) does not, and took twice as long
+_FINE_ROWS = 32
 
 
 def _smooth(wavelength, X, sigma, truncate):
     """X K (K symmetric) for rows X (n, P): row blocks, their cores factored (dense where the band
     is narrow); sparse where a wide block does not factor."""
-    blocks = _kernel_pieces(wavelength, sigma, truncate)
-    if blocks is None:
+    factored = _kernel_pieces(wavelength, sigma, truncate)
+    if factored is None:
         return (gaussian_kernel_matrix(wavelength, sigma, truncate) @ X.T).T
+    blocks, rows = factored
     out = np.empty_like(X)
-    for r0, r1, c0, pieces in blocks:
-        o = None
-        for lo, hi, factors in pieces:
-            t = X[:, c0 + lo : c0 + hi] @ factors[0]
-            for f in factors[1:]:
-                t = t @ f
-            if o is None:
-                o = t
-            else:
-                o += t
-        out[:, r0:r1] = o
+    step = rows or max(X.shape[0], 1)
+    for i in range(0, X.shape[0], step):
+        x = X[i : i + step]
+        for r0, r1, c0, pieces in blocks:
+            o = None
+            for lo, hi, factors in pieces:
+                t = x[:, c0 + lo : c0 + hi] @ factors[0]
+                for f in factors[1:]:
+                    t = t @ f
+                if o is None:
+                    o = t
+                else:
+                    o += t
+            out[i : i + step, r0:r1] = o
     return out
 
 

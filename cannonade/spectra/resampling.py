@@ -100,11 +100,13 @@ _SEARCH_STEPS = 4  # corrections of a row's estimated search index before np.sea
 def searchsorted_rows(a, v, side="left"):
     """``np.searchsorted(a[k], v, side)`` for every row ``k`` at once, exactly.
 
-    Each row's index is first estimated as if the row were evenly spaced in log
-    wavelength (a survey's pixels; after a Doppler shift still so), then corrected
-    a pixel at a time against the definition of the search; a row the estimate
-    misses by more than a few pixels is searched by numpy, so any sorted rows give
-    numpy's answer.
+    Each row's index is first estimated as a quadratic in log wavelength through the row's
+    first, middle and last values (exact for pixels evenly spaced in log wavelength, LAMOST's
+    and APOGEE's, after a Doppler shift still so; within a pixel for pixels evenly spaced in
+    wavelength, GALAH's, which a straight line in log wavelength misses by ~20 over a CCD),
+    then corrected a pixel at a time against the definition of the search; a row the estimate
+    misses by more than a few pixels is searched by numpy, so any sorted rows give numpy's
+    answer.
 
     Parameters
     ----------
@@ -121,23 +123,36 @@ def searchsorted_rows(a, v, side="left"):
     n, m = a.shape
     if n == 0 or v.size == 0:
         return np.zeros((n, v.size), dtype=np.intp)
+    mid = (m - 1) // 2
     with np.errstate(divide="ignore", invalid="ignore"):
         la0 = np.log(a[:, :1])
-        step = (np.log(a[:, -1:]) - la0) / max(m - 1, 1)
+        x1 = np.log(a[:, mid : mid + 1]) - la0  # log(a / a[0]) at the middle and last values
+        x2 = np.log(a[:, -1:]) - la0
         lv = np.log(v)
+        # index(x) = x (d1 + d2 (x - x1)) through (0, 0), (x1, mid), (x2, m - 1) (divided differences)
+        d1 = mid / x1
+        d2 = ((m - 1 - mid) / (x2 - x1) - d1) / x2
     # only the estimate depends on these, the corrections below (or numpy's search) give the exact
-    # index: a row without a usable log step (values <= 0 or NaN, a constant row) and a value of v
-    # without a log (<= 0 or NaN) start from 0, by the same clip that bounds the others
+    # index: a row without a usable quadratic (values <= 0 or NaN, fewer than 3 distinct values) and
+    # a value of v without a log (<= 0 or NaN) start from 0, by the same clip that bounds the others
     lv[np.isnan(lv)] = -np.inf
-    unusable = ~(np.isfinite(la0) & np.isfinite(step) & (step > 0))
+    unusable = ~(np.isfinite(la0) & np.isfinite(d1) & np.isfinite(d2) & (x1 > 0) & (x2 > x1))
     any_unusable = bool(unusable.any())
     if any_unusable:
-        la0, step = np.where(unusable, 0.0, la0), np.where(unusable, 1.0, step)
-    est = lv[None, :] - la0  # v between a[i-1] and a[i]: i
-    est /= step
+        la0, x1, x2 = np.where(unusable, 0.0, la0), np.where(unusable, 1.0, x1), np.where(unusable, 2.0, x2)
+        d1, d2 = np.where(unusable, 0.0, d1), np.where(unusable, 0.0, d2)
+    x = lv[None, :] - la0
+    below, above = x < 0, x > x2  # outside the row: the quadratic is used only inside it
+    np.clip(x, 0.0, x2, out=x)
+    est = x - x1
+    est *= d2
+    est += d1
+    est *= x  # v between a[i-1] and a[i]: i
     np.floor(est, out=est)
     est += 1.0
-    np.clip(est, 0, m, out=est)  # no NaN left: +-inf clip to m or 0
+    est[below] = 0.0
+    est[above] = m
+    np.clip(est, 0, m, out=est)
     est = est.astype(np.intp)
     if any_unusable:
         est[unusable[:, 0]] = 0

@@ -632,6 +632,36 @@ def test_searchsorted_rows_is_numpy_searchsorted_on_any_sorted_rows():
         np.testing.assert_array_equal(searchsorted_rows(a, v, side), expected)
 
 
+def test_searchsorted_rows_estimates_log_and_linear_rows_without_numpy(monkeypatch):
+    """Rows evenly spaced in log wavelength (LAMOST, APOGEE) or in wavelength (a GALAH CCD, 4096
+    pixels of 0.0547 A, air to vacuum, Doppler shifted: a straight line in log wavelength misses
+    it by ~20 pixels) are found by the estimate and its corrections, never by numpy's search,
+    and give numpy's answer, also for values beyond either end of a row."""
+    from cannonade.spectra import resampling
+    from cannonade.spectra.linelists import air_to_vacuum
+    from cannonade.spectra.preprocessing import doppler_shift
+
+    galah = air_to_vacuum(5649.0 + 0.0547 * np.arange(4096))
+    rows = np.array([galah, doppler_shift(galah, 2e-4), doppler_shift(galah, -3e-4),
+                     10 ** (3.7519 + 4.15e-6 * np.arange(4096)), 10 ** (3.7519 + 1e-4 * np.arange(4096))])
+    v = np.concatenate([log_lambda_grid(5500, 5900, 3000), [5649.0, 5700.0, 12000.0]])
+    v.sort()
+    v = np.unique(np.concatenate([v, rows[0, 100:103], rows[3, 5:8]]))  # values equal to pixels: the sides differ
+    expected = {side: np.array([np.searchsorted(r, v, side=side) for r in rows]) for side in ("left", "right")}
+    searched = []
+    real = np.searchsorted
+
+    def spy(*args, **kwargs):
+        searched.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(np, "searchsorted", spy)
+    for side in ("left", "right"):
+        got = resampling.searchsorted_rows(rows, v, side)
+        np.testing.assert_array_equal(got, expected[side])
+    assert searched == []
+
+
 def test_kernel_block_pieces_sum_to_the_dense_block():
     """A dense kernel block is applied as low-rank core + dense ragged edges: the pieces' products
     sum to ``X @ Kb.T`` to 1e-13 of each row's weight sum, with fewer multiplications on a
