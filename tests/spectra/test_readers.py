@@ -216,6 +216,45 @@ def test_apstar_dr13_single_and_starflag(shared_data):
     assert np.all(s.ivar[err >= 1e10] == 0)
 
 
+def test_apstar_read_from_the_bytes_equals_astropys_reading(shared_data, monkeypatch):
+    """apStar files (the APOGEE survey-scale case) are read straight from their bytes, without
+    astropy (monkeypatched to fail): every row of the 5 real files, DR13 and DR17, equals the
+    astropy path's spectrum, metadata included. aspcapStar and apVisit files (a table to read,
+    a wavelength image) keep the astropy path, and so does an apStar whose mask has a BSCALE."""
+    from cannonade.spectra.readers import apogee
+    from cannonade.spectra.readers import fits as fits_module
+
+    files = sorted((shared_data / "apogee").glob("apStar-*.fits")) + sorted((shared_data / "apogee" / "apStar_dr13").glob("*.fits"))
+    assert len(files) == 5
+    expected = {}
+    for f in files:
+        with fits_module.open_fits(str(f)) as hdul:
+            n = 1 if hdul[1].data.ndim == 1 else hdul[1].data.shape[0]
+            expected[f] = [apogee.load(hdul, str(f), "apstar", row=r) for r in range(n)]
+    others = sorted((shared_data / "apogee" / "aspcapStar_dr13").glob("*.fits")) + sorted((shared_data / "apogee").glob("apVisit-*.fits"))
+    for f in others:
+        assert apogee.identify_hdus(check_hdus(read_bytes(f), str(f))) == ""
+
+    def no_astropy(*args, **kwargs):
+        raise AssertionError("astropy opened the file")
+
+    monkeypatch.setattr(fits_module, "open_fits", no_astropy)
+    for f, rows in expected.items():
+        for r, ref in enumerate(rows):
+            s = read_spectrum(f, row=r)
+            for a, b in ((s.wavelength, ref.wavelength), (s.flux, ref.flux), (s.ivar, ref.ivar)):
+                assert a.dtype == b.dtype and np.array_equal(a, b, equal_nan=True)
+            assert s.meta.keys() == ref.meta.keys()
+            assert all(s.meta[k] == ref.meta[k] or (s.meta[k] != s.meta[k] and ref.meta[k] != ref.meta[k]) for k in s.meta)
+    with pytest.raises(SpectrumFormatError, match="row 7"):
+        read_spectrum(files[0], row=7)
+    monkeypatch.undo()
+
+    with fits.open(files[0]) as hdul:  # the mask scaled: astropy reads it as float, identify decides
+        hdul[3].header["BSCALE"] = 2
+        assert apogee.identify_hdus([(dict(h.header), 0, 1) for h in hdul]) == ""
+
+
 def test_aspcapstar_missing_values(shared_data):
     for f in sorted((shared_data / "apogee" / "aspcapStar_dr13").glob("*.fits")):
         s = read_aspcapstar(f)

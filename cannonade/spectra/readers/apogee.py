@@ -23,6 +23,7 @@ from cannonade.spectra import surveys
 from cannonade.spectra.readers.fits import (
     Loader,
     check_wavelength,
+    hdu_image,
     header_of,
     is_image,
     ivar_from_error,
@@ -84,10 +85,41 @@ def _rows(arr):
     return arr[None, :] if arr.ndim == 1 else arr
 
 
+def identify_hdus(hdus):
+    """:func:`identify` from the parsed headers alone (:func:`~cannonade.spectra.readers.fits.check_hdus`),
+    for apStar files (HDU1-3 images, HDU1 ``CTYPE1 = 'LOG-LINEAR'``, an integer HDU3): ``'apstar'``
+    or ``''`` (aspcapStar, apVisit and anything unusual go to :func:`identify` on the opened file)."""
+    if len(hdus) < 4:
+        return ""
+    for h, _, size in hdus[1:4]:
+        if h.get("XTENSION") != "IMAGE" or not size or h.get("ZIMAGE") is True:
+            return ""
+    if str(hdus[1][0].get("CTYPE1", "")).upper() != "LOG-LINEAR":
+        return ""
+    h3 = hdus[3][0]
+    # an integer mask as astropy reads it (a BSCALE would make it float: identify decides then)
+    if h3.get("BITPIX", 0) > 0 and h3.get("BSCALE", 1) == 1:
+        return "apstar"
+    return ""
+
+
+def load_hdus(raw, hdus, path, layout="apstar", row=0, pixmask_bits=surveys.APOGEE_PIXMASK_DEFAULT):
+    """Read an apStar file straight from its bytes (see :func:`identify_hdus`): the same spectrum
+    as :func:`read_apstar`, without astropy (which also reads every table and sky HDU, most of
+    the cost of reading the file)."""
+    if layout != "apstar":
+        raise SpectrumFormatError(f"{path}: not an APOGEE apStar spectrum (layout {layout or 'unknown'})")
+    arrays = (_rows(hdu_image(raw, hdus[k][0], hdus[k][1], path, k, as_stored=True)) for k in (1, 2, 3))
+    return _apstar_row(hdus[0][0], hdus[1][0], *arrays, path, row, pixmask_bits)
+
+
 def _read_apstar(hdul, path, row=0, pixmask_bits=surveys.APOGEE_PIXMASK_DEFAULT):
-    h0 = header_of(hdul, 0, path)
-    h1 = header_of(hdul, 1, path)
-    flux_all, err_all, mask_all = (_rows(hdul[i].data) for i in (1, 2, 3))
+    arrays = (_rows(hdul[i].data) for i in (1, 2, 3))
+    return _apstar_row(header_of(hdul, 0, path), header_of(hdul, 1, path), *arrays, path, row, pixmask_bits)
+
+
+def _apstar_row(h0, h1, flux_all, err_all, mask_all, path, row, pixmask_bits):
+    """Row ``row`` of an apStar file from its primary and HDU1 headers and HDU1-3 arrays."""
     nrow, npix = flux_all.shape
     if err_all.shape != flux_all.shape or mask_all.shape != flux_all.shape:
         raise SpectrumFormatError(f"{path}: apStar HDU1-3 shapes differ ({flux_all.shape}, {err_all.shape}, {mask_all.shape})")
@@ -220,4 +252,4 @@ rest frame); ``meta['rv']`` is VHELIO.
 
 _READERS = {"apstar": _read_apstar, "aspcapstar": _read_aspcapstar, "apvisit": _read_apvisit}
 
-LOADER = Loader("apogee", identify, load, "APOGEE apStar/aspcapStar/apVisit")
+LOADER = Loader("apogee", identify, load, "APOGEE apStar/aspcapStar/apVisit", identify_hdus=identify_hdus, load_hdus=load_hdus)
