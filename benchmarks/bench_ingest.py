@@ -31,6 +31,13 @@ Gaussian continuum of those rows applied as factored kernel blocks (what ingest 
 the sparse kernel (what it ran before), with each one's one-time build::
 
     python benchmarks/bench_ingest.py --galah-stars 500 [--galah-dir ../shared/data/galah/com]
+
+``--apstar N`` does the same for APOGEE apStar files (``../shared/data/apogee``, 5 real files read
+N times over): one worker's ``prepare_files`` with the Chebyshev continuum (the Nandakumar
+recipe's) and the Gaussian, and reading a file straight from its bytes (what ingest runs) against
+astropy's reading of it (what it ran before)::
+
+    python benchmarks/bench_ingest.py --apstar 300
 """
 
 from __future__ import annotations
@@ -326,6 +333,51 @@ def galah_stars(n_stars, source):
     return 0
 
 
+def apstar(n, source):
+    """Print CPU ms per apStar file of prepare_files and of reading it (bytes vs astropy)."""
+    os.environ.setdefault("CANNONADE_QUIET", "1")
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1)  # one core, as an ingest worker
+    except ImportError:
+        pass
+    from cannonade.execution.memory import keep_freed_memory
+
+    keep_freed_memory()
+    from cannonade.spectra.ingest import prepare_files
+    from cannonade.spectra.readers import apogee, read_spectrum
+    from cannonade.spectra.readers.fits import open_fits
+    from cannonade.spectra.surveys import common_grid
+
+    source = Path(source)
+    real = sorted(source.glob("apStar-*.fits")) + sorted(source.glob("apStar_dr13/apStar-*.fits"))
+    if not real:
+        raise SystemExit(f"no apStar files in {source}")
+    files = [str(real[k % len(real)]) for k in range(n)]
+    grid = common_grid("apogee")
+    rows = []
+    for norm in ("chebyshev", "gaussian"):
+        prepare_files(files[:5], grid, normalise=norm)  # caches, as a worker has them after its first chunk
+        ms, out = _cpu_ms(lambda: prepare_files(files, grid, normalise=norm), n)
+        assert len(out[2]) == n, out[3][:3]
+        rows.append((f"prepare_files, {norm} continuum (one worker's chunk)", ms))
+
+    def astropy_read(f):
+        with open_fits(f) as hdul:
+            return apogee.load(hdul, f, "apstar")
+
+    fast = _cpu_ms(lambda: [read_spectrum(f) for f in files], n)[0]
+    slow = _cpu_ms(lambda: [astropy_read(f) for f in files], n)[0]
+    rows += [("read a file: from its bytes (identify_hdus + load_hdus)", fast), ("read a file: astropy (open_fits + load)", slow)]
+    print(f"\napStar files: {n} reads of {len(real)} real files ({source}), CPU ms per file (BLAS on one thread)")
+    print("| step | ms per file |\n|---|---|")
+    for name, ms in rows:
+        print(f"| {name} | {ms:.2f} |")
+    print(f"\nreading from the bytes: {slow / fast:.1f}x faster than astropy")
+    return 0
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, nargs="+", default=[2000, 20000])
@@ -337,8 +389,13 @@ def main(argv=None):
     ap.add_argument("--galah-stars", type=int, metavar="N", help="CPU time per GALAH star (see above)")
     ap.add_argument("--galah-dir", default=str(Path(__file__).resolve().parents[1].parent / "shared" / "data" / "galah" / "com"),
                     help="the real GALAH CCD files replicated by --galah-stars")
+    ap.add_argument("--apstar", type=int, metavar="N", help="CPU time per apStar file (see above)")
+    ap.add_argument("--apogee-dir", default=str(Path(__file__).resolve().parents[1].parent / "shared" / "data" / "apogee"),
+                    help="the real apStar files read by --apstar")
     ap.add_argument("--_one", nargs=2, metavar=("LIST", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.apstar:
+        return apstar(args.apstar, args.apogee_dir)
     if args.galah_stars:
         return galah_stars(args.galah_stars, args.galah_dir)
     if args.breakdown:
