@@ -20,6 +20,11 @@ RSS also counts the parent's pages it shares), and the projection to LAMOST DR10
 
     python benchmarks/bench_survey.py --n 100000 --workers 1 2 [--dir /tmp/bench_survey]
 
+``--layout table`` rewrites the mock's files once in the DR8+ table layout (the layout of every
+LAMOST spectrum since DR8: DR10's files) and replicates those instead::
+
+    python benchmarks/bench_survey.py --n 100000 --workers 2 --stages ingest --layout table
+
 On a GPU machine (the issue's "same benchmark"; CuPy installed: ``pip install -e '.[gpu]'``)::
 
     python benchmarks/bench_survey.py --n 1000000 --workers 16 --stages ingest infer --device gpu --scheduler local
@@ -30,6 +35,7 @@ Disk: the store of each (N, workers) run is removed after its inference unless `
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import resource
@@ -136,10 +142,49 @@ def prepare(base, n_mock, seed=0):
     return files, model_path
 
 
-def replicate(base, files, n):
+def to_table_layout(files, out):
+    """The mock's DR1 image files rewritten in the DR8+ table layout (LAMOST DR8, DR9, DR10: a
+    header-only primary HDU and a one-row ``COADD`` binary table of float32 FLUX, IVAR,
+    WAVELENGTH, ANDMASK, ORMASK and NORMALIZATION columns), gzipped; returns their paths."""
+    import gzip
+
+    from astropy.io import fits
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for f in files:
+        dst = out / os.path.basename(f)
+        paths.append(str(dst))
+        if dst.exists():
+            continue
+        with fits.open(f) as hdul:
+            h, data = hdul[0].header, np.asarray(hdul[0].data, dtype=np.float32)
+        npix = data.shape[1]
+        wave = (10.0 ** (h["COEFF0"] + h["COEFF1"] * np.arange(npix))).astype(np.float32)
+        cards = [c for c in h.cards if c.keyword not in ("SIMPLE", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "EXTEND",
+                                                         "COEFF0", "COEFF1")]
+        columns = [fits.Column(name=name, format=f"{npix}E", array=row[None, :]) for name, row in
+                   (("FLUX", data[0]), ("IVAR", data[1]), ("WAVELENGTH", wave), ("ANDMASK", data[3]),
+                    ("ORMASK", data[4]), ("NORMALIZATION", data[2]))]
+        buf = io.BytesIO()
+        fits.HDUList([fits.PrimaryHDU(header=fits.Header(cards)),
+                      fits.BinTableHDU.from_columns(columns, name="COADD")]).writeto(buf)
+        tmp = dst.with_suffix(".tmp")
+        with gzip.open(tmp, "wb", compresslevel=6) as fh:
+            fh.write(buf.getvalue())
+        tmp.replace(dst)
+    return paths
+
+
+def _list_file(base, n, layout):
+    return Path(base) / (f"list_{n}.txt" if layout == "image" else f"list_{n}_{layout}.txt")
+
+
+def replicate(base, files, n, layout="image"):
     """An @list of n distinct symbolic links cycling over ``files``."""
-    links = Path(base) / f"links_{n}"
-    listfile = Path(base) / f"list_{n}.txt"
+    links = Path(base) / (f"links_{n}" if layout == "image" else f"links_{n}_{layout}")
+    listfile = _list_file(base, n, layout)
     if not listfile.exists():
         links.mkdir(parents=True, exist_ok=True)
         with open(listfile, "w") as fh:
@@ -154,17 +199,17 @@ def replicate(base, files, n):
     return listfile
 
 
-def stage_ingest(base, n, workers, action_method=None, device="cpu", scheduler=""):
+def stage_ingest(base, n, workers, action_method=None, device="cpu", scheduler="", layout="image"):
     from cannonade.spectra.ingest import ingest
 
     out = Path(base) / f"store_{n}_{workers}.h5"
     t0 = time.perf_counter()
-    rep = ingest([f"@{Path(base) / f'list_{n}.txt'}"], out, grid="lamost", normalise="gaussian", workers=workers,
+    rep = ingest([f"@{_list_file(base, n, layout)}"], out, grid="lamost", normalise="gaussian", workers=workers,
                  chunk_size=1000, scheduler=scheduler)
     return dict(seconds=time.perf_counter() - t0, n=rep.n_ok, failed=rep.n_failed)
 
 
-def stage_infer(base, n, workers, action_method=None, device="cpu", scheduler=""):
+def stage_infer(base, n, workers, action_method=None, device="cpu", scheduler="", layout="image"):
     from cannonade.tasks.infer import infer_store
 
     store = Path(base) / f"store_{n}_{workers}.h5"
@@ -175,7 +220,7 @@ def stage_infer(base, n, workers, action_method=None, device="cpu", scheduler=""
     return dict(seconds=dt, n=n)
 
 
-def stage_dynamics(base, n, workers, action_method="staeckel", device="cpu", scheduler=""):
+def stage_dynamics(base, n, workers, action_method="staeckel", device="cpu", scheduler="", layout="image"):
     sys.path.insert(0, str(Path(__file__).parent))
     from bench_dynamics import mock_catalogue
 
@@ -191,10 +236,10 @@ def stage_dynamics(base, n, workers, action_method="staeckel", device="cpu", sch
 STAGES = {"ingest": stage_ingest, "infer": stage_infer, "dynamics": stage_dynamics}
 
 
-def run_stage(base, stage, n, workers, action_method="staeckel", device="cpu", scheduler=""):
+def run_stage(base, stage, n, workers, action_method="staeckel", device="cpu", scheduler="", layout="image"):
     env = dict(os.environ, CANNONADE_QUIET="1", OMP_NUM_THREADS=str(workers))
     cmd = [sys.executable, __file__, "--dir", str(base), "--action-method", action_method, "--device", device,
-           "--scheduler", scheduler, "--_stage", stage, str(n), str(workers)]
+           "--scheduler", scheduler, "--layout", layout, "--_stage", stage, str(n), str(workers)]
     res = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if res.returncode != 0:  # the stage's own error, not the subprocess's
         raise SystemExit(f"stage {stage} (N={n}, workers={workers}) failed:\n{res.stderr.strip()[-3000:]}")
@@ -215,6 +260,9 @@ def main(argv=None):
     ap.add_argument("--scheduler", default="",
                     help="'' (processes, default), 'local' (an embedded dask LocalCluster of --workers) or a scheduler "
                          "address: every stage's chunks run there")
+    ap.add_argument("--layout", default="image", choices=["image", "table"],
+                    help="the LAMOST files' layout: 'image' (DR1-DR7, the mock's) or 'table' (DR8+: DR10's files; "
+                         "the mock's files rewritten once)")
     ap.add_argument("--_stage", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     base = Path(args.dir)
@@ -222,24 +270,27 @@ def main(argv=None):
         stage, n, workers = args._stage[0], int(args._stage[1]), int(args._stage[2])
         with WorkerMemory() as mem:
             out = STAGES[stage](base, n, workers, action_method=args.action_method, device=args.device,
-                                scheduler=args.scheduler)
+                                scheduler=args.scheduler, layout=args.layout)
         out["parent_mb"], out["worker_mb"] = _peaks()
         out["worker_private_mb"], out["worker_pss_mb"] = mem.private_mb, mem.pss_mb
         print(json.dumps(out))
         return 0
     base.mkdir(parents=True, exist_ok=True)
     files, _ = prepare(base, args.mock_stars)
-    print(f"{len(files)} mock LAMOST files (gzipped, DR1 layout) replicated to N; cpu count {os.cpu_count()}; "
+    if args.layout == "table":
+        files = to_table_layout(files, base / "mock_table")
+    print(f"{len(files)} mock LAMOST files (gzipped, {'DR1 image' if args.layout == 'image' else 'DR8+ table'} layout) "
+          f"replicated to N; cpu count {os.cpu_count()}; "
           f"device {args.device}; scheduler {args.scheduler or 'processes'}")
     print("| N | workers | stage | seconds | per s | parent MB | largest worker MB (RSS / PSS / private) | DR10 (11.1 M) h |")
     print("|---|---|---|---|---|---|---|---|")
     results = []
     for n in args.n:
-        replicate(base, files, n)
+        replicate(base, files, n, args.layout)
         for w in args.workers:
             total_h = 0.0
             for stage in args.stages:
-                r = run_stage(base, stage, n, w, args.action_method, args.device, args.scheduler)
+                r = run_stage(base, stage, n, w, args.action_method, args.device, args.scheduler, args.layout)
                 rate = r["n"] / r["seconds"]
                 total_h += DR10_SPECTRA / rate / 3600.0
                 results.append(dict(r, stage=stage, N=n, workers=w, rate=rate, device=args.device, scheduler=args.scheduler))

@@ -167,6 +167,106 @@ def test_lamost_dr8_table_layout(tmp_path):
     assert read_lamost(path).meta["layout"] == "lamost_table"
 
 
+def _write_table_variant(path, n=400, extname="COADD", mask_format="E", extra=True, vacuum=True, scaled=False,
+                         variable=False, shuffle=False, primary_data=False, lengths=None, repeat=False):
+    """A DR8+-like file with its columns in other forms: masks as floats or ints, columns before
+    the spectrum's (strings, bits, a scalar), no EXTNAME, air wavelengths, a scaled or
+    variable-length column, a primary image."""
+    rng = np.random.default_rng(7)
+    wave = 10 ** (3.5682 + 1e-4 * np.arange(n))
+    if shuffle:
+        wave = wave[::-1].copy()
+    if repeat:
+        wave[5] = wave[4]
+    flux = 50 + rng.normal(0, 1, n)
+    ivar = rng.uniform(0.5, 2, n)
+    ivar[3] = 0
+    andmask = np.zeros(n)
+    andmask[10] = 4
+    ormask = np.zeros(n)
+    ormask[11] = 1  # BADCCD: bad
+    ormask[12] = 4  # NOSKY: kept
+    sizes = lengths or (n, n, n)
+    cols = []
+    if extra:
+        cols += [fits.Column(name="OBJNAME", format="12A", array=np.array(["star"])),
+                 fits.Column(name="FLAGS", format="11X", array=np.zeros((1, 11), dtype=bool)),
+                 fits.Column(name="SNR", format="D", array=np.array([33.0]))]
+    cols += [fits.Column(name="Wavelength", format=f"{sizes[0]}D", array=wave[None, : sizes[0]]),
+             fits.Column(name="FLUX", format=f"{sizes[1]}E", array=flux[None, : sizes[1]]),
+             fits.Column(name="IVAR", format=f"{sizes[2]}E", array=ivar[None, : sizes[2]]),
+             fits.Column(name="ANDMASK", format=f"{n}{mask_format}", array=andmask[None, :].astype(np.float32 if mask_format == "E" else np.int32))]
+    if scaled:
+        cols.append(fits.Column(name="ORMASK", format=f"{n}I", bzero=32768, array=ormask[None, :].astype(np.uint16)))
+    else:
+        cols.append(fits.Column(name="ORMASK", format=f"{n}{mask_format}", array=ormask[None, :].astype(np.float32 if mask_format == "E" else np.int32)))
+    if variable:
+        cols.append(fits.Column(name="EXTRA", format="PE()", array=np.array([np.ones(3, dtype=np.float32)], dtype=object)))
+    table = fits.BinTableHDU.from_columns(cols)
+    if extname:
+        table.header["EXTNAME"] = extname
+    h = fits.Header()
+    h["TELESCOP"], h["OBSID"], h["RA"], h["DEC"], h["Z"], h["SNRG"] = "LAMOST", 987, 10.0, 20.0, 1e-4, 50.0
+    h["VACUUM"] = vacuum
+    prim = fits.PrimaryHDU(data=np.zeros((2, 5), np.float32) if primary_data else None, header=h)
+    fits.HDUList([prim, table]).writeto(path)
+    return path
+
+
+def test_lamost_tables_read_from_the_bytes_equal_astropys_reading(tmp_path, monkeypatch):
+    """DR8+ table files (DR10's 11 million spectra) are read straight from their bytes, without
+    astropy (made to fail): the same spectrum, metadata and errors as the astropy path, whatever
+    the columns' forms and order; the tables the bytes path cannot read as astropy would (a
+    scaled or variable-length column, a primary image) still go to astropy."""
+    from cannonade.spectra.readers import lamost
+    from cannonade.spectra.readers import fits as fits_module
+
+    fast = {
+        "test": _write_lamost_table(tmp_path / "a.fits") and tmp_path / "a.fits",
+        "float masks": _write_table_variant(tmp_path / "b.fits"),
+        "int masks, no extname": _write_table_variant(tmp_path / "c.fits", mask_format="J", extname=None),
+        "air, decreasing": _write_table_variant(tmp_path / "d.fits", vacuum=False, shuffle=True, extra=False),
+    }
+    slow = {
+        "scaled": _write_table_variant(tmp_path / "e.fits", scaled=True),
+        "variable": _write_table_variant(tmp_path / "f.fits", variable=True),
+        "primary image": _write_table_variant(tmp_path / "g.fits", primary_data=True),
+    }
+    bad = {
+        "lengths": (_write_table_variant(tmp_path / "h.fits", lengths=(400, 399, 400)), "lengths differ"),
+        "wavelength": (_write_table_variant(tmp_path / "i.fits", repeat=True), "table HDU 'COADD'"),
+        "mask": (_write_table_variant(tmp_path / "j.fits", lengths=(399, 399, 399)), "ANDMASK column of table HDU 'COADD' has 400"),
+    }
+    expected, expected_error = {}, {}
+    for name, path in {**fast, **slow}.items():
+        with fits_module.open_fits(str(path)) as hdul:
+            assert lamost.identify(hdul) == "lamost_table", name
+            expected[name] = lamost.load(hdul, str(path), "lamost_table")
+    for name, (path, _) in bad.items():
+        with fits_module.open_fits(str(path)) as hdul, pytest.raises(SpectrumFormatError) as info:
+            lamost.load(hdul, str(path), "lamost_table")
+        expected_error[name] = str(info.value)
+    for name, path in slow.items():
+        assert lamost.identify_hdus(check_hdus(read_bytes(path), str(path))) == "", name
+        assert read_spectrum(path).meta == expected[name].meta
+
+    def no_astropy(*args, **kwargs):
+        raise AssertionError("astropy opened the file")
+
+    monkeypatch.setattr(fits_module, "open_fits", no_astropy)
+    for name, path in fast.items():
+        s, ref = read_spectrum(path), expected[name]
+        for a, b in ((s.wavelength, ref.wavelength), (s.flux, ref.flux), (s.ivar, ref.ivar)):
+            assert a.dtype == b.dtype and np.array_equal(a, b, equal_nan=True), name
+        assert s.meta == ref.meta, name
+    assert set(np.flatnonzero(read_spectrum(fast["float masks"]).ivar == 0)) == {3, 10, 11}
+    for name, (path, text) in bad.items():
+        with pytest.raises(SpectrumFormatError) as info:
+            read_spectrum(path)
+        assert str(info.value) == expected_error[name] and text in str(info.value), name
+
+
+# --------------------------------------------------------------------------- APOGEE
 # --------------------------------------------------------------------------- APOGEE
 
 

@@ -36,7 +36,7 @@ from cannonade.spectra.readers.fits import (
 )
 from cannonade.spectra.readers.spectrum import Spectrum
 
-__all__ = ["identify", "identify_header", "load", "load_raw", "read_lamost", "LOADER"]
+__all__ = ["identify", "identify_header", "identify_hdus", "load", "load_raw", "load_hdus", "read_lamost", "LOADER"]
 
 _TABLE_COLUMNS = {"FLUX", "IVAR", "WAVELENGTH"}
 _TABLE_HEADER_SKIP = ("TTYPE", "TFORM", "TDIM", "NAXIS", "TUNIT", "XTENSION", "PCOUNT", "GCOUNT", "TFIELDS")
@@ -62,6 +62,109 @@ def identify_header(h):
 def load_raw(raw, h, data_start, path, layout="lamost_image", **kwargs):
     """Read a LAMOST image straight from the file bytes (see :func:`identify_header`)."""
     return _lamost_image(primary_image(raw, h, data_start, path, as_stored=True), h, path, **kwargs)
+
+
+# fixed-width binary-table column codes the bytes path reads: bytes per element, and numpy's type
+_TFORM = re.compile(r"(\d*)([LXBIJKAEDCM])")
+_CODE_BYTES = {"L": 1, "B": 1, "I": 2, "J": 4, "K": 8, "A": 1, "E": 4, "D": 8, "C": 8, "M": 16}
+_CODE_DTYPES = {"B": "u1", "I": ">i2", "J": ">i4", "K": ">i8", "E": ">f4", "D": ">f8"}
+_TABLE_READ = ("WAVELENGTH", "FLUX", "IVAR", "ANDMASK", "ORMASK")
+
+
+_LAYOUTS: dict = {}  # a survey's tables share one column layout: (NAXIS1, TFORMn, TTYPEn...) -> columns
+
+
+def _bintable_columns(h):
+    """``{upper-case TTYPE: [(byte offset in a row, repeat, code, column number)]}`` of a binary
+    table's header whose columns all have a fixed width (no heap) summing to NAXIS1; None if one
+    does not (astropy reads such a table)."""
+    n = h.get("TFIELDS")
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 999:
+        return None
+    key = (h.get("NAXIS1"), *(h.get(f"TFORM{i}") for i in range(1, n + 1)), *(h.get(f"TTYPE{i}") for i in range(1, n + 1)))
+    if key not in _LAYOUTS:
+        if len(_LAYOUTS) >= 64:
+            _LAYOUTS.clear()
+        _LAYOUTS[key] = _columns_of(h, n)
+    return _LAYOUTS[key]
+
+
+def _columns_of(h, n):
+    """:func:`_bintable_columns`, found anew."""
+    out, offset = {}, 0
+    for i in range(1, n + 1):
+        form = h.get(f"TFORM{i}")
+        m = _TFORM.fullmatch(form.strip().upper()) if isinstance(form, str) else None
+        if m is None:
+            return None
+        repeat, code = int(m.group(1) or 1), m.group(2)
+        name = h.get(f"TTYPE{i}")
+        if isinstance(name, str):
+            out.setdefault(name.upper(), []).append((offset, repeat, code, i))
+        offset += (repeat + 7) // 8 if code == "X" else repeat * _CODE_BYTES[code]
+    return out if offset == h.get("NAXIS1") else None
+
+
+def _coadd_columns(hdus):
+    """The first table HDU with FLUX, IVAR, WAVELENGTH columns, as :func:`identify` finds it, and
+    where its spectrum's columns lie: ``(k, {name: (offset, repeat, code)})``, or None when the
+    bytes path cannot read it as astropy would (a primary image, an ASCII or variable-length
+    table, a scaled column, a column name twice)."""
+    if hdus[0][0].get("NAXIS") != 0:
+        return None
+    for k, (h, _, _) in enumerate(hdus[1:], 1):
+        kind = h.get("XTENSION")
+        if kind == "IMAGE":
+            continue
+        if kind != "BINTABLE":
+            return None
+        cols = _bintable_columns(h)
+        if cols is None:
+            return None
+        if not _TABLE_COLUMNS <= cols.keys():
+            continue
+        spectrum = {}
+        for name in _TABLE_READ:
+            if name not in cols:
+                continue
+            if len(cols[name]) > 1:
+                return None
+            offset, repeat, code, i = cols[name][0]
+            if code not in _CODE_DTYPES or f"TSCAL{i}" in h or f"TZERO{i}" in h:
+                return None
+            spectrum[name] = (offset, repeat, code)
+        if not isinstance(h.get("NAXIS2"), int) or h["NAXIS2"] < 1:
+            return None  # astropy's path names the table in its error
+        return k, spectrum
+    return None
+
+
+def identify_hdus(hdus):
+    """:func:`identify` from the parsed headers alone (:func:`~cannonade.spectra.readers.fits.check_hdus`),
+    for the DR8+ table layout (every LAMOST spectrum since DR8, DR10's 11 million included):
+    ``'lamost_table'``, or ``''`` to let :func:`identify` decide on the opened file."""
+    return "lamost_table" if _coadd_columns(hdus) is not None else ""
+
+
+def load_hdus(raw, hdus, path, layout="lamost_table", and_bits=surveys.LAMOST_AND_BITS_DEFAULT,
+              or_bits=surveys.LAMOST_OR_BITS_DEFAULT):
+    """Read a DR8+ table-layout file straight from its bytes (see :func:`identify_hdus`): the
+    same spectrum as :func:`read_lamost`'s astropy path (4 ms a file), in ~0.1 ms."""
+    found = _coadd_columns(hdus) if layout == "lamost_table" else None
+    if found is None:
+        raise SpectrumFormatError(f"{path}: not a LAMOST DR8+ table spectrum (layout {layout or 'unknown'})")
+    k, spectrum = found
+    h, start, _ = hdus[k]
+
+    def col(name):  # the first row's values, as astropy's data[name][0]
+        if name not in spectrum:
+            return None
+        offset, repeat, code = spectrum[name]
+        return np.frombuffer(raw, dtype=_CODE_DTYPES[code], count=repeat, offset=start + offset).astype(np.float64)
+
+    name = str(h.get("EXTNAME", ""))  # astropy's HDU name
+    return _table_spectrum(col("WAVELENGTH"), col("FLUX"), col("IVAR"), col("ANDMASK"), col("ORMASK"),
+                           hdus[0][0], h, name, path, and_bits, or_bits)
 
 
 def _table_hdu(hdul):
@@ -93,7 +196,8 @@ def load(hdul, path, layout, **kwargs):
     raise SpectrumFormatError(f"{path}: not a LAMOST spectrum (layout {layout or 'unknown'})")
 
 
-LOADER = Loader("lamost", identify, load, "LAMOST (DR1-DR7 image, DR8+ table)", identify_header, load_raw)
+LOADER = Loader("lamost", identify, load, "LAMOST (DR1-DR7 image, DR8+ table)", identify_header, load_raw,
+                identify_hdus=identify_hdus, load_hdus=load_hdus)
 
 
 # ---------------------------------------------------------------------------
@@ -192,19 +296,29 @@ def _read_lamost_table(hdul, path, and_bits=surveys.LAMOST_AND_BITS_DEFAULT, or_
     def col(name):
         return np.asarray(data[cols[name]][0], dtype=np.float64).ravel() if name in cols else None
 
-    wave, flux, ivar = col("WAVELENGTH"), col("FLUX"), col("IVAR")
+    return _table_spectrum(col("WAVELENGTH"), col("FLUX"), col("IVAR"), col("ANDMASK"), col("ORMASK"),
+                           header_of(hdul, 0, path), header_of(hdul, hdul.index(table), path), table.name, path,
+                           and_bits, or_bits)
+
+
+def _table_spectrum(wave, flux, ivar, andmask, ormask, h0, ht, name, path, and_bits, or_bits):
+    """The spectrum of a DR8+ table's first row: its columns (float64; a mask None if absent), the
+    primary and table headers and the table's name."""
     if not (wave.shape == flux.shape == ivar.shape):
         raise SpectrumFormatError(f"{path}: WAVELENGTH, FLUX, IVAR lengths differ ({wave.size}, {flux.size}, {ivar.size})")
-    header = dict(header_of(hdul, 0, path))
-    for key, value in header_of(hdul, hdul.index(table), path).items():
+    for mask, column in ((andmask, "ANDMASK"), (ormask, "ORMASK")):
+        if mask is not None and mask.shape != flux.shape:
+            raise SpectrumFormatError(f"{path}: the {column} column of table HDU {name!r} has {mask.size} values, FLUX {flux.size}")
+    header = dict(h0)
+    for key, value in ht.items():
         if key not in header and not key.startswith(_TABLE_HEADER_SKIP):
             header[key] = value
     if not bool(header.get("VACUUM", True)):
         wave = air_to_vacuum(wave)
-    bad = _lamost_bad(col("ANDMASK") if "ANDMASK" in cols else np.zeros(flux.shape), col("ORMASK"), and_bits, or_bits)
+    bad = _lamost_bad(andmask if andmask is not None else np.zeros(flux.shape), ormask, and_bits, or_bits)
     ivar = clean_ivar(flux, ivar, bad)
     order = np.argsort(wave, kind="stable")
-    check_wavelength(wave[order], path, f"the WAVELENGTH column of table HDU {table.name!r}")
+    check_wavelength(wave[order], path, f"the WAVELENGTH column of table HDU {name!r}")
     return Spectrum(wave[order], flux[order], ivar[order], _lamost_meta(header, path, "lamost_table"))
 
 
