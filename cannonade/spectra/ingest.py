@@ -37,7 +37,6 @@ Part file (HDF5): ``/flux``, ``/ivar`` (n_ok, P) f4, chunked and compressed as t
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import logging
 import math
@@ -526,10 +525,8 @@ def _ccd_slices(grid):
 
 
 def _read_star(paths, redshifts, stored):
-    """One GALAH star's CCD files, read and shifted to the rest frame (not yet resampled).
-
-    ``stored`` maps each path to its bytes as read ahead (:func:`~cannonade.spectra.readers.fits.read_ahead`)
-    or to the exception reading it raised.
+    """One GALAH star's CCD files (``stored``: path -> bytes read ahead, or the exception reading
+    them raised), read and shifted to the rest frame (not yet resampled).
 
     Returns
     -------
@@ -712,10 +709,9 @@ def prepare_stars(files, grid, normalise="gaussian", redshifts=None, norm_kwargs
                 flush()
         read.clear()
 
-    # every star's files read a batch ahead by a thread (a GALAH CCD file is ~400 kB)
-    ahead = read_ahead([p for paths in stars for p in paths])
+    ahead = read_ahead([p for paths in stars for p in paths])  # by a thread, a batch ahead (~400 kB a file)
     for paths in stars:
-        stored = dict(itertools.islice(ahead, len(paths)))
+        stored = dict(next(ahead) for _ in paths)
         try:
             read.append(_read_star(paths, redshifts, stored))
         except _StarFailure as exc:

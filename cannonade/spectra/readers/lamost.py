@@ -149,7 +149,7 @@ def identify_hdus(hdus):
 def load_hdus(raw, hdus, path, layout="lamost_table", and_bits=surveys.LAMOST_AND_BITS_DEFAULT,
               or_bits=surveys.LAMOST_OR_BITS_DEFAULT):
     """Read a DR8+ table-layout file straight from its bytes (see :func:`identify_hdus`): the
-    same spectrum as :func:`read_lamost`'s astropy path (4 ms a file), in ~0.1 ms."""
+    same spectrum as :func:`read_lamost`'s astropy path (4.2 ms a file), in 0.2 ms."""
     found = _coadd_columns(hdus) if layout == "lamost_table" else None
     if found is None:
         raise SpectrumFormatError(f"{path}: not a LAMOST DR8+ table spectrum (layout {layout or 'unknown'})")
