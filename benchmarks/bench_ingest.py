@@ -163,18 +163,24 @@ def _cpu_ms(fn, n):
     return (time.process_time() - t0) / n * 1e3, out
 
 
-def breakdown(listfile, n):
-    """Print CPU ms per spectrum of each ingest step on the first ``n`` files of ``listfile``."""
+def _as_one_worker():
+    """Run as one ingest worker does: quiet, BLAS on one thread, freed memory kept for reuse
+    (cannonade.execution.memory)."""
     os.environ.setdefault("CANNONADE_QUIET", "1")
     try:
         from threadpoolctl import threadpool_limits
 
-        threadpool_limits(1)  # one core, as an ingest worker
+        threadpool_limits(1)
     except ImportError:
         pass
     from cannonade.execution.memory import keep_freed_memory
 
-    keep_freed_memory()  # as an ingest worker does (cannonade.execution.memory)
+    keep_freed_memory()
+
+
+def breakdown(listfile, n):
+    """Print CPU ms per spectrum of each ingest step on the first ``n`` files of ``listfile``."""
+    _as_one_worker()
     from cannonade.spectra import ingest as ing
     from cannonade.spectra.preprocessing import doppler_shift, normalise_batch, resample_batch
     from cannonade.spectra.readers import lamost
@@ -267,16 +273,7 @@ def breakdown(listfile, n):
 def galah_stars(n_stars, source):
     """Print CPU ms per GALAH star of prepare_stars (each normalisation) and of the Gaussian
     continuum factored vs sparse, on the real sample replicated to ``n_stars`` stars."""
-    os.environ.setdefault("CANNONADE_QUIET", "1")
-    try:
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(1)  # one core, as an ingest worker
-    except ImportError:
-        pass
-    from cannonade.execution.memory import keep_freed_memory
-
-    keep_freed_memory()
+    _as_one_worker()
     from cannonade.spectra import continuum
     from cannonade.spectra.ingest import prepare_stars
     from cannonade.spectra.readers import read_spectrum
@@ -335,16 +332,7 @@ def galah_stars(n_stars, source):
 
 def apstar(n, source):
     """Print CPU ms per apStar file of prepare_files and of reading it (bytes vs astropy)."""
-    os.environ.setdefault("CANNONADE_QUIET", "1")
-    try:
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(1)  # one core, as an ingest worker
-    except ImportError:
-        pass
-    from cannonade.execution.memory import keep_freed_memory
-
-    keep_freed_memory()
+    _as_one_worker()
     from cannonade.spectra.ingest import prepare_files
     from cannonade.spectra.readers import apogee, read_spectrum
     from cannonade.spectra.readers.fits import open_fits

@@ -42,6 +42,18 @@ def test_doppler_shift():
         doppler_shift(w, -1.5)
 
 
+def _spy_on(monkeypatch, owner, name):
+    """Record the calls of ``owner.name`` (still made) for the test's duration: (calls, the original)."""
+    calls, real = [], getattr(owner, name)
+
+    def spy(*args, **kwargs):
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, spy)
+    return calls, real
+
+
 def test_grids():
     lam = common_grid("lamost")
     assert lam.size == 3900 and 3699 < lam[0] < 3701 and 9070 < lam[-1] < 9090
@@ -427,14 +439,7 @@ def test_gaussian_continuum_on_fine_grids_is_factored_not_sparse(monkeypatch):
         np.testing.assert_allclose(got[ok], ref[ok], rtol=1e-13, atol=0, err_msg=name)
     monkeypatch.undo()
 
-    calls = []
-    real = continuum_module.gaussian_kernel_matrix
-
-    def spy(*args, **kwargs):
-        calls.append(args)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(continuum_module, "gaussian_kernel_matrix", spy)
+    calls, real = _spy_on(monkeypatch, continuum_module, "gaussian_kernel_matrix")
     w, f, iv, _ = expected["region"]
     got = continuum_gaussian_batch(w, f, iv, sigma=0.3, truncate=150.0)
     assert calls  # not factored: the sparse kernel
@@ -648,14 +653,7 @@ def test_searchsorted_rows_estimates_log_and_linear_rows_without_numpy(monkeypat
     v.sort()
     v = np.unique(np.concatenate([v, rows[0, 100:103], rows[3, 5:8]]))  # values equal to pixels: the sides differ
     expected = {side: np.array([np.searchsorted(r, v, side=side) for r in rows]) for side in ("left", "right")}
-    searched = []
-    real = np.searchsorted
-
-    def spy(*args, **kwargs):
-        searched.append(args)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(np, "searchsorted", spy)
+    searched, _ = _spy_on(monkeypatch, np, "searchsorted")
     for side in ("left", "right"):
         got = resampling.searchsorted_rows(rows, v, side)
         np.testing.assert_array_equal(got, expected[side])
